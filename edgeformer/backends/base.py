@@ -1,0 +1,113 @@
+"""Backend interface, the backend registry, and `Ops`: the facade models call.
+
+A backend is a small vtable: `kernels` (op name -> callable with the op's reference
+signature, weights replaced by the backend's prepared handles), `prepare_weight` (repack a
+QTensor once at load), `unsupported` (reasons it cannot run a call; [] = supported).
+A missing op falls back to `kernels/`' reference, with one warning naming it.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeformer.errors import UnsupportedError
+from edgeformer.kernels import OPS
+from edgeformer.quant.qtypes import QTensor, QType
+
+
+@dataclass
+class Weight:
+    """A weight as models hold it: the source QTensor's metadata plus the backend's
+    prepared handle. Cost functions read `shape`/`nbytes`/`qtype`; kernels get `handle`."""
+
+    name: str
+    qtype: QType
+    shape: tuple[int, ...]
+    nbytes: int
+    handle: Any
+    source: QTensor | None = None   # kept only where a reference fallback may need it
+
+
+class Backend:
+    name: ClassVar[str] = "base"
+    kernels: dict[str, Callable[..., Any]] = {}
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None if usable on this machine, else why not."""
+        return None
+
+    def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
+        """Turn a matmul/embedding weight into this backend's layout, once, at load."""
+        raise NotImplementedError
+
+    def prepare_vector(self, qt: QTensor) -> np.ndarray:
+        """Small float vectors (norm weights, biases) as float32 host arrays."""
+        from edgeformer.quant import dequantize
+        return np.ascontiguousarray(dequantize(qt), dtype=np.float32)
+
+    def unsupported(self, op: str, **attrs: Any) -> list[str]:
+        return [] if op in self.kernels else [f"{self.name} has no kernel for {op}"]
+
+    def kernel(self, op: str) -> Callable[..., Any]:
+        k = self.kernels.get(op)
+        if k is not None:
+            return k
+        if op not in OPS:
+            raise UnsupportedError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+        warnings.warn(f"backend {self.name!r} has no {op!r} kernel: using the numpy reference",
+                      RuntimeWarning, stacklevel=3)
+        ref = OPS[op].reference
+
+        def fallback(*args: Any, **kw: Any) -> Any:
+            return ref(*(a.source if isinstance(a, Weight) else a for a in args), **kw)
+
+        self.kernels = {**self.kernels, op: fallback}
+        return fallback
+
+
+class Ops:
+    """The facade models call: `ops.linear(x, w, b, name="attn_q", layer=3)`.
+
+    Each call is tagged (op, name, layer) and offered to `observers` (the tracer that
+    prices it with `OpSpec.cost`, the profiler that replays it) before it runs, so the op
+    list that runs a model is the one that is timed and priced."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.observers: list[Callable[[str, tuple, dict, str | None, int | None], None]] = []
+
+    def __call__(self, op: str, *args: Any, name: str | None = None, layer: int | None = None, **attrs: Any) -> Any:
+        for obs in self.observers:
+            obs(op, args, attrs, name, layer)
+        kernel = self.backend.kernel(op)
+        return kernel(*(a.handle if isinstance(a, Weight) else a for a in args), **attrs)
+
+    def __getattr__(self, op: str) -> Callable[..., Any]:
+        if op.startswith("_") or op not in OPS:
+            raise AttributeError(op)
+        return lambda *args, **kw: self(op, *args, **kw)
+
+
+_BACKENDS: dict[str, Callable[[], Backend]] = {}
+
+
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+    _BACKENDS[name] = factory
+
+
+def get_backend(name: str) -> Backend:
+    """Backend by short name ("numpy", "cpu", "cuda"); errors list the known ones."""
+    from edgeformer import backends  # noqa: F401  (registers the built-in backends)
+    if name not in _BACKENDS:
+        raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]()
+
+
+def backend_names() -> list[str]:
+    from edgeformer import backends  # noqa: F401
+    return sorted(_BACKENDS)

@@ -1,0 +1,16 @@
+"""The numpy reference backend: every op is its `kernels/` reference; weights are
+dequantized to float32 once at load."""
+from __future__ import annotations
+
+from edgeformer.backends.base import Backend, Weight
+from edgeformer.kernels import OPS
+from edgeformer.quant.qtypes import QTensor
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    kernels = {name: spec.reference for name, spec in OPS.items()}
+
+    def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
+        from edgeformer.quant import dequantize
+        return Weight(name, qt.qtype, qt.shape, qt.nbytes, dequantize(qt), None)

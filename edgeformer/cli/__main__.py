@@ -1,0 +1,58 @@
+"""`edgeformer <subcommand>`: parses the subcommand and delegates to its module.
+
+Each subcommand module defines `register(subparsers)` (adds its parser and sets
+`func=run`) and `run(args) -> int`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from edgeformer.errors import EdgeformerError
+
+# subcommand -> module; a module not present yet is simply not offered.
+SUBCOMMANDS = {
+    "run": "edgeformer.cli.run",
+    "chat": "edgeformer.cli.chat",
+    "info": "edgeformer.cli.info",
+    "convert": "edgeformer.cli.convert",
+    "bench": "edgeformer.cli.bench",
+    "profile": "edgeformer.cli.profile",
+    "check-backend": "edgeformer.cli.check_backend",
+    "serve": "edgeformer.cli.serve",
+    "perf": "edgeformer.cli.perf",
+    "plan": "edgeformer.cli.plan",
+    "codesign": "edgeformer.cli.codesign",
+    "transcribe": "edgeformer.cli.transcribe",
+    "speak": "edgeformer.cli.speak",
+    "embed": "edgeformer.cli.embed",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeformer", description="On-device transformer inference")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in SUBCOMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgeformerError as e:
+        print(f"edgeformer: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Exception types. Every error a user can cause is one of these, with a message that
+names the file (or request) and what is wrong."""
+from __future__ import annotations
+
+
+class EdgeformerError(Exception):
+    """Base class of every error edgeformer raises on purpose."""
+
+
+class FormatError(EdgeformerError):
+    """A model file or directory is malformed: truncated, corrupt, inconsistent."""
+
+    def __init__(self, path: object, what: str) -> None:
+        self.path = str(path)
+        self.what = what
+        super().__init__(f"{self.path}: {what}")
+
+
+class UnsupportedError(EdgeformerError):
+    """A well-formed input asks for something edgeformer does not implement
+    (unknown architecture, quant type, rope scaling, op on a backend)."""
+
+
+class ConfigError(EdgeformerError):
+    """A model config has a missing, invalid or inconsistent value."""
+
+
+class InputError(EdgeformerError):
+    """Bad user input at run time: empty prompt, prompt over the context, bad audio..."""

@@ -1,0 +1,45 @@
+"""rope: rotary position embedding on the first `2 * len(inv_freq)` dims of each head.
+
+Every rope variant (linear, dynamic NTK, YaRN, llama3, longrope) reduces to an
+`inv_freq` vector and an `mscale` (attention factor) that the model computes from its
+config; the op itself only rotates.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeformer.kernels.base import Cost, OpSpec, nbytes_of
+
+
+def rope_ref(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
+             neox: bool = True, mscale: float = 1.0) -> np.ndarray:
+    """x: (T, H, D) float32; positions: (T,) ints; inv_freq: (R/2,) with R <= D even.
+
+    neox=True (HF rotate_half, ggml NEOX): pairs are (i, i + R/2).
+    neox=False (ggml NORM, GPT-J): pairs are (2i, 2i + 1).
+    cos/sin are multiplied by `mscale`. Dims past R pass through."""
+    x = x.astype(np.float32, copy=False)
+    half = inv_freq.shape[0]
+    r = 2 * half
+    ang = positions.astype(np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]  # (T, R/2)
+    cos = (np.cos(ang) * mscale).astype(np.float32)[:, None, :]   # (T, 1, R/2)
+    sin = (np.sin(ang) * mscale).astype(np.float32)[:, None, :]
+    out = x.copy()
+    if neox:
+        x1, x2 = x[..., :half], x[..., half:r]
+        out[..., :half] = x1 * cos - x2 * sin
+        out[..., half:r] = x2 * cos + x1 * sin
+    else:
+        x1, x2 = x[..., 0:r:2], x[..., 1:r:2]
+        out[..., 0:r:2] = x1 * cos - x2 * sin
+        out[..., 1:r:2] = x2 * cos + x1 * sin
+    return out
+
+
+def rope_cost(x, positions, inv_freq, *, neox=True, mscale=1.0) -> Cost:
+    t, h, _ = x.shape
+    r = 2 * inv_freq.shape[0]
+    return Cost(flops=3 * t * h * r, bytes_read=nbytes_of(x), bytes_written=nbytes_of(x))
+
+
+ROPE = OpSpec("rope", rope_ref, rope_cost, max_nmse={"default": 1e-10})

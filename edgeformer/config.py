@@ -6,10 +6,15 @@ This module is a leaf: formats, models, perf and codesign all import it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgeformer.errors import ConfigError, UnsupportedError
+
+# transformers' modeling_rope_utils.ROPE_INIT_FUNCTIONS keys we implement (+ "default").
+ROPE_KINDS = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,20 @@ class RopeScaling:
     mscale_all_dim: float | None = None
     attention_factor: float | None = None
     # longrope
+    truncate: bool = True
+    # longrope
     short_factor: tuple[float, ...] | None = None
     long_factor: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_KINDS:
+            raise UnsupportedError(f"unsupported rope scaling type {self.kind!r}; supported: {', '.join(ROPE_KINDS)}")
+        if self.kind in ("linear", "dynamic", "yarn", "llama3") and not self.factor:
+            raise ConfigError(f"rope scaling {self.kind!r} needs a factor")
+        if self.kind == "llama3" and (self.low_freq_factor is None or self.high_freq_factor is None
+                                      or self.original_max_position_embeddings is None):
+            raise ConfigError("llama3 rope scaling needs low_freq_factor, high_freq_factor and "
+                              "original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class DecoderConfig:
     post_norms: bool = False                   # Gemma 2/3 post-attention and post-FFN norms
     fused_qkv: bool = False                    # Phi-3 attn_qkv
     fused_gate_up: bool = False                # Phi-3 ffn_up holds gate and up
+    rope_dim: int | None = None                # rotated dims per head; None: head_dim * partial_rotary_factor
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,21 +101,367 @@ class DecoderConfig:
             raise UnsupportedError(f"{self.arch}: unsupported activation {self.activation!r}")
         if self.layer_types and len(self.layer_types) != self.n_layers:
             raise ConfigError(f"{self.arch}: layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
+        if any(t not in ("full", "sliding") for t in self.layer_types):
+            raise ConfigError(f"{self.arch}: layer_types entries must be 'full' or 'sliding', got {self.layer_types}")
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise ConfigError(f"{self.arch}: sliding layers need a positive sliding_window")
+        r = self.rotary_dim
+        if r <= 0 or r % 2 or r > self.head_dim:
+            raise ConfigError(f"{self.arch}: rotary dims {r} must be even and in (0, head_dim={self.head_dim}]")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that rope rotates (HF: int(head_dim * partial_rotary_factor))."""
+        return self.rope_dim if self.rope_dim is not None else int(self.head_dim * self.partial_rotary_factor)
 
     def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends within `sliding_window` only."""
         return bool(self.layer_types) and self.layer_types[layer] == "sliding"
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "DecoderConfig":
-        """From a parsed HF `config.json`. Raises UnsupportedError on an unknown
+        """From a parsed HF `config.json`. Reads both the transformers-5 `rope_parameters`
+        layout and the older `rope_theta` + `rope_scaling` keys, with transformers'
+        per-family defaults for absent keys. Raises UnsupportedError on an unknown
         `model_type` or rope scaling type, ConfigError on missing/invalid keys."""
-        raise NotImplementedError
+        return _from_hf(cls, cfg)
 
     @classmethod
-    def from_gguf(cls, md: dict[str, Any]) -> "DecoderConfig":
-        """From GGUF metadata (`general.architecture`, `{arch}.block_count`, ...)."""
-        raise NotImplementedError
+    def from_gguf(cls, md: dict[str, Any], tensor_names: Iterable[str] | None = None) -> "DecoderConfig":
+        """From GGUF metadata (`general.architecture`, `{arch}.block_count`, ...), with
+        llama.cpp's `llama_model::load_hparams` defaults (Gemma 2/3 sliding patterns and
+        attention scale, Gemma 3 local rope base). Rope data llama.cpp keeps in tensors
+        (`rope_freqs` for llama3, `rope_factors_long/short` for longrope) is not here:
+        `models.rope` reads it from the checkpoint. GGUF says "tied" by having no
+        `output.weight`: pass the file's `tensor_names` to set `tie_embeddings`; without
+        them it is True only for Gemma 1/2 (which llama.cpp always ties)."""
+        c = _from_gguf(cls, md)
+        tied = (c.arch in ("gemma", "gemma2") if tensor_names is None
+                else "output.weight" not in set(tensor_names))
+        return replace(c, tie_embeddings=tied)
 
     def to_gguf(self) -> dict[str, Any]:
-        """GGUF metadata keys/values as llama.cpp's `convert_hf_to_gguf.py` writes them."""
-        raise NotImplementedError
+        """GGUF metadata keys/values as llama.cpp's `convert_hf_to_gguf.py` writes them
+        (ints are written as uint32, floats as float32, lists as arrays). Also writes
+        keys llama.cpp ignores for an arch but `from_gguf` reads back (`attention.scale`,
+        `attention.sliding_window_pattern`), so a round trip keeps the config. Tensors
+        llama.cpp derives from the config (`rope_freqs`, `rope_factors_*`) come from
+        `formats.tensor_map.extra_gguf_tensors`. Raises UnsupportedError for what GGUF
+        cannot express (dynamic NTK rope)."""
+        return _to_gguf(self)
+
+
+# ------------------------------------------------------------------ HF config.json
+
+# HF model_type -> GGUF architecture (llama.cpp converts Mistral and SmolLM as llama).
+HF_MODEL_TYPES = {
+    "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+    "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3",
+}
+GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+
+_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                   "gelu_new": "gelu_tanh"}
+_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+# Gemma 3 configs (the text_config of gemma-3-4b and up) leave out keys that have
+# Gemma3TextConfig defaults; transformers fills them, so must we.
+_GEMMA3_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+                    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                    "head_dim": 256, "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
+                    "query_pre_attn_scalar": 256}
+
+
+def _need(cfg: dict[str, Any], key: str, mt: str) -> Any:
+    v = cfg.get(key)
+    if v is None:
+        raise ConfigError(f"HF config ({mt}) lacks {key!r}")
+    return v
+
+
+def _hf_rope_dicts(cfg: dict[str, Any], mt: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(global rope params, Gemma 3 sliding-layer rope params or None), each a flat dict
+    with rope_type / rope_theta like transformers' standardized `rope_parameters`."""
+    rp = cfg.get("rope_parameters")
+    legacy = cfg.get("rope_scaling")
+    if mt in ("gemma3", "gemma3_text"):
+        if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
+            full, slide = dict(rp.get("full_attention") or {}), dict(rp.get("sliding_attention") or {})
+        else:   # Gemma3TextConfig.convert_rope_params_to_dict: rope_scaling applies to global layers
+            full, slide = dict(legacy or rp or {}), {}
+        full.setdefault("rope_theta", cfg.get("rope_theta", 1_000_000.0))
+        slide.setdefault("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))
+        return full, slide
+    d = dict(rp or legacy or {})
+    d.setdefault("rope_theta", cfg.get("rope_theta", 10_000.0))
+    return d, None
+
+
+def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], mt: str) -> RopeScaling | None:
+    kind = d.get("rope_type", d.get("type", "default")) or "default"
+    if mt == "phi3" and kind in ("su", "yarn"):
+        kind = "longrope"   # Phi3Config.convert_rope_params_to_dict renames these
+    if kind == "default":
+        return None
+    if kind not in ROPE_KINDS:
+        raise UnsupportedError(f"{mt}: unsupported rope scaling type {kind!r}; supported: {', '.join(ROPE_KINDS)}")
+    max_pos = cfg.get("max_position_embeddings")
+    orig = None
+    if kind in ("llama3", "yarn", "longrope"):
+        # RotaryEmbeddingConfigMixin.standardize_rope_params: a top-level
+        # original_max_position_embeddings (Phi-3 always has one, default 4096) wins.
+        top = cfg.get("original_max_position_embeddings", 4096 if mt == "phi3" else None)
+        orig = top if top is not None else d.get("original_max_position_embeddings", max_pos)
+        if orig is None:
+            raise ConfigError(f"{mt}: rope {kind} needs original_max_position_embeddings")
+    factor = d.get("factor")
+    if factor is None and kind in ("yarn", "longrope"):
+        factor = max_pos / orig    # as _compute_yarn/longrope_parameters do
+    tup = lambda v: tuple(float(x) for x in v) if v is not None else None  # noqa: E731
+    return RopeScaling(
+        kind=kind, factor=float(factor) if factor is not None else 0.0,
+        original_max_position_embeddings=int(orig) if orig is not None else None,
+        low_freq_factor=d.get("low_freq_factor"), high_freq_factor=d.get("high_freq_factor"),
+        beta_fast=d.get("beta_fast"), beta_slow=d.get("beta_slow"), mscale=d.get("mscale"),
+        mscale_all_dim=d.get("mscale_all_dim"), attention_factor=d.get("attention_factor"),
+        truncate=bool(d.get("truncate", True)),
+        short_factor=tup(d.get("short_factor")), long_factor=tup(d.get("long_factor")))
+
+
+def _hf_layer_types(cfg: dict[str, Any], mt: str, n_layers: int) -> tuple[tuple[str, ...], int | None]:
+    window = cfg.get("sliding_window")
+    lt = cfg.get("layer_types")
+    if mt == "llama":
+        return (), None
+    if mt in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
+        return (), None     # Qwen2Config.__post_init__ drops the window
+    if mt in ("gemma2", "gemma3", "gemma3_text") and "sliding_window" not in cfg:
+        window = 4096
+    if not window:
+        return (), None
+    if lt is None:
+        if mt in ("qwen2", "qwen3"):
+            mwl = cfg.get("max_window_layers", 28)
+            lt = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+        elif mt == "gemma2":
+            lt = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+        elif mt in ("gemma3", "gemma3_text"):
+            p = cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
+            lt = ["sliding_attention" if (i + 1) % p else "full_attention" for i in range(n_layers)]
+        else:   # mistral, phi3: every layer slides when a window is set
+            lt = ["sliding_attention"] * n_layers
+    try:
+        types = tuple(_LAYER_TYPES[t] for t in lt)
+    except KeyError as e:
+        raise UnsupportedError(f"{mt}: unsupported layer type {e.args[0]!r}; supported: {', '.join(_LAYER_TYPES)}") from None
+    return (types if "sliding" in types else ()), (int(window) if "sliding" in types else None)
+
+
+def _from_hf(cls: type[DecoderConfig], cfg: dict[str, Any]) -> DecoderConfig:
+    mt = cfg.get("model_type")
+    if mt not in HF_MODEL_TYPES:
+        raise UnsupportedError(f"unsupported HF model_type {mt!r}; supported: {', '.join(HF_MODEL_TYPES)}")
+    top = cfg
+    if mt == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg["text_config"], "model_type": "gemma3"}
+    if mt in ("gemma3", "gemma3_text"):
+        cfg = {**_GEMMA3_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or k not in _GEMMA3_DEFAULTS}}
+    arch = HF_MODEL_TYPES[mt]
+    gemma = arch.startswith("gemma")
+    if cfg.get("use_bidirectional_attention"):
+        raise UnsupportedError(f"{mt}: bidirectional attention is not supported")
+    dim = int(_need(cfg, "hidden_size", mt))
+    n_heads = int(_need(cfg, "num_attention_heads", mt))
+    n_layers = int(_need(cfg, "num_hidden_layers", mt))
+    head_dim = cfg.get("head_dim") or {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3": 256}.get(arch) \
+        or dim // n_heads
+    rope, rope_local = _hf_rope_dicts(cfg, mt)
+    if rope_local is not None and rope_local.get("rope_type", "default") != "default":
+        raise UnsupportedError(f"{mt}: rope scaling on sliding layers is not supported")
+    partial = float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0)
+    if arch in ("gemma2", "gemma3"):
+        act = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+    else:
+        act = cfg.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
+        if arch == "gemma" and act == "gelu":
+            act = "gelu_pytorch_tanh"   # GemmaConfig.__post_init__ forces the tanh approximation
+    if act not in _HF_ACTIVATIONS:
+        raise UnsupportedError(f"{mt}: unsupported activation {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
+    layer_types, window = _hf_layer_types(cfg, mt, n_layers)
+    softcaps = {"gemma2": (50.0, 30.0)}.get(arch, (None, None))
+    attn_cap = cfg.get("attn_logit_softcapping", softcaps[0])
+    final_cap = cfg.get("final_logit_softcapping", softcaps[1])
+    return cls(
+        arch=arch, vocab_size=int(_need(cfg, "vocab_size", mt)), dim=dim, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
+        ffn_dim=int(_need(cfg, "intermediate_size", mt)),
+        max_seq_len=int(cfg.get("max_position_embeddings") or {"gemma3": 131072, "phi3": 4096}.get(arch, 2048)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-5 if arch == "phi3" else 1e-6)),
+        rope_theta=float(rope["rope_theta"]), rope_scaling=_hf_rope_scaling(rope, cfg, mt),
+        rope_local_theta=float(rope_local["rope_theta"]) if rope_local is not None else None,
+        rope_neox=arch != "llama", partial_rotary_factor=partial,
+        tie_embeddings=bool(top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", gemma))),
+        attn_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
+        qk_norm=arch in ("qwen3", "gemma3"), activation=_HF_ACTIVATIONS[act],
+        embed_scale=float(dim) ** 0.5 if gemma else None,
+        attn_softcap=float(attn_cap) if attn_cap else None,
+        final_softcap=float(final_cap) if final_cap else None,
+        attn_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5 if arch in ("gemma2", "gemma3") else None,
+        sliding_window=window, layer_types=layer_types, post_norms=arch in ("gemma2", "gemma3"),
+        fused_qkv=arch == "phi3", fused_gate_up=arch == "phi3",
+        rope_dim=int(head_dim * partial),
+        extra={"hf_model_type": mt, "mlp_bias": bool(cfg.get("mlp_bias", False))},
+    )
+
+
+# ------------------------------------------------------------------ GGUF metadata
+
+_MISSING = object()
+
+
+def _gguf_scalar(md: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
+    v = md.get(key, default)
+    if v is _MISSING:
+        raise ConfigError(f"GGUF metadata lacks {key!r}")
+    if isinstance(v, (list, tuple)):
+        if len(set(v)) != 1:
+            raise UnsupportedError(f"per-layer values for {key!r} are not supported: {list(v)[:8]}...")
+        v = v[0]
+    return v
+
+
+def _gguf_rope_scaling(arch: str, md: dict[str, Any], ctx: int) -> RopeScaling | None:
+    k = f"{arch}.rope.scaling."
+    kind = md.get(k + "type")
+    if kind is None and arch == "phi3" and k + "attn_factor" in md:
+        kind = "longrope"   # Phi-3 converter writes attn_factor + factor tensors, no type
+    if kind in (None, "none"):
+        return None
+    factor = md.get(k + "factor")
+    orig = md.get(k + "original_context_length")
+    if kind == "linear":
+        return RopeScaling(kind="linear", factor=float(factor or 1.0))
+    if kind == "yarn":
+        return RopeScaling(kind="yarn", factor=float(factor), original_max_position_embeddings=int(orig or ctx),
+                           beta_fast=md.get(k + "yarn_beta_fast"), beta_slow=md.get(k + "yarn_beta_slow"),
+                           attention_factor=md.get(k + "yarn_attn_factor"))
+    if kind == "longrope":
+        orig = int(orig or ctx)
+        return RopeScaling(kind="longrope", factor=ctx / orig, original_max_position_embeddings=orig,
+                           attention_factor=md.get(k + "attn_factor"))
+    raise UnsupportedError(f"{arch}: unsupported GGUF rope scaling type {kind!r}; supported: none, linear, yarn, longrope")
+
+
+def _from_gguf(cls: type[DecoderConfig], md: dict[str, Any]) -> DecoderConfig:
+    arch = md.get("general.architecture")
+    if arch not in GGUF_ARCHS:
+        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    g = lambda key, default=_MISSING: _gguf_scalar(md, f"{arch}.{key}", default)  # noqa: E731
+    dim, n_layers, n_heads = int(g("embedding_length")), int(g("block_count")), int(g("attention.head_count"))
+    head_dim = int(g("attention.key_length", dim // n_heads))
+    ctx = int(g("context_length"))
+    vocab = g("vocab_size", None) or len(md.get("tokenizer.ggml.tokens") or ())
+    if not vocab:
+        raise ConfigError(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+    gemma = arch.startswith("gemma")
+    # llama.cpp load_hparams: Gemma 2 always slides (window 4096 unless set) every other
+    # layer; Gemma 3 slides 5 of 6 layers when a window is set; others slide per our keys.
+    window = int(g("attention.sliding_window", 4096 if arch == "gemma2" else 0)) or None
+    pattern = md.get(f"{arch}.attention.sliding_window_pattern", {"gemma2": 2, "gemma3": 6}.get(arch))
+    layer_types: tuple[str, ...] = ()
+    if window:
+        if isinstance(pattern, (list, tuple)):
+            layer_types = tuple("sliding" if p else "full" for p in pattern)
+        elif pattern:   # llama_hparams::set_swa_pattern: layer il slides iff il % n < n - 1
+            layer_types = tuple("sliding" if i % int(pattern) < int(pattern) - 1 else "full" for i in range(n_layers))
+        else:
+            layer_types = ("sliding",) * n_layers
+        if "sliding" not in layer_types:
+            window, layer_types = None, ()
+    attn_scale = g("attention.scale", None)
+    if attn_scale is None and (arch, n_layers) in (("gemma2", 46), ("gemma3", 62)):
+        attn_scale = float(dim // n_heads) ** -0.5    # llama.cpp: 27B models scale by n_embd / n_head
+    caps = (50.0, 30.0) if arch == "gemma2" else (None, None)   # llama_hparams defaults
+    attn_cap, final_cap = g("attn_logit_softcapping", caps[0]), g("final_logit_softcapping", caps[1])
+    return cls(
+        arch=arch, vocab_size=int(vocab), dim=dim, n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=int(g("attention.head_count_kv", n_heads)), head_dim=head_dim,
+        ffn_dim=int(g("feed_forward_length")), max_seq_len=ctx,
+        norm_eps=float(g("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=_gguf_rope_scaling(arch, md, ctx),
+        rope_local_theta=float(g("rope.freq_base_swa", 10000.0)) if arch == "gemma3" and window else None,
+        rope_neox=arch != "llama", rope_dim=int(g("rope.dimension_count", head_dim)),
+        partial_rotary_factor=int(g("rope.dimension_count", head_dim)) / head_dim,
+        attn_bias=arch == "qwen2", qk_norm=arch in ("qwen3", "gemma3"),
+        activation="gelu_tanh" if gemma else "silu", embed_scale=float(dim) ** 0.5 if gemma else None,
+        attn_softcap=float(attn_cap) if attn_cap else None, final_softcap=float(final_cap) if final_cap else None,
+        attn_scale=float(attn_scale) if attn_scale is not None else None,
+        sliding_window=window, layer_types=layer_types, post_norms=arch in ("gemma2", "gemma3"),
+        fused_qkv=arch == "phi3", fused_gate_up=arch == "phi3",
+    )
+
+
+def _to_gguf(c: DecoderConfig) -> dict[str, Any]:
+    a = c.arch
+    md: dict[str, Any] = {
+        "general.architecture": a,
+        f"{a}.vocab_size": c.vocab_size,
+        f"{a}.context_length": c.max_seq_len,
+        f"{a}.embedding_length": c.dim,
+        f"{a}.block_count": c.n_layers,
+        f"{a}.feed_forward_length": c.ffn_dim,
+        f"{a}.attention.head_count": c.n_heads,
+        f"{a}.attention.head_count_kv": c.n_kv_heads,
+        f"{a}.attention.key_length": c.head_dim,
+        f"{a}.attention.value_length": c.head_dim,
+        f"{a}.attention.layer_norm_rms_epsilon": float(c.norm_eps),
+        f"{a}.rope.freq_base": float(c.rope_theta),
+        f"{a}.rope.dimension_count": c.rotary_dim,
+    }
+    if c.rope_local_theta is not None:
+        md[f"{a}.rope.freq_base_swa"] = float(c.rope_local_theta)
+    if c.sliding_window:
+        md[f"{a}.attention.sliding_window"] = int(c.sliding_window)
+        md[f"{a}.attention.sliding_window_pattern"] = [c.is_sliding(i) for i in range(c.n_layers)]
+    elif a == "phi3":
+        md[f"{a}.attention.sliding_window"] = 0   # the Phi-3 converter writes 0 for "none"
+    if c.attn_softcap:
+        md[f"{a}.attn_logit_softcapping"] = float(c.attn_softcap)
+    if c.final_softcap:
+        md[f"{a}.final_logit_softcapping"] = float(c.final_softcap)
+    if c.attn_scale is not None:
+        md[f"{a}.attention.scale"] = float(c.attn_scale)
+    md.update(_gguf_rope_keys(c))
+    return md
+
+
+def _gguf_rope_keys(c: DecoderConfig) -> dict[str, Any]:
+    s, k = c.rope_scaling, f"{c.arch}.rope.scaling."
+    if s is None or s.kind == "default" or s.kind == "llama3":
+        return {}   # llama3 travels as the rope_freqs tensor, like the converter writes it
+    if s.kind == "linear":
+        return {k + "type": "linear", k + "factor": float(s.factor)}
+    if s.kind == "yarn":
+        if s.mscale or s.mscale_all_dim or not s.truncate:
+            raise UnsupportedError(f"{c.arch}: yarn mscale/mscale_all_dim/truncate=False have no GGUF form")
+        out = {k + "type": "yarn", k + "factor": float(s.factor),
+               k + "original_context_length": int(s.original_max_position_embeddings)}
+        # as the converter: only what the HF config states explicitly
+        for key, v in (("yarn_beta_fast", s.beta_fast), ("yarn_beta_slow", s.beta_slow),
+                       ("yarn_attn_factor", s.attention_factor)):
+            if v is not None:
+                out[k + key] = float(v)
+        return out
+    if s.kind == "longrope":
+        return {k + "type": "longrope", k + "original_context_length": int(s.original_max_position_embeddings),
+                k + "attn_factor": float(longrope_attention_factor(s))}
+    raise UnsupportedError(f"{c.arch}: rope scaling {s.kind!r} has no GGUF form (llama.cpp has no dynamic NTK)")
+
+
+def longrope_attention_factor(s: RopeScaling) -> float:
+    """cos/sin scale of longrope: the configured one, else transformers'
+    `_compute_longrope_parameters` default sqrt(1 + ln(factor) / ln(original_max))."""
+    if s.attention_factor is not None:
+        return float(s.attention_factor)
+    if s.factor <= 1.0:
+        return 1.0
+    return math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position_embeddings))

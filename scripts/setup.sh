@@ -10,6 +10,14 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip wheel
 if [ "${1:-}" = "--test" ]; then
+  # test-only system tools: tmux (terminal tests), espeak-ng + sox (speech)
+  if ! command -v tmux >/dev/null || ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq tmux espeak-ng sox libsox-fmt-all >/dev/null
+    else
+      echo "setup: install tmux, espeak-ng and sox for the full test suite" >&2
+    fi
+  fi
   # torch first and pinned, so transformers does not pull a CUDA build
   $PIP install -q torch==2.13.0
   $PIP install -q -e ".[test]"

@@ -10,33 +10,43 @@ from edgeformer.kernels.base import Cost, OpSpec, nbytes_of
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    from math import erf
-    return np.vectorize(erf, otypes=[np.float64])(x)
+# math.erfc is accurate in float64; numpy has no erf and scipy is not a dependency.
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.asarray(_ERFC(x), dtype=np.float64)
 
 
 def activation_ref(x: np.ndarray, kind: str) -> np.ndarray:
-    """Elementwise silu | gelu (exact, erf) | gelu_tanh | relu, float32."""
+    """Elementwise silu | gelu (exact, erf) | gelu_tanh | relu, float32, any shape.
+    NaN in gives NaN out (relu included); raises ValueError on an unknown kind."""
     x = x.astype(np.float32, copy=False)
     if kind == "silu":
-        return (x / (1.0 + np.exp(-x))).astype(np.float32)
+        with np.errstate(over="ignore"):   # exp(-x) -> inf for x < -88 gives the right limit, -0
+            return (x / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
     if kind == "gelu":
+        # 0.5 * (1 + erf(x / sqrt 2)) == 0.5 * erfc(-x / sqrt 2), without the cancellation for x < 0
         xd = x.astype(np.float64)
-        return (0.5 * xd * (1.0 + _erf(xd / math.sqrt(2.0)))).astype(np.float32)
+        return (0.5 * xd * _erfc(-xd / math.sqrt(2.0))).astype(np.float32)
     if kind == "gelu_tanh":
-        return (0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))).astype(np.float32)
+        # 0.5 * (1 + tanh(z)) == 1 / (1 + exp(-2z)): same function, no cancellation for x < 0
+        z = np.float32(_SQRT_2_OVER_PI) * (x + np.float32(0.044715) * x * x * x)
+        with np.errstate(over="ignore"):
+            return (x / (np.float32(1.0) + np.exp(np.float32(-2.0) * z))).astype(np.float32)
     if kind == "relu":
-        return np.maximum(x, 0).astype(np.float32)
+        return np.maximum(x, np.float32(0)).astype(np.float32)   # maximum propagates NaN
     raise ValueError(f"unknown activation {kind!r}")
 
 
 def activation_cost(x, kind) -> Cost:
+    """~8 FLOPs per element (exp/tanh counted as a few), x read once, float32 written."""
     n = int(np.prod(x.shape))
     return Cost(flops=8 * n, bytes_read=nbytes_of(x), bytes_written=n * 4)
 
 
 def glu_ref(gate: np.ndarray, up: np.ndarray, kind: str) -> np.ndarray:
-    """act(gate) * up (SwiGLU / GeGLU)."""
+    """act(gate) * up (SwiGLU / GeGLU); gate and up have the same shape; float32."""
     return (activation_ref(gate, kind) * up).astype(np.float32, copy=False)
 
 
@@ -46,7 +56,8 @@ def glu_cost(gate, up, kind) -> Cost:
 
 
 def softmax_ref(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, float32."""
+    """Softmax over the last axis, float32. -inf entries get 0; a row of all -inf, or
+    with a NaN or +inf, is NaN."""
     x = x.astype(np.float32, copy=False)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -58,7 +69,7 @@ def softmax_cost(x) -> Cost:
 
 
 def softcap_ref(x: np.ndarray, cap: float) -> np.ndarray:
-    """cap * tanh(x / cap)."""
+    """cap * tanh(x / cap), elementwise, float32 (gemma's logit soft-capping)."""
     return (np.tanh(x.astype(np.float32) / np.float32(cap)) * np.float32(cap)).astype(np.float32)
 
 

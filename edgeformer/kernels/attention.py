@@ -7,58 +7,84 @@ import numpy as np
 from edgeformer.kernels.base import Cost, OpSpec, nbytes_of, out_bytes
 
 
+def attention_mask(t: int, s: int, q_pos: np.ndarray | None, k_pos: np.ndarray | None,
+                   causal: bool, window: int | None) -> np.ndarray:
+    """(T, S) bool: True where key j is visible to query i (see `attention_ref`).
+    Missing positions default to queries being the last T of the S keys."""
+    mask = np.ones((t, s), dtype=bool)
+    if causal or window is not None:
+        qp = np.arange(s - t, s) if q_pos is None else np.asarray(q_pos)
+        kp = np.arange(s) if k_pos is None else np.asarray(k_pos)
+        diff = qp.astype(np.int64)[:, None] - kp.astype(np.int64)[None, :]   # (T, S)
+        if causal:
+            mask &= diff >= 0
+        if window is not None:
+            mask &= diff < window
+    return mask
+
+
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   q_pos: np.ndarray | None = None, k_pos: np.ndarray | None = None, *,
                   scale: float, causal: bool = True, window: int | None = None,
                   softcap: float | None = None) -> np.ndarray:
     """q: (T, Hq, D); k: (S, Hkv, D); v: (S, Hkv, Dv); Hq a multiple of Hkv (query head h
-    reads kv head h // (Hq // Hkv)). q_pos: (T,), k_pos: (S,) absolute positions.
+    reads kv head h // (Hq // Hkv)). q_pos: (T,), k_pos: (S,) absolute positions
+    (default: the queries are the last T of the S keys).
 
     Key j is visible to query i iff (not causal or k_pos[j] <= q_pos[i]) and
     (window is None or q_pos[i] - k_pos[j] < window). Scores are `scale * q.k`, then
     `softcap * tanh(s / softcap)` if softcap, then masked softmax (float32).
-    A query with no visible key gets zeros. Returns (T, Hq, Dv) float32."""
+    A query with no visible key gets zeros. Keys a query cannot see never touch its
+    output, even if they hold NaN/Inf. Returns (T, Hq, Dv) float32."""
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     g = hq // hkv
-    qf = q.astype(np.float32, copy=False).reshape(t, hkv, g, d)
-    kf = k.astype(np.float32, copy=False)
-    vf = v.astype(np.float32, copy=False)
-    scores = np.einsum("thgd,shd->hgts", qf, kf) * np.float32(scale)   # (Hkv, G, T, S)
+    qh = q.astype(np.float32, copy=False).reshape(t, hkv, g, d).transpose(1, 2, 0, 3)  # (Hkv, G, T, D)
+    kt = k.astype(np.float32, copy=False).transpose(1, 2, 0)[:, None]                 # (Hkv, 1, D, S)
+    vh = v.astype(np.float32, copy=False).transpose(1, 0, 2)[:, None]                 # (Hkv, 1, S, Dv)
+    scores = np.matmul(qh, kt) * np.float32(scale)                                     # (Hkv, G, T, S)
     if softcap:
         scores = np.tanh(scores / np.float32(softcap)) * np.float32(softcap)
-    mask = np.ones((t, s), dtype=bool)
-    if causal or window is not None:
-        if q_pos is None or k_pos is None:
-            q_pos = np.arange(s - t, s) if q_pos is None else q_pos
-            k_pos = np.arange(s) if k_pos is None else k_pos
-        diff = np.asarray(q_pos)[:, None].astype(np.int64) - np.asarray(k_pos)[None, :].astype(np.int64)
-        if causal:
-            mask &= diff >= 0
-        if window is not None:
-            mask &= diff < window
-    scores = np.where(mask, scores, -np.inf)
+    mask = attention_mask(t, s, q_pos, k_pos, causal, window)
+    scores = np.where(mask, scores, np.float32(-np.inf))
     m = scores.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
+    m = np.where(np.isfinite(m), m, np.float32(0.0))
     p = np.exp(scores - m)
     denom = p.sum(axis=-1, keepdims=True)
-    p = p / np.where(denom > 0, denom, 1.0)
-    out = np.einsum("hgts,shd->thgd", p.astype(np.float32), vf)        # (T, Hkv, G, Dv)
-    return out.reshape(t, hq, dv).astype(np.float32, copy=False)
+    p = (p / np.where(denom > 0, denom, np.float32(1.0))).astype(np.float32, copy=False)
+    if np.isfinite(vh).all():
+        out = np.matmul(p, vh)                                                         # (Hkv, G, T, Dv)
+    else:
+        # 0 * NaN is NaN: a dense p @ v would leak a masked key's NaN into every row,
+        # so only the keys each query sees enter its sum.
+        out = np.zeros((hkv, g, t, dv), dtype=np.float32)
+        for i in range(t):
+            vis = mask[i]
+            out[:, :, i] = np.matmul(p[:, :, i, vis][:, :, None, :], vh[:, :, vis])[:, :, 0]
+    return out.transpose(2, 0, 1, 3).reshape(t, hq, dv).astype(np.float32, copy=False)
+
+
+def visible_pairs(t: int, s: int, causal: bool, window: int | None) -> int:
+    """(query, key) pairs a causal/windowed attention computes when the T queries are the
+    last T positions of the S keys (prefill and decode); from shapes only."""
+    if not causal:
+        return t * s if window is None else t * min(s, window)   # non-causal window: upper bound
+    seen = np.arange(s - t + 1, s + 1, dtype=np.int64)            # keys visible to each query
+    seen = np.clip(seen, 0, None)
+    if window is not None:
+        seen = np.minimum(seen, window)
+    return int(seen.sum())
 
 
 def attention_cost(q, k, v, q_pos=None, k_pos=None, *, scale, causal=True, window=None, softcap=None) -> Cost:
+    """FLOPs of the visible (query, key) pairs per query head: q.k (2D), p.v (2Dv), and
+    ~5 for scale/max/exp/sum/normalize (+3 with softcap). Bytes: q, k, v read once."""
     t, hq, d = q.shape
     s, _, dv = v.shape
-    # dense pricing: every (query, key) pair computed, as the reference and flash kernels do
-    # for the visible part; causal prefill halves the useful work (t*s/2 when t == s).
-    pairs = t * s
-    if causal and t > 1:
-        pairs = t * s - t * (t - 1) / 2
-    if window is not None:
-        pairs = min(pairs, t * window)
-    flops = 2.0 * hq * pairs * (d + dv) + 5.0 * hq * pairs
-    return Cost(flops=flops, bytes_read=nbytes_of(q) + nbytes_of(k) + nbytes_of(v),
+    pairs = visible_pairs(t, s, causal, window)
+    per_pair = 2 * (d + dv) + 5 + (3 if softcap else 0)
+    return Cost(flops=float(hq * pairs * per_pair),
+                bytes_read=nbytes_of(q) + nbytes_of(k) + nbytes_of(v),
                 bytes_written=out_bytes((t, hq, dv)))
 
 

@@ -20,10 +20,13 @@ def embed_ref(table: QTensor | np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def embed_cost(table, ids) -> Cost:
+    """Only the T gathered rows of the table are read (plus the ids); one FLOP per
+    output element for dequantizing; (T, D) float32 written."""
     v, d = table.shape
-    t = int(np.size(ids)) if not hasattr(ids, "shape") else int(np.prod(ids.shape))
+    t = int(np.prod(np.shape(ids)))
     row = table.nbytes / v
-    return Cost(flops=t * d, bytes_read=t * row + t * 8, bytes_written=out_bytes((t, d)))
+    ids_bytes = int(ids.nbytes) if hasattr(ids, "nbytes") else t * 8
+    return Cost(flops=t * d, bytes_read=t * row + ids_bytes, bytes_written=out_bytes((t, d)))
 
 
 EMBED = OpSpec("embed", embed_ref, embed_cost, max_nmse={"default": 1e-12})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeformer.kernels.base import Cost, OpSpec, nbytes_of
+from edgeformer.kernels.base import Cost, OpSpec, nbytes_of, out_bytes
 
 
 def rope_ref(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
@@ -21,7 +21,7 @@ def rope_ref(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
     x = x.astype(np.float32, copy=False)
     half = inv_freq.shape[0]
     r = 2 * half
-    ang = positions.astype(np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]  # (T, R/2)
+    ang = np.asarray(positions).astype(np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]  # (T, R/2)
     cos = (np.cos(ang) * mscale).astype(np.float32)[:, None, :]   # (T, 1, R/2)
     sin = (np.sin(ang) * mscale).astype(np.float32)[:, None, :]
     out = x.copy()
@@ -37,9 +37,13 @@ def rope_ref(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
 
 
 def rope_cost(x, positions, inv_freq, *, neox=True, mscale=1.0) -> Cost:
-    t, h, _ = x.shape
+    """3 FLOPs per rotated element (2 mul + 1 add; cos/sin tables not counted); x,
+    positions and inv_freq read once; the whole float32 x written (pass-through included)."""
+    t, h, d = x.shape
     r = 2 * inv_freq.shape[0]
-    return Cost(flops=3 * t * h * r, bytes_read=nbytes_of(x), bytes_written=nbytes_of(x))
+    return Cost(flops=3 * t * h * r,
+                bytes_read=nbytes_of(x) + nbytes_of(positions) + nbytes_of(inv_freq),
+                bytes_written=out_bytes((t, h, d)))
 
 
 ROPE = OpSpec("rope", rope_ref, rope_cost, max_nmse={"default": 1e-10})

@@ -1,0 +1,38 @@
+"""The Python entry point: `edgeformer.load(path_or_name) -> Engine`.
+
+    import edgeformer
+    eng = edgeformer.load()                       # the default shipped model
+    print(eng.chat([{"role": "user", "content": "Hi"}]).text)
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from edgeformer.runtime.engine import Engine
+
+
+def load(path_or_name: str | os.PathLike | None = None, backend: Any = "numpy",
+         n_ctx: int | None = None) -> Engine:
+    """Load a decoder model (GGUF file, HF directory, or a shipped model's name; None =
+    the default shipped model) on `backend` (a name such as "numpy" / "cpu", or a Backend
+    instance) and return an Engine with an `n_ctx`-token context (default
+    min(model max, 4096)). Raises FormatError / UnsupportedError / ConfigError for a bad
+    or unsupported file, UnsupportedError for an unknown backend."""
+    from edgeformer.backends import get_backend
+    from edgeformer.formats import load_checkpoint
+    from edgeformer.formats.chat_template import ChatTemplate
+    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.models.decoder import Decoder
+    from edgeformer.models.shipped import default_model, resolve_model
+
+    t0 = time.perf_counter()
+    path = default_model() if path_or_name is None else resolve_model(path_or_name)
+    be = get_backend(backend) if isinstance(backend, str) else backend
+    ckpt = load_checkpoint(path)
+    model = Decoder(ckpt, be)
+    tokenizer = Tokenizer.from_checkpoint(ckpt)
+    # the file's template, else the built-in one of the vocabulary's family, else None
+    template = ChatTemplate.for_tokenizer(ckpt.chat_template, tokenizer, origin=str(path))
+    return Engine(model, tokenizer, template, be, n_ctx=n_ctx, load_s=time.perf_counter() - t0)

@@ -1,0 +1,141 @@
+"""Repack a GGUF-layout QTensor once, at load, into the CPU kernels' layout, and dequantize
+rows of a packed weight (embedding lookups).
+
+Layout (`PackedWeight.arrays`, every array 2-D with one row per output, C-contiguous):
+  Q8_0  qs int8 (N, K),     d f16-bits (N, K/32)
+  Q4_0  qs uint8 (N, K/2),  d (N, K/32)                  nibbles in ggml block order
+  Q4_1  qs uint8 (N, K/2),  d, m (N, K/32)
+  Q4_K  qs uint8 (N, K/2),  sc, mn uint8 (N, K/32), d, dmin f16-bits (N, K/256)
+  Q5_K  qs (N, K/2), qh (N, K/8), sc, mn (N, K/32), d, dmin (N, K/256)
+  Q6_K  ql (N, K/2), qh (N, K/4), sc int8 (N, K/16), d (N, K/256)
+  F16 / BF16  bits uint16 (N, K);  F32  float32 (N, K)
+Scales stay half precision (converted in-register by `simd.f16_to_f32`) so a packed weight
+reads the same bytes per token as the file: Q4_K/Q5_K's 6-bit packed scales are unpacked to
+one byte each (+4 bytes per 256 weights, <3%) to keep bit twiddling out of the hot loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgeformer.errors import UnsupportedError
+from edgeformer.quant.qtypes import QTensor, QType
+
+# qtypes with a native kernel; others are dequantized to F32 at load (with a warning).
+NATIVE = (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q4_K, QType.Q5_K, QType.Q6_K,
+          QType.F16, QType.BF16, QType.F32)
+
+
+class PackedWeight:
+    """A weight in CPU-kernel layout: `kind` (the QType its arrays follow), logical
+    (n, k), the arrays, and `kernel`, the Numba linear kernel bound at prepare time so a
+    call does no dispatch in Python."""
+
+    __slots__ = ("kind", "n", "k", "arrays", "kernel")
+
+    def __init__(self, kind: QType, n: int, k: int, arrays: tuple[np.ndarray, ...],
+                 kernel: Callable[..., None] | None = None) -> None:
+        self.kind, self.n, self.k, self.arrays, self.kernel = kind, n, k, arrays, kernel
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def __repr__(self) -> str:
+        return f"PackedWeight({self.kind.name}, n={self.n}, k={self.k}, {self.nbytes} B)"
+
+
+def _field(blocks: np.ndarray, lo: int, hi: int, dtype, n: int) -> np.ndarray:
+    """Bytes [lo, hi) of every block, as a C-contiguous (n, -1) array of `dtype`."""
+    return np.ascontiguousarray(blocks[:, :, lo:hi]).view(dtype).reshape(n, -1)
+
+
+def _k4_scales(s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unpack Q4_K/Q5_K 12-byte scale fields (n, nsb, 12) into 6-bit scales and mins, each
+    (n, nsb * 8) uint8 (ggml-quants.c `get_scale_min_k4`)."""
+    s = s.astype(np.uint8)
+    sc = np.empty(s.shape[:2] + (8,), np.uint8)
+    mn = np.empty_like(sc)
+    sc[..., :4] = s[..., 0:4] & 63
+    mn[..., :4] = s[..., 4:8] & 63
+    sc[..., 4:] = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
+    mn[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    return sc.reshape(n, -1), mn.reshape(n, -1)
+
+
+def repack(qt: QTensor) -> PackedWeight:
+    """QTensor (N, K) in a NATIVE qtype -> PackedWeight (arrays copied out of the file
+    bytes; the QTensor can be dropped). Raises UnsupportedError for other qtypes/ranks."""
+    if len(qt.shape) != 2:
+        raise UnsupportedError(f"cpu backend: weights must be 2-D (N, K), got shape {qt.shape}")
+    n, k = qt.shape
+    q = qt.qtype
+    if q not in NATIVE:
+        raise UnsupportedError(f"cpu backend has no packed layout for {q.name}")
+    if q in (QType.F16, QType.BF16):
+        return PackedWeight(q, n, k, (np.ascontiguousarray(qt.data).view(np.uint16).reshape(n, k),))
+    if q == QType.F32:
+        return PackedWeight(q, n, k, (np.ascontiguousarray(qt.data).view(np.float32).reshape(n, k),))
+    blocks = np.asarray(qt.data).reshape(n, k // q.block_size, q.type_size)
+    f = lambda lo, hi, dt=np.uint8: _field(blocks, lo, hi, dt, n)  # noqa: E731
+    if q == QType.Q8_0:
+        arrays = (f(2, 34, np.int8), f(0, 2, np.uint16))
+    elif q == QType.Q4_0:
+        arrays = (f(2, 18), f(0, 2, np.uint16))
+    elif q == QType.Q4_1:
+        arrays = (f(4, 20), f(0, 2, np.uint16), f(2, 4, np.uint16))
+    elif q == QType.Q4_K:
+        sc, mn = _k4_scales(blocks[:, :, 4:16], n)
+        arrays = (f(16, 144), sc, mn, f(0, 2, np.uint16), f(2, 4, np.uint16))
+    elif q == QType.Q5_K:
+        sc, mn = _k4_scales(blocks[:, :, 4:16], n)
+        arrays = (f(48, 176), f(16, 48), sc, mn, f(0, 2, np.uint16), f(2, 4, np.uint16))
+    else:  # Q6_K
+        arrays = (f(0, 128), f(128, 192), f(192, 208, np.int8), f(208, 210, np.uint16))
+    return PackedWeight(q, n, k, arrays)
+
+
+def _h(a: np.ndarray) -> np.ndarray:
+    return a.view(np.float16).astype(np.float32)
+
+
+def dequantize_rows(w: PackedWeight, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of a packed weight as float32 (len(ids), K), bit-exact with the
+    reference dequantizer (same float32 operation order as gguf-py / ggml)."""
+    a = [x[ids] for x in w.arrays]
+    t, k, q = len(ids), w.k, w.kind
+    if q == QType.F32:
+        return a[0].astype(np.float32, copy=True)
+    if q == QType.F16:
+        return a[0].view(np.float16).astype(np.float32)
+    if q == QType.BF16:
+        return (a[0].astype(np.uint32) << 16).view(np.float32)
+    if q == QType.Q8_0:
+        return (_h(a[1])[:, :, None] * a[0].reshape(t, -1, 32)).reshape(t, k)
+    if q in (QType.Q4_0, QType.Q4_1):
+        qs = a[0].reshape(t, -1, 16)
+        v = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32)  # (t, nb, 32)
+        if q == QType.Q4_0:
+            return (_h(a[1])[:, :, None] * (v - 8)).reshape(t, k)
+        return (_h(a[1])[:, :, None] * v + _h(a[2])[:, :, None]).reshape(t, k)
+    if q in (QType.Q4_K, QType.Q5_K):
+        qs = a[0].reshape(t, -1, 4, 32)                                   # (t, nsb, chunk, 32)
+        v = np.stack([qs & 15, qs >> 4], axis=3).reshape(t, -1, 8, 32)    # sub-block s = 2c + half
+        if q == QType.Q5_K:
+            qh = a[1].reshape(t, -1, 1, 32)
+            v = v | (((qh >> np.arange(8, dtype=np.uint8)[None, None, :, None]) & 1) << 4)
+        sc, mn, d, dmin = a[-4:]
+        d_ = (_h(d)[:, :, None] * sc.reshape(t, -1, 8).astype(np.float32))[..., None]
+        m_ = (_h(dmin)[:, :, None] * mn.reshape(t, -1, 8).astype(np.float32))[..., None]
+        return (d_ * v.astype(np.float32) - m_).reshape(t, k)
+    if q == QType.Q6_K:
+        ql = a[0].reshape(t, -1, 2, 2, 32)                                # (t, nsb, half, ql part, 32)
+        qh = a[1].reshape(t, -1, 2, 1, 32)
+        lo = np.stack([ql[..., 0, :] & 15, ql[..., 1, :] & 15, ql[..., 0, :] >> 4, ql[..., 1, :] >> 4], axis=3)
+        hi = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, None, :, None]) & 3
+        v = (lo | (hi << 4)).astype(np.int8) - 32                       # (t, nsb, half, 4, 32)
+        sc = a[2].reshape(t, -1, 2, 4, 2, 1).astype(np.float32)           # group of 16 -> scale
+        d = _h(a[3])[:, :, None, None, None, None]
+        return (d * sc * v.reshape(t, -1, 2, 4, 2, 16).astype(np.float32)).reshape(t, k)
+    raise UnsupportedError(f"cpu backend cannot dequantize {q.name}")

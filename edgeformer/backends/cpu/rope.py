@@ -1,0 +1,53 @@
+"""rope: rotary position embedding, neox (pairs i, i + R/2) and interleaved (2i, 2i + 1).
+
+cos/sin are computed once per (token, frequency) in float32 exactly as the reference does
+(angle = float32(pos) * float32(inv_freq), then cos/sin, then * mscale), and shared by all
+heads of the token."""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from edgeformer.backends.cpu.common import PARALLEL_MIN, jit_pair
+
+
+def _rope_rows(x, pos, inv_freq, neox, mscale, out):
+    t_, h_, d_ = x.shape
+    half = inv_freq.shape[0]
+    for t in prange(t_):
+        p = np.float32(pos[t])
+        cs = np.empty(half, np.float32)
+        sn = np.empty(half, np.float32)
+        for i in range(half):
+            a = p * inv_freq[i]
+            cs[i] = np.cos(a) * mscale
+            sn[i] = np.sin(a) * mscale
+        for h in range(h_):
+            xr, o = x[t, h], out[t, h]
+            for i in range(2 * half, d_):
+                o[i] = xr[i]
+            if neox:
+                for i in range(half):
+                    x1, x2 = xr[i], xr[i + half]
+                    o[i] = x1 * cs[i] - x2 * sn[i]
+                    o[i + half] = x2 * cs[i] + x1 * sn[i]
+            else:
+                for i in range(half):
+                    x1, x2 = xr[2 * i], xr[2 * i + 1]
+                    o[2 * i] = x1 * cs[i] - x2 * sn[i]
+                    o[2 * i + 1] = x2 * cs[i] + x1 * sn[i]
+
+
+_rope_ser, _rope_par = jit_pair(_rope_rows)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
+         neox: bool = True, mscale: float = 1.0) -> np.ndarray:
+    """x: (T, H, D) float32; positions: (T,) ints; inv_freq: (R/2,), R <= D. Returns a new
+    (T, H, D) float32 array; same contract as `kernels.rope.rope_ref`."""
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    (_rope_par if x.size >= PARALLEL_MIN else _rope_ser)(x, np.ascontiguousarray(positions, dtype=np.int64),
+          np.ascontiguousarray(inv_freq, dtype=np.float32), bool(neox), np.float32(mscale), out)
+    return out

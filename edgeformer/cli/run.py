@@ -1,0 +1,113 @@
+"""`edgeformer run [MODEL] -p PROMPT`: one completion, streamed to stdout; timings on stderr.
+
+An instruct model (one with a chat template) gets the prompt wrapped as a user message
+unless `--raw`. Sampling defaults are llama.cpp's (`common/common.h`): temp 0.8,
+top-k 40, top-p 0.95, min-p 0.05, no repeat penalty; `--temp 0` is greedy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgeformer.errors import InputError
+
+# every CLI default lives here (llama.cpp common_params_sampling values)
+DEFAULTS = dict(max_tokens=256, temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
+                repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, backend="numpy")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
+    p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
+                   help="context length in tokens, prompt + output (default: min(model max, 4096))")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=DEFAULTS["max_tokens"], help="default: %(default)s")
+    g.add_argument("--temp", type=float, default=DEFAULTS["temp"], help="0 = greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=DEFAULTS["top_k"], help="0 = off (default: %(default)s)")
+    g.add_argument("--top-p", type=float, default=DEFAULTS["top_p"], help="1 = off (default: %(default)s)")
+    g.add_argument("--min-p", type=float, default=DEFAULTS["min_p"], help="0 = off (default: %(default)s)")
+    g.add_argument("--repeat-penalty", type=float, default=DEFAULTS["repeat_penalty"],
+                   help="1 = off (default: %(default)s)")
+    g.add_argument("--repeat-last-n", type=int, default=DEFAULTS["repeat_last_n"],
+                   help="penalty window in tokens, -1 = whole context (default: %(default)s)")
+    g.add_argument("--presence-penalty", type=float, default=DEFAULTS["presence_penalty"])
+    g.add_argument("--frequency-penalty", type=float, default=DEFAULTS["frequency_penalty"])
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh each run)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+
+
+def sampling_params(args: argparse.Namespace):
+    """SamplingParams from parsed flags; invalid values raise InputError (never clamped)."""
+    from edgeformer.runtime.sampler import SamplingParams
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                          min_p=args.min_p, repetition_penalty=args.repeat_penalty,
+                          penalty_last_n=args.repeat_last_n, presence_penalty=args.presence_penalty,
+                          frequency_penalty=args.frequency_penalty, seed=args.seed, stop=tuple(args.stop),
+                          ignore_eos=args.ignore_eos)
+
+
+def load_engine(args: argparse.Namespace):
+    from edgeformer.api import load
+    return load(args.model, backend=args.backend, n_ctx=args.n_ctx)
+
+
+def read_prompt_file(path: str) -> str:
+    """The file's text; InputError if it is missing or not valid UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read prompt file: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: prompt file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") \
+            from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate a completion for one prompt",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-p", "--prompt", help="the prompt text")
+    src.add_argument("-f", "--file", help="read the prompt from a UTF-8 text file")
+    p.add_argument("--raw", action="store_true", help="no chat template: complete the prompt text as is")
+    p.add_argument("-s", "--system", default=None, help="system message (chat-template models only)")
+    p.add_argument("--no-stats", action="store_true", help="do not print timings on stderr")
+    add_sampling_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = args.prompt if args.prompt is not None else read_prompt_file(args.file)
+    if not prompt:
+        raise InputError("empty prompt")
+    params = sampling_params(args)          # validate flags before the (slow) load
+    engine = load_engine(args)
+    if engine.chat_template is not None and not args.raw:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": prompt}]
+        events = engine.chat_stream(messages, params)
+    else:
+        if args.system:
+            raise InputError("--system needs a chat template (this model has none, or --raw was given)")
+        events = engine.stream(prompt, params)
+    last = None
+    for ev in events:
+        if ev.text:
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        last = ev
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if last is not None and last.stats is not None and not args.no_stats:
+        print(f"\nfinish reason: {last.finish_reason}", file=sys.stderr)
+        print(last.stats.summary(), file=sys.stderr)
+    return 0

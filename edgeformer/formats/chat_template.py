@@ -1,0 +1,232 @@
+"""Chat templates: Jinja2 templates (from GGUF `tokenizer.chat_template` or HF
+`tokenizer_config.json`) rendered the way HF `transformers` renders them.
+
+The environment matches transformers' `_compile_jinja_template`: an
+`ImmutableSandboxedEnvironment` (templates from model files are untrusted code) with
+`trim_blocks`, `lstrip_blocks`, the `loopcontrols` extension, a `tojson` that does not
+escape HTML, and the globals `raise_exception` and `strftime_now`. Template variables:
+`messages`, `add_generation_prompt`, `tools`, `documents`, the special-token strings
+(`bos_token`, `eos_token`, `unk_token`, `pad_token`), and any extra keyword arguments.
+
+When a file has no template, a built-in one for the model family (`templates/*.jinja`:
+chatml for SmolLM/Qwen, Gemma's `<start_of_turn>`, Llama 3) is used, and
+`ChatTemplate.builtin` says so.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgeformer.errors import FormatError, InputError
+
+BUILTIN_FAMILIES = ("chatml", "gemma", "llama3")
+# A vocabulary token that identifies the family's turn markers, checked in this order.
+_FAMILY_MARKERS = (("gemma", "<start_of_turn>"), ("llama3", "<|start_header_id|>"), ("chatml", "<|im_start|>"))
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # Jinja's own tojson HTML-escapes <>&' ; HF templates expect plain JSON
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (HF's assistant-mask marker): renders its
+    body unchanged, so templates that use it compile."""
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
+
+
+@lru_cache(maxsize=1)
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols, _GenerationTag])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> jinja2.Template:
+    return _environment().from_string(source)
+
+
+def builtin_template(family: str) -> str:
+    """The text of the built-in template for `family` (one of BUILTIN_FAMILIES). Raises
+    InputError for an unknown family."""
+    if family not in BUILTIN_FAMILIES:
+        raise InputError(f"no built-in chat template {family!r}; built-in: {', '.join(BUILTIN_FAMILIES)}")
+    return resources.files("edgeformer.formats").joinpath("templates", f"{family}.jinja").read_text("utf-8")
+
+
+def detect_family(vocab: Mapping[str, int] | Sequence[str]) -> str | None:
+    """The built-in family whose turn-marker token the vocabulary has, or None."""
+    have = vocab if isinstance(vocab, Mapping) else set(vocab)
+    return next((fam for fam, marker in _FAMILY_MARKERS if marker in have), None)
+
+
+def _plain(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # fresh dicts without None values, as transformers' `_normalize_chat_messages` does
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise InputError(f"chat message {i} must be a mapping with 'role' and 'content', got {m!r}")
+        out.append({k: v for k, v in m.items() if v is not None})
+    return out
+
+
+@dataclass
+class ChatTemplate:
+    """A compiled chat template. `source`: the Jinja text; `builtin`: True when the model
+    file had none and a built-in family template is used (`family` names it);
+    `special_tokens`: the strings bound to bos_token/eos_token/... when rendering."""
+
+    source: str
+    builtin: bool = False
+    family: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    origin: str = "<template>"
+
+    def __post_init__(self) -> None:
+        try:
+            _compile(self.source)
+        except jinja2.exceptions.TemplateSyntaxError as e:
+            raise FormatError(self.origin, f"chat template syntax error (line {e.lineno}): {e.message}") from e
+
+    @classmethod
+    def for_tokenizer(cls, template: str | None, tokenizer: Any, origin: str = "<model>") -> "ChatTemplate | None":
+        """The file's template if there is one, else the built-in template of the family
+        the tokenizer's vocabulary belongs to (builtin=True), else None. Special-token
+        strings come from the tokenizer (`bos_id`, `eos_id`, `unk_id`, `pad_id`)."""
+        sp = special_token_strings(tokenizer)
+        if template:
+            return cls(template, builtin=False, special_tokens=sp, origin=origin)
+        family = detect_family(tokenizer.token_to_id)
+        if family is None:
+            return None
+        return cls(builtin_template(family), builtin=True, family=family, special_tokens=sp,
+                   origin=f"<built-in {family}>")
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               documents: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any) -> str:
+        """The prompt text for `messages` ([{"role": ..., "content": ...}, ...]). Extra
+        keyword arguments become template variables (they override the special-token
+        strings). Raises InputError when the template rejects the conversation
+        (`raise_exception`) or fails while rendering."""
+        variables: dict[str, Any] = {**self.special_tokens, **kwargs}
+        try:
+            return _compile(self.source).render(messages=_plain(messages), tools=tools, documents=documents,
+                                                add_generation_prompt=add_generation_prompt, **variables)
+        except jinja2.exceptions.TemplateError as e:
+            raise InputError(f"chat template ({self.origin}) rejected the conversation: {e}") from e
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            raise InputError(f"chat template ({self.origin}) failed: {type(e).__name__}: {e}") from e
+
+
+def special_token_strings(tokenizer: Any) -> dict[str, str]:
+    """{"bos_token": "<s>", "eos_token": ...} for the tokenizer's special ids that exist."""
+    out = {}
+    for var, attr in (("bos_token", "bos_id"), ("eos_token", "eos_id"), ("unk_token", "unk_id"),
+                      ("pad_token", "pad_id")):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            out[var] = tokenizer.token_text(tid)
+    return out
+
+
+def render_chat(template: str | ChatTemplate, messages: Sequence[Mapping[str, Any]],
+                add_generation_prompt: bool = True, tokenizer: Any = None, **kwargs: Any) -> str:
+    """Render `messages` with a template (text or ChatTemplate); with `tokenizer`, its
+    special-token strings are bound (bos_token...). Errors as ChatTemplate.render."""
+    if isinstance(template, str):
+        sp = special_token_strings(tokenizer) if tokenizer is not None else {}
+        template = ChatTemplate(template, special_tokens=sp)
+    return template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+
+def _protect(value: Any, controls: Sequence[str], pattern: re.Pattern | None, protected: list[str],
+             marker: str) -> Any:
+    """`value` with each control-token text inside its strings replaced by a marker that
+    indexes `protected` (recursively through dicts, lists and tuples)."""
+    if isinstance(value, str):
+        if pattern is None or not any(c in value for c in controls):
+            return value
+
+        def repl(m: re.Match) -> str:
+            protected.append(m.group(0))
+            return f"\ue000{marker}:{len(protected) - 1}\ue001"
+        return pattern.sub(repl, value)
+    if isinstance(value, Mapping):
+        return {k: _protect(v, controls, pattern, protected, marker) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_protect(v, controls, pattern, protected, marker) for v in value)
+    return value
+
+
+def encode_chat(tokenizer: Any, template: ChatTemplate, messages: Sequence[Mapping[str, Any]],
+                add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
+                **kwargs: Any) -> list[int]:
+    """Token ids of the rendered chat prompt. The template's own markers (<|im_start|>,
+    <start_of_turn>...) become control tokens; the same texts inside messages or tools are
+    tokenized as plain text, so user content cannot forge turns. BOS is prepended when the
+    tokenizer wants one and the template did not write it. Errors as ChatTemplate.render."""
+    controls = [c for c in tokenizer.control_texts() if c]
+    user_text = "\x00".join(_strings([messages, tools]))   # no control text holds NUL
+    present = [c for c in controls if c in user_text]
+    pattern = re.compile("|".join(map(re.escape, present))) if present else None
+    protected: list[str] = []
+    marker = secrets.token_hex(6)   # unguessable, so user text cannot fake a marker
+    msgs = _protect(list(messages), present, pattern, protected, marker)
+    tls = _protect(tools, present, pattern, protected, marker)
+    text = template.render(msgs, add_generation_prompt=add_generation_prompt, tools=tls, **kwargs)
+    ids: list[int] = []
+    pos = 0
+    for m in re.finditer(f"\ue000{marker}:(\\d+)\ue001", text):
+        ids += tokenizer.encode(text[pos:m.start()], add_special=False, parse_special=True)
+        ids += tokenizer.encode(protected[int(m.group(1))], add_special=False, parse_special=False)
+        pos = m.end()
+    ids += tokenizer.encode(text[pos:], add_special=False, parse_special=True)
+    bos = getattr(tokenizer, "bos_id", None)
+    if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+        ids.insert(0, bos)
+    return ids
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside nested dicts/lists/tuples (keys excluded)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []

@@ -1,0 +1,95 @@
+"""SentencePiece-style BPE (GGUF `tokenizer.ggml.model == "llama"`: Llama 1/2, Gemma).
+
+llama.cpp's `llm_tokenizer_spm_session` bigram algorithm: start from single characters,
+repeatedly merge the adjacent pair whose concatenation is the vocab token with the highest
+score (leftmost on ties), then re-segment any final symbol that is not a token through the
+pair it was last merged from, down to byte-fallback tokens (`<0xNN>`).
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+SPACE_ESCAPE = "\u2581"   # "▁", SentencePiece's visible space
+
+
+class SPMModel:
+    """`token_to_id` maps every vocab string (all token types) to its id; `scores` are the
+    per-token merge priorities."""
+
+    def __init__(self, token_to_id: dict[str, int], scores: Sequence[float]) -> None:
+        self.token_to_id = token_to_id
+        self.scores = scores
+        self._byte_ids: list[int | None] = []
+        for b in range(256):
+            tid = token_to_id.get(f"<0x{b:02X}>")
+            if tid is None and b < 0x80:
+                tid = token_to_id.get(chr(b))   # llama.cpp falls back to the byte as text
+            self._byte_ids.append(tid)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, already space-escaped (and space-prefixed) by the caller."""
+        n = len(text)
+        if n == 0:
+            return []
+        t2i, scores = self.token_to_id, self.scores
+        # symbol i covers text[start[i]:start[i] + length[i]] (chars); nbytes is its UTF-8
+        # size, which llama.cpp's staleness check compares
+        start = list(range(n))
+        length = [1] * n
+        cbytes = [len(c.encode("utf-8")) for c in text]
+        nbytes = list(cbytes)
+        prev = list(range(-1, n - 1))
+        nxt = [*range(1, n), -1]
+        heap: list[tuple[float, int, int, int]] = []
+        rev_merge: dict[str, tuple[int, int]] = {}
+
+        def try_add(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            s = text[start[left]:start[left] + length[left] + length[right]]
+            tid = t2i.get(s)
+            if tid is None:
+                return
+            heapq.heappush(heap, (-scores[tid], left, right, nbytes[left] + nbytes[right]))
+            rev_merge[s] = (left, right)
+
+        for i in range(1, n):
+            try_add(i - 1, i)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if nbytes[left] == 0 or nbytes[right] == 0 or nbytes[left] + nbytes[right] != size:
+                continue
+            length[left] += length[right]
+            nbytes[left] += nbytes[right]
+            length[right] = nbytes[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            try_add(prev[left], left)
+            try_add(left, nxt[left])
+
+        out: list[int] = []
+
+        def resegment(i: int) -> None:
+            s = text[start[i]:start[i] + length[i]]
+            tid = t2i.get(s)
+            if tid is not None:
+                out.append(tid)
+                return
+            p = rev_merge.get(s)
+            if p is None:
+                for b in s.encode("utf-8"):
+                    bid = self._byte_ids[b]
+                    if bid is None:
+                        raise KeyError(f"no byte token for 0x{b:02X}")
+                    out.append(bid)
+                return
+            resegment(p[0])
+            resegment(p[1])
+
+        i = 0
+        while i != -1:
+            resegment(i)
+            i = nxt[i]
+        return out

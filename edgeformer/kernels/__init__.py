@@ -2,6 +2,7 @@
 from edgeformer.kernels.activation import ACTIVATION, GLU, SOFTCAP, SOFTMAX
 from edgeformer.kernels.attention import ATTENTION
 from edgeformer.kernels.base import Cost, OpSpec
+from edgeformer.kernels.conv import CONV1D, CONV_TRANSPOSE1D
 from edgeformer.kernels.elementwise import ADD, MUL
 from edgeformer.kernels.embed import EMBED
 from edgeformer.kernels.matmul import LINEAR
@@ -10,6 +11,7 @@ from edgeformer.kernels.rope import ROPE
 
 OPS: dict[str, OpSpec] = {op.name: op for op in (
     LINEAR, EMBED, RMS_NORM, LAYER_NORM, ROPE, ATTENTION, ACTIVATION, GLU, SOFTMAX, SOFTCAP, ADD, MUL,
+    CONV1D, CONV_TRANSPOSE1D,
 )}
 
 __all__ = ["OPS", "OpSpec", "Cost"]

@@ -157,15 +157,77 @@ def collect(events: Iterator[TokenEvent], prompt_ids: list[int], want_logprobs: 
 
 # ---- the engine --------------------------------------------------------------------------
 
+class TokenEmitter:
+    """Turns sampled tokens into `TokenEvent`s: end-of-generation ids, stop strings cut
+    across token boundaries, the token budget, UTF-8-safe text pieces, logprobs and the
+    stats. One per generation; shared by plain and speculative decoding so both end
+    exactly alike. `ctx[:n]` is prompt + emitted tokens (the penalties' context)."""
+
+    def __init__(self, engine: "Engine", ids: list[int], budget: int, params: SamplingParams,
+                 stats: GenerationStats, t0: float) -> None:
+        self.stop_ids = engine._stop_token_ids(params)
+        self.text_dec = engine.tokenizer.incremental_decoder()
+        self.stopper = StopMatcher(params.stop)
+        self.top_n = params.top_logprobs
+        self.want_lp = bool(params.logprobs or params.top_logprobs)
+        self.budget, self.stats, self.t0 = budget, stats, t0
+        self.t_first = t0
+        # prompt + generated (+ drafts in flight), one preallocated buffer
+        self.ctx = np.zeros(len(ids) + budget, dtype=np.int64)
+        self.ctx[:len(ids)] = ids
+        self.n = len(ids)
+        self.i = 0          # index of the next token to emit
+        self.done = False
+
+    def emit(self, tok: int, logits: np.ndarray) -> TokenEvent:
+        """The event for sampled token `tok` drawn from raw `logits`; sets `done` on the
+        last one (finish_reason "stop" or "length")."""
+        now = time.perf_counter()
+        i, stats = self.i, self.stats
+        if i == 0:
+            self.t_first = now
+            stats.ttft_s = now - self.t0
+        lp = None
+        if self.want_lp:
+            lsm = log_softmax(logits)
+            lp = TokenLogprob(tok, float(lsm[tok]), top_logprobs(lsm, self.top_n))
+
+        def finish(reason: str, text: str, is_stop: bool) -> TokenEvent:
+            end = time.perf_counter()
+            stats.decode_tokens = i
+            stats.decode_s = end - self.t_first
+            stats.total_s = end - self.t0
+            self.done = True
+            return TokenEvent(tok, text, i, end - self.t0, lp, reason, is_stop, stats)
+
+        stopper = self.stopper
+        if tok in self.stop_ids:
+            tail = stopper.feed(self.text_dec.flush())
+            return finish("stop", tail.text if tail.stopped else tail.text + stopper.flush(), True)
+        r = stopper.feed(self.text_dec.add(tok))
+        if r.stopped:
+            return finish("stop", r.text, False)
+        self.ctx[self.n] = tok
+        self.n += 1
+        if i == self.budget - 1:
+            tail = stopper.feed(self.text_dec.flush())
+            text = r.text + tail.text + ("" if tail.stopped else stopper.flush())
+            return finish("stop" if tail.stopped else "length", text, False)
+        self.i += 1
+        return TokenEvent(tok, r.text, i, now - self.t0, lp)
+
+
 class Engine:
     """Generation over `model` (a Decoder) with `tokenizer`. `chat_template` (Jinja text,
     a `formats.chat_template.ChatTemplate`, or None) enables `chat`. `n_ctx`: context
     length in tokens, prompt + output (default min(model max_seq_len, 4096)); `load_s`
-    is reported in the stats; `prefill_chunk`: prompt tokens per forward pass."""
+    is reported in the stats; `prefill_chunk`: prompt tokens per forward pass.
+    `speculative`: a `runtime.speculative.SpeculativeConfig` (drafter + tokens per round)
+    to decode by draft-and-verify; output is distributed exactly as without it."""
 
     def __init__(self, model: DecoderModel, tokenizer: TokenizerLike, chat_template: Any = None,
                  backend: Any = None, n_ctx: int | None = None, load_s: float = 0.0,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, speculative: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -186,6 +248,9 @@ class Engine:
         self._cache: KVCache | None = None
         self._cache_ids: list[int] = []       # exactly the tokens whose K/V the cache holds
         self._active: object | None = None    # the running stream, to refuse a second one
+        self.speculative = speculative
+        if speculative is not None:
+            speculative.bind(self.vocab_size, n_ctx)   # InputError now for a mismatched draft
 
     # ---- prompts ----
 
@@ -359,57 +424,26 @@ class Engine:
                 self._active = None
 
     def _steps(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
+        if self.speculative is not None:
+            from edgeformer.runtime.speculative import speculative_steps
+            yield from speculative_steps(self, ids, budget, params)
+            return
         t0 = time.perf_counter()
         stats = GenerationStats(load_s=self.load_s, prompt_tokens=len(ids))
         procs = make_logits_processors(params)
         sample = make_sampler(params)
         rng = make_rng(params.seed)
-        stop_ids = self._stop_token_ids(params)
-        text_dec = self.tokenizer.incremental_decoder()
-        stopper = StopMatcher(params.stop)
-        # context for the penalties: prompt + generated, one preallocated buffer
-        ctx = np.zeros(len(ids) + budget, dtype=np.int64)
-        ctx[:len(ids)] = ids
-        n = len(ids)
+        em = TokenEmitter(self, ids, budget, params, stats, t0)
 
         logits, stats.cached_tokens = self._prefill(ids)
-        t_first = time.perf_counter()
+        em.t_first = time.perf_counter()
         stats.prefill_tokens = len(ids) - stats.cached_tokens
-        stats.prefill_s = t_first - t0
+        stats.prefill_s = em.t_first - t0
 
-        for i in range(budget):
-            proc = apply_processors(procs, ctx[:n], logits) if procs else logits
+        while True:
+            proc = apply_processors(procs, em.ctx[:em.n], logits) if procs else logits
             tok = sample(proc, rng)
-            now = time.perf_counter()
-            if i == 0:
-                t_first = now
-                stats.ttft_s = now - t0
-            lp = None
-            if params.logprobs or params.top_logprobs:
-                lsm = log_softmax(logits)
-                lp = TokenLogprob(tok, float(lsm[tok]), top_logprobs(lsm, params.top_logprobs))
-
-            def finish(reason: str, text: str, is_stop: bool) -> TokenEvent:
-                end = time.perf_counter()
-                stats.decode_tokens = i
-                stats.decode_s = end - t_first
-                stats.total_s = end - t0
-                return TokenEvent(tok, text, i, end - t0, lp, reason, is_stop, stats)
-
-            if tok in stop_ids:
-                tail = stopper.feed(text_dec.flush())
-                yield finish("stop", tail.text if tail.stopped else tail.text + stopper.flush(), True)
+            yield em.emit(tok, logits)
+            if em.done:
                 return
-            r = stopper.feed(text_dec.add(tok))
-            if r.stopped:
-                yield finish("stop", r.text, False)
-                return
-            ctx[n] = tok
-            n += 1
-            if i == budget - 1:
-                tail = stopper.feed(text_dec.flush())
-                text = r.text + tail.text + ("" if tail.stopped else stopper.flush())
-                yield finish("stop" if tail.stopped else "length", text, False)
-                return
-            yield TokenEvent(tok, r.text, i, now - t0, lp)
             logits = self._forward([tok])

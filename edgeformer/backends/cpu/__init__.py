@@ -11,19 +11,67 @@ vectorised and bandwidth-bound), i.e. the reference.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from edgeformer.backends.base import Backend, Weight
 from edgeformer.errors import UnsupportedError
 from edgeformer.quant.qtypes import QTensor
 
 
+def _release_file_pages(a: Any) -> None:
+    """Drop a repacked tensor's pages of the mmapped model file from this process's
+    resident set (madvise DONTNEED), so loading peaks near one copy of the weights
+    instead of two. Only for read-only file mappings (an `mmap.mmap` in the array's base
+    chain, array not writeable): those pages are re-read from the file if touched again;
+    anything else (an anonymous buffer would be zeroed) is left alone."""
+    import mmap
+    base = a
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    # a read-only buffer (ACCESS_READ, as formats/gguf.py maps files) is never a private
+    # copy-on-write page that DONTNEED would lose
+    if base is None or not isinstance(a, np.ndarray) or a.flags.writeable or sys.platform != "linux":
+        return
+    try:
+        import ctypes
+        start, n = a.ctypes.data, a.nbytes
+        page = mmap.PAGESIZE
+        lo, hi = (start + page - 1) // page * page, (start + n) // page * page
+        if hi > lo:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)   # MADV_DONTNEED
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _cache_warm() -> bool:
+    """Whether Numba's on-disk cache holds the fused decode kernel (the last one a first run
+    compiles): next to the sources, or under NUMBA_CACHE_DIR."""
+    here = Path(__file__).parent / "__pycache__"
+    roots = [here] + [Path(d) for d in [os.environ.get("NUMBA_CACHE_DIR")] if d]
+    return any(any(r.rglob("block._attn_out-*.nbi")) for r in roots if r.is_dir())
+
+
 class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self) -> None:
+        # GNU OpenMP's default (spin-waiting) pool collapses when the machine has more runnable
+        # threads than cores: a 2-thread 32x32 linear measured 16-30 ms per call on a loaded
+        # 2-core box (spinning workers starve the one doing the work), 26 us with PASSIVE.
+        # Read once, when Numba first starts its OpenMP pool; set OMP_WAIT_POLICY=ACTIVE to
+        # trade that safety for ~a few us less wake-up latency per call on an idle machine.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if not _cache_warm():
+            print("edgeformer: compiling the CPU kernels (first run only, ~10-30 s; cached afterwards)",
+                  file=sys.stderr, flush=True)
         from edgeformer.backends.cpu import activation, attention, embed, matmul, norm, rope
         from edgeformer.kernels.elementwise import add_ref, mul_ref
         self.kernels: dict[str, Callable[..., Any]] = {
@@ -34,6 +82,7 @@ class CpuBackend(Backend):
             "add": add_ref, "mul": mul_ref,
         }
         self._linear_kernels = matmul.KERNELS
+        self.kernels.update(__import__("edgeformer.backends.cpu.conv", fromlist=["KERNELS"]).KERNELS)  # conv1d, conv_transpose1d
 
     @classmethod
     def available(cls) -> str | None:
@@ -58,4 +107,25 @@ class CpuBackend(Backend):
             qt = QTensor.from_array(dequantize(qt).astype("float32").reshape(qt.shape))
         packed = repack(qt)
         packed.kernel = self._linear_kernels[packed.kind]
+        _release_file_pages(qt.data)
         return Weight(name, qt.qtype, qt.shape, qt.nbytes, packed, None)
+
+    def concat_weights(self, ws: list[Weight], name: str = "") -> Weight | None:
+        """One weight whose rows are `ws`' rows in order (q|k|v, gate|up), so a decode step
+        reads them in one pass and quantizes the activations once; None when they cannot
+        be joined (different qtypes or row lengths). The parts' arrays are not kept: the
+        caller drops `ws`, so memory does not grow."""
+        from edgeformer.backends.cpu.repack import concat_rows
+        if len(ws) < 2 or any(w.qtype != ws[0].qtype or w.shape[1:] != ws[0].shape[1:] or w.source is not None
+                              for w in ws):
+            return None
+        packed = concat_rows([w.handle for w in ws])
+        packed.kernel = self._linear_kernels[packed.kind]
+        n = sum(w.shape[0] for w in ws)
+        return Weight(name, ws[0].qtype, (n,) + tuple(ws[0].shape[1:]), sum(w.nbytes for w in ws), packed, None)
+
+    def decode_layers(self, model: Any, x: Any, pos: int, cache: Any, rope: tuple) -> Any:
+        """Every block of a decoder for one token in two Numba calls per block (see
+        `block.py`); None when the model's family or qtypes are not covered."""
+        from edgeformer.backends.cpu.block import decode_layers
+        return decode_layers(model, x, pos, cache, rope)

@@ -6,7 +6,9 @@ from numba import njit
 # No nnan/ninf: masked attention uses -inf and callers' inf/NaN must come back as from the
 # reference. reassoc/contract let LLVM vectorize float reductions and use FMA.
 FAST = {"nsz", "arcp", "contract", "reassoc"}
-JIT = dict(fastmath=FAST, cache=True, nogil=True)
+# error_model="numpy": x / 0 gives inf/nan like numpy instead of a raise, whose branch
+# also stops LLVM vectorising any loop with a division in it.
+JIT = dict(fastmath=FAST, cache=True, nogil=True, error_model="numpy")
 PARALLEL_MIN = 1 << 16   # elements; below this a serial loop beats waking the thread pool
 
 

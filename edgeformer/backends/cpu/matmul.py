@@ -1,13 +1,21 @@
 """linear (y = x @ W.T + b) for packed weights: one Numba kernel per qtype, any T.
 
 Quantized weights use llama.cpp's scheme: activations are quantized on the fly to int8 per
-32-block (Q8_1-like: scale `xd` and scaled block sum `xs`); per row, a short vectorised
-loop folds weight and activation scales into one float per block (mins/offsets into one
-scalar), and a `simd.rowdot_*` kernel does the integer block dots with a vector
-accumulator. Measured error vs the float reference:
-NMSE ~3e-5 from the activation rounding (bound: 5e-4). Float weights (F32/F16/BF16) keep
-float32 activations. Every kernel parallelises over output rows (`prange`, static split),
-and for T > 1 sweeps all tokens while a weight row is hot in L1.
+32-block (Q8_1-like: scale `xd` and scaled block sum `xs`) and a `simd.rowdot*` kernel
+does integer block dots (vpdpbusd / vpmaddubsw / vpmaddwd) into a float vector
+accumulator. Q8_0/Q4_0/Q4_1 form the weight x activation scales in-register from the
+f16 weight scales and xd, and fold the zero point / mins through xs (`rowdot2_*`; on
+AVX512-VNNI Q8_0 is dotted as unsigned q + 128 with one vpdpbusd per 64 weights, the
+offset removed via xs); the K-quants form their scales in-register too. Error vs the
+float reference: NMSE ~1e-5..7e-5 from the activation rounding (bound 5e-4; measured on
+random weights in the tests). Int8 was chosen over float32 activations because it is
+1.8-2x faster per weight byte here (float dequant-and-FMA is instruction-bound) at an
+error 10x under the bound. Float weights (F32/F16/BF16) keep float32 activations.
+
+Every kernel parallelises over output rows (`prange`, static split). For T > 1 (prefill)
+Q8_0/Q4_0 dot each weight row with 4 tokens at once (`rowdot4_*`: the row is
+unpacked once per 4 tokens, 4 accumulators), over token blocks whose int8 activations
+fit L1 (~24 KiB), so a block is reused across a task's 16 rows.
 """
 from __future__ import annotations
 
@@ -16,8 +24,8 @@ from numba import njit, prange
 
 from edgeformer.backends.cpu.common import JIT as _JIT
 from edgeformer.backends.cpu.repack import PackedWeight
-from edgeformer.backends.cpu.simd import (bf16_to_f32, f16_to_f32, rowdot_q4_0, rowdot_q4_k, rowdot_q5_k,
-                                          rowdot_q6_k, rowdot_q8_0)
+from edgeformer.backends.cpu.simd import bf16_to_f32, f16_to_f32, rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
+from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0, rowdot4_q4_0, rowdot4_q8_0
 from edgeformer.quant.qtypes import QType
 
 
@@ -51,60 +59,65 @@ def quantize_x(x):
     return xq, xd, xs
 
 
-# Rows per prange task: the per-block scale scratch `s` is allocated once per task.
+# Rows per prange task (a static split of N / CH tasks over the threads).
 CH = 16
+
+
+@njit(**_JIT)
+def _token_block(k):
+    """Tokens per block so their int8 activations (k bytes each) take ~24 KiB of L1."""
+    return max(4, 24576 // k // 4 * 4)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_q8_0(x, qs, d, bias, out):
-    xq, xd, _ = quantize_x(x)
-    n, nb = d.shape
+    xq, xd, xs = quantize_x(x)
+    n, t_ = d.shape[0], x.shape[0]
+    t4 = t_ // 4 * 4                      # tokens in groups of 4: one unpack per group
+    tb = _token_block(x.shape[1])
     for c in prange((n + CH - 1) // CH):
-        s = np.empty(nb, np.float32)
+        for t0 in range(0, t4, tb):       # a token block's activations stay in L1 over the rows
+            for r in range(c * CH, min(n, (c + 1) * CH)):
+                b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+                for t in range(t0, min(t0 + tb, t4), 4):
+                    y = rowdot4_q8_0(qs[r], xq, d[r], xd, xs, t)
+                    for j in range(4):
+                        out[t + j, r] = y[j] + b0
         for r in range(c * CH, min(n, (c + 1) * CH)):
-            wd = d[r]
             b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-            for t in range(x.shape[0]):
-                xdt = xd[t]
-                for b in range(nb):
-                    s[b] = f16_to_f32(wd[b]) * xdt[b]
-                out[t, r] = rowdot_q8_0(qs[r], xq[t], s) + b0
+            for t in range(t4, t_):
+                out[t, r] = rowdot2_q8_0(qs[r], xq[t], d[r], xd[t], xs[t]) + b0
 
 
 @njit(parallel=True, **_JIT)
 def _linear_q4_0(x, qs, d, bias, out):
     xq, xd, xs = quantize_x(x)
-    n, nb = d.shape
+    n, t_ = d.shape[0], x.shape[0]
+    t4 = t_ // 4 * 4                      # tokens in groups of 4: one unpack per group
+    tb = _token_block(x.shape[1])
     for c in prange((n + CH - 1) // CH):
-        s = np.empty(nb, np.float32)
+        for t0 in range(0, t4, tb):       # a token block's activations stay in L1 over the rows
+            for r in range(c * CH, min(n, (c + 1) * CH)):
+                b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+                for t in range(t0, min(t0 + tb, t4), 4):
+                    y = rowdot4_q4_0(qs[r], xq, d[r], xd, xs, t)
+                    for j in range(4):
+                        out[t + j, r] = y[j] + b0
         for r in range(c * CH, min(n, (c + 1) * CH)):
-            wd = d[r]
             b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-            for t in range(x.shape[0]):
-                xdt, xst = xd[t], xs[t]
-                zp = np.float32(0.0)            # sum((q - 8) x) = sum(q x) - 8 sum(x)
-                for b in range(nb):
-                    s[b] = f16_to_f32(wd[b]) * xdt[b]
-                    zp += f16_to_f32(wd[b]) * xst[b]
-                out[t, r] = rowdot_q4_0(qs[r], xq[t], s) - np.float32(8.0) * zp + b0
+            for t in range(t4, t_):
+                out[t, r] = rowdot2_q4_0(qs[r], xq[t], d[r], xd[t], xs[t]) + b0
 
 
 @njit(parallel=True, **_JIT)
 def _linear_q4_1(x, qs, d, m, bias, out):
+    # one token at a time: the 4-token row dot's Q4_1 results differed from the 1-token
+    # one in the last bit (the mins term), which would break row invariance (runtime/batch.py)
     xq, xd, xs = quantize_x(x)
-    n, nb = d.shape
-    for c in prange((n + CH - 1) // CH):
-        s = np.empty(nb, np.float32)
-        for r in range(c * CH, min(n, (c + 1) * CH)):
-            wd, wm = d[r], m[r]
-            b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-            for t in range(x.shape[0]):
-                xdt, xst = xd[t], xs[t]
-                mins = np.float32(0.0)          # sum_b m_b * sum(x_b)
-                for b in range(nb):
-                    s[b] = f16_to_f32(wd[b]) * xdt[b]
-                    mins += f16_to_f32(wm[b]) * xst[b]
-                out[t, r] = rowdot_q4_0(qs[r], xq[t], s) + mins + b0
+    for r in prange(d.shape[0]):
+        b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+        for t in range(x.shape[0]):
+            out[t, r] = rowdot2_q4_1(qs[r], xq[t], d[r], xd[t], xs[t], m[r]) + b0
 
 
 @njit(parallel=True, **_JIT)
@@ -184,11 +197,24 @@ _NO_BIAS = np.zeros(0, np.float32)
 def linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
     """x: (..., K) float32; w: PackedWeight (N, K); bias: (N,) or None -> (..., N) float32.
     Same contract as `kernels.matmul.linear_ref`."""
+    # shape checks guard the unchecked kernels against out-of-bounds reads
+    if x.shape[-1] != w.k or (bias is not None and bias.shape != (w.n,)):
+        raise ValueError(f"linear: x {x.shape} / bias {None if bias is None else np.shape(bias)} "
+                         f"do not fit a ({w.n}, {w.k}) weight")
+    # decode's hot path: (1, K) float32 rows pass straight through (a few us per call
+    # of Python here is ~1 ms per token at 300 calls)
+    if x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous:
+        out = np.empty((x.shape[0], w.n), np.float32)
+        w.kernel(x, *w.arrays, _NO_BIAS if bias is None else _f32(bias), out)
+        return out
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w.k)
     if x2.dtype != np.float32 or not x2.flags.c_contiguous:
         x2 = np.ascontiguousarray(x2, dtype=np.float32)
     out = np.empty((x2.shape[0], w.n), np.float32)
-    b = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    w.kernel(x2, *w.arrays, b, out)
+    w.kernel(x2, *w.arrays, _NO_BIAS if bias is None else _f32(bias), out)
     return out.reshape(lead + (w.n,))
+
+
+def _f32(b: np.ndarray) -> np.ndarray:
+    return b if b.dtype == np.float32 and b.flags.c_contiguous else np.ascontiguousarray(b, dtype=np.float32)

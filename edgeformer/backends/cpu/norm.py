@@ -60,15 +60,19 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return x2
 
 
-def _vec(w: np.ndarray | None) -> np.ndarray:
-    return _NONE if w is None else np.ascontiguousarray(w, dtype=np.float32)
+def _vec(w: np.ndarray | None, d: int) -> np.ndarray:
+    if w is None:
+        return _NONE
+    if np.shape(w) != (d,):   # the kernels index w unchecked
+        raise ValueError(f"norm weight/bias of shape {np.shape(w)} for rows of {d}")
+    return np.ascontiguousarray(w, dtype=np.float32)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis; same contract as `rms_norm_ref`."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    (_rms_par if x2.size >= PARALLEL_MIN else _rms_ser)(x2, _vec(w), np.float32(eps), out)
+    (_rms_par if x2.size >= PARALLEL_MIN else _rms_ser)(x2, _vec(w, x2.shape[1]), np.float32(eps), out)
     return out.reshape(x.shape)
 
 
@@ -76,5 +80,6 @@ def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: f
     """(x - mean) / sqrt(var + eps) * w + b over the last axis; contract of `layer_norm_ref`."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    (_ln_par if x2.size >= PARALLEL_MIN else _ln_ser)(x2, _vec(w), _vec(b), np.float32(eps), out)
+    d = x2.shape[1]
+    (_ln_par if x2.size >= PARALLEL_MIN else _ln_ser)(x2, _vec(w, d), _vec(b, d), np.float32(eps), out)
     return out.reshape(x.shape)

@@ -96,6 +96,16 @@ def repack(qt: QTensor) -> PackedWeight:
     return PackedWeight(q, n, k, arrays)
 
 
+def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
+    """Packed weights of one kind and row length stacked by rows (every layout array has one
+    row per output, so this is a row concatenation of each array)."""
+    p0 = parts[0]
+    if any(p.kind != p0.kind or p.k != p0.k for p in parts):
+        raise UnsupportedError("concat_rows: parts differ in qtype or row length")
+    arrays = tuple(np.concatenate([p.arrays[i] for p in parts]) for i in range(len(p0.arrays)))
+    return PackedWeight(p0.kind, sum(p.n for p in parts), p0.k, arrays)
+
+
 def _h(a: np.ndarray) -> np.ndarray:
     return a.view(np.float16).astype(np.float32)
 

@@ -45,6 +45,9 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
          neox: bool = True, mscale: float = 1.0) -> np.ndarray:
     """x: (T, H, D) float32; positions: (T,) ints; inv_freq: (R/2,), R <= D. Returns a new
     (T, H, D) float32 array; same contract as `kernels.rope.rope_ref`."""
+    if x.ndim != 3 or 2 * np.shape(inv_freq)[0] > x.shape[2] or np.shape(positions) != (x.shape[0],):
+        raise ValueError(f"rope: x {x.shape}, positions {np.shape(positions)}, inv_freq "
+                         f"{np.shape(inv_freq)}: need (T, H, D), (T,), (R/2,) with R <= D")
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)

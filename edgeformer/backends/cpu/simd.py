@@ -3,20 +3,28 @@
 Why IR: LLVM fully unrolls a constant 32-iteration int8 dot loop *before* the loop
 vectorizer runs and the SLP vectorizer then leaves it scalar (measured 17x slower); and a
 per-block scalar result forces a horizontal reduction per 32 weights. Here each row dot is
-one loop that keeps a <16 x float> accumulator: per block, `<32 x i8>` weights and
-activations are widened and multiplied, adjacent products summed in pairs (the shape of
-x86 `vpmaddwd`, NEON `smlal`/`sdot`), converted to float and FMA'd with the block's scale;
-one horizontal sum per row. The IR names no ISA: LLVM picks AVX2, AVX-512 or NEON.
+one loop that keeps <16 x float> accumulators: per 64 weights, unsigned quants and int8
+activations go through `_idot64` (one `vpdpbusd` with AVX512-VNNI, `vpmaddubsw` +
+`vpmaddwd` with AVX512BW or AVX2, generic IR elsewhere: the choice follows the target
+features Numba compiles for, so an AVX2-only CI machine gets AVX2 code), the int32 lanes
+are converted and FMA'd with per-lane scales; one horizontal sum per row. Signed Q8_0
+quants use the sign-extending pair product (`vpmaddwd` shape) where VNNI is missing.
 
-Every `rowdot_*` takes 1-D C-contiguous arrays for one weight row, the int8 activations
-`xq` (K,) and per-block float32 scales `s` (weight scale x activation scale, computed by
-the caller with plain vectorised Numba) and returns sum_b s[b] * (q_b . xq_b) as float32.
-Callers guarantee lengths (no bounds checks, like the rest of the hot path).
+Every `rowdot_*` takes 1-D C-contiguous arrays for one weight row (layout: `repack.py`)
+and one token's int8 activations `xq` (K,), and returns the row's float32 dot product.
+The K-quants take their packed scale fields and the activation scales and form every
+scale in-register; the Q8_0/Q4_0/Q4_1 row dots are in `simd_rows.py`, built on these
+helpers. Callers guarantee lengths (no bounds checks, like the rest of the hot path).
+
+Editing this file: Numba's on-disk cache is keyed on the *calling* kernel's source file
+(matmul.py, block.py), not on this one, so delete `backends/cpu/__pycache__` (or touch matmul.py)
+after a change here, or stale machine code keeps running.
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -148,13 +156,13 @@ def _idot64(context, builder, q, x):
                       [builder.shuffle_vector(q, q, idx), builder.shuffle_vector(x, x, idx)])
             halves.append(_call(builder, "llvm.x86.avx2.pmadd.wd", v8i, [p, ones]))
         r = builder.shuffle_vector(halves[0], halves[1], _vec(_I32, 16, list(range(16))))
-    else:
+    else:   # products fit int16 (63 * 127); pair sums in int32 are the pmaddwd / smlal shape
         v64 = ir.VectorType(_I32, 64)
         m = builder.mul(builder.zext(q, v64), builder.sext(x, v64))
-        r = None
-        for k in range(4):
-            part = builder.shuffle_vector(m, m, _vec(_I32, 16, list(range(k, 64, 4))))
-            r = part if r is None else builder.add(r, part)
+        p = builder.add(builder.shuffle_vector(m, m, _vec(_I32, 32, list(range(0, 64, 2)))),
+                        builder.shuffle_vector(m, m, _vec(_I32, 32, list(range(1, 64, 2)))))
+        r = builder.add(builder.shuffle_vector(p, p, _vec(_I32, 16, list(range(0, 32, 2)))),
+                        builder.shuffle_vector(p, p, _vec(_I32, 16, list(range(1, 32, 2)))))
     return r
 
 
@@ -203,58 +211,6 @@ def _ptrs(context, builder, sig, args):
 
 
 # ---------------------------------------------------------------- row dots
-
-@intrinsic
-def rowdot_q8_0(typingctx, w, xq, s):
-    """Q8_0: w int8 (K,), xq int8 (K,), s (K/32,) -> sum_b s[b] * (w_b . xq_b)."""
-    sig = types.float32(w, xq, s)
-
-    def codegen(context, builder, sig, args):
-        wp, xp, sp = _ptrs(context, builder, sig, args)
-
-        def body(b, acc):
-            off = builder.mul(b, _c(b, 32))
-            f = _pairdot(builder, _vload(builder, wp, off, 32), _vload(builder, xp, off, 32))
-            return _fma(builder, f, _scale(builder, sp, b), acc)
-        return _loop2(builder, _len(context, builder, sig.args[2], args[2]), body)
-    return sig, codegen
-
-
-@intrinsic
-def rowdot_q4_0(typingctx, w, xq, s):
-    """Q4_0/Q4_1 nibbles: w uint8 (K/2,) in ggml block order (byte i of a 16-byte block:
-    low nibble = weight i, high = weight i + 16); returns sum_b s[b] * (nibbles_b . xq_b)
-    with unsigned nibbles: the zero point (Q4_0) or min (Q4_1) is the caller's. Two blocks
-    (64 weights) per `_dot64`."""
-    sig = types.float32(w, xq, s)
-
-    def codegen(context, builder, sig, args):
-        wp, xp, sp = _ptrs(context, builder, sig, args)
-        nb = _len(context, builder, sig.args[2], args[2])
-        # [lo(b), hi(b), lo(b+1), hi(b+1)] from the nibbles of 32 bytes (blocks b, b+1)
-        order = _vec(_I32, 64, list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64)))
-
-        def body(i, acc):     # blocks 2i, 2i+1
-            q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
-            q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
-            b = builder.shl(i, _c(i, 1))
-            return _fma(builder, _dot64(context, builder, q64, _vload(builder, xp, builder.mul(i, _c(i, 64)), 64)),
-                        _scale(builder, sp, b, builder.add(b, _c(b, 1))), acc)
-        res = cgutils.alloca_once_value(builder, _loop2(builder, builder.ashr(nb, _c(nb, 1)), body))
-        with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
-            b = builder.sub(nb, _c(nb, 1))            # odd count: last block, upper half zero
-            q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
-            q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
-                                         _vec(_I32, 32, list(range(32))))
-            x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
-            widen = _vec(_I32, 64, list(range(64)))
-            z = _vec(_I8, 32)
-            f = _dot64(context, builder, builder.shuffle_vector(q32, z, widen), builder.shuffle_vector(x32, z, widen))
-            tail = _hsum(builder, builder.fmul(f, _scale(builder, sp, b)))
-            builder.store(builder.fadd(builder.load(res), tail), res)
-        return builder.load(res)
-    return sig, codegen
-
 
 def _f16(context, builder, ptr, i):
     return _half_to_float(context, builder, builder.load(builder.gep(ptr, [i])))
@@ -359,7 +315,54 @@ def rowdot_q6_k(typingctx, ql, qh, sc, d, xq, xd):
                     # unsigned q6 in 0..63; weight = q6 - 32: subtract 32 * (quad sums of x)
                     r = builder.sub(_idot64(context, builder, q64, xv), _idot64(context, builder, _bsplat(32, 64), xv))
                     g = 8 * n + 2 * k   # lanes 4m..4m+3 hold 16-weight group g + m
-                    acc = _fma(builder, builder.sitofp(r, _V16F), _lanes(builder, sv, [g + m // 4 for m in range(16)]), acc)
+                    lane_sc = _lanes(builder, sv, [g + m // 4 for m in range(16)])
+                    acc = _fma(builder, builder.sitofp(r, _V16F), lane_sc, acc)
             return acc
         return _loop2(builder, nsb, body)
     return sig, codegen
+
+
+# ---------------------------------------------------------------- vectorisable exp
+
+@intrinsic
+def ldexp_bits(typingctx, y, k):
+    """y * 2**k by adding k to the exponent field (float32 y, int32 k); valid while the
+    result stays a normal float (callers clamp), one integer add, no rounding."""
+    sig = types.float32(types.float32, types.int32)
+
+    def codegen(context, builder, sig, args):
+        bits = builder.add(builder.bitcast(args[0], _I32), builder.shl(args[1], ir.Constant(_I32, 23)))
+        return builder.bitcast(bits, _F32)
+    return sig, codegen
+
+
+# Cephes expf: exp(x) = 2^n * exp(r), r = x - n ln2 in two parts, degree-5 minimax for
+# (exp(r) - 1 - r) / r^2; ~1 ulp on the normal range.
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+
+
+@njit(fastmath={"nsz", "contract"}, cache=True, inline="always")
+def fast_exp(x):
+    """exp(x) for float32 x, made of plain arithmetic so LLVM vectorises loops that call it
+    (Numba has no vector exp without Intel SVML; libm expf is a scalar call ~5x slower).
+    Results below ~1.2e-38 (x < -87.33) are 0 (numpy gives denormals there);
+    x > ln(FLT_MAX) gives inf, NaN gives NaN."""
+    xc = min(max(x, np.float32(-87.33)), np.float32(88.72284))
+    n = np.rint(xc * _LOG2E)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    # the clamp keeps 2^n * p normal (exponent in [-126, 127]) for the bit-level scaling
+    y = ldexp_bits(p * r * r + r + np.float32(1.0), np.int32(n))
+    if x > np.float32(88.72284):   # ln(FLT_MAX)
+        y = np.float32(np.inf)
+    if x < np.float32(-87.33):
+        y = np.float32(0.0)
+    if x != x:
+        y = x
+    return y

@@ -116,6 +116,14 @@ def test_embed_rejects_out_of_vocab(backend: CpuBackend) -> None:
         backend.kernels["embed"](w.handle, np.array([3, 10]))
 
 
+def test_linear_rejects_mismatched_shapes(backend: CpuBackend) -> None:
+    w = backend.prepare_weight(make_weight(QType.Q8_0, 10, 64, np.random.default_rng(0)))
+    with pytest.raises(ValueError):
+        backend.kernels["linear"](np.ones((1, 32), np.float32), w.handle)
+    with pytest.raises(ValueError):
+        backend.kernels["linear"](np.ones((1, 64), np.float32), w.handle, np.ones(9, np.float32))
+
+
 def test_prepare_weight_rejects_non_2d(backend: CpuBackend) -> None:
     qt = QTensor.from_array(np.zeros((2, 3, 32), np.float32))
     with pytest.raises(UnsupportedError, match="2-D"):
@@ -135,6 +143,7 @@ def test_unsupported_qtype_falls_back_loudly(backend: CpuBackend) -> None:
     assert nmse(backend.kernels["linear"](x, w.handle), ref) <= LINEAR.max_nmse["F32"]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the reference's own inf * 0
 @pytest.mark.parametrize("q", [QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.F16], ids=lambda q: q.name)
 def test_linear_nonfinite_input_row_stays_nonfinite(backend: CpuBackend, q: QType) -> None:
     # int8 activation quantization must not turn a NaN/Inf token into finite garbage

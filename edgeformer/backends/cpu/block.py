@@ -1,0 +1,297 @@
+"""Fused decode step (one token) for the decoder family, inside the cpu backend.
+
+A decode step through the `Ops` facade makes ~16 Python-level op calls per block, each
+~4 us of facade + wrapper + Numba dispatch: ~2 ms per token for a 30-block model, as
+much as its weights take to stream. Here each block is two Numba calls:
+
+  `_attn_in`:  rms_norm fused into the int8 quantization of its output -> one GEMV over
+               the joined q|k|v weight (+ bias) -> rope on q and k, in place;
+  (Python: `cache.update_and_fetch`, so any cache with that contract works)
+  `_attn_out`: attention of the one query over the cache -> quantize -> attn_out GEMV,
+               residual add -> ffn_norm fused into quantization -> one GEMV over the
+               joined gate|up weight -> glu -> quantize -> ffn_down GEMV, residual add.
+
+All scratch buffers are allocated once per model. The math is the unfused path's op by
+op (same kernels' row dots, same quantization, same rope/attention formulas), so the
+tracer, which prices the unfused op list (the decoder takes that path while an observer
+is attached), prices this work; `tests/backends/cpu/test_cpu_block.py` checks the two
+paths agree. Used only where every block's weights have a quantized kernel and the
+family has no per-head q/k norm, post norms, attention soft-cap or per-step rope scaling.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from edgeformer.backends.cpu.activation import _KINDS, _act
+from edgeformer.backends.cpu.common import JIT
+from edgeformer.backends.cpu.repack import PackedWeight
+from edgeformer.backends.cpu.simd import fast_exp, rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
+from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0
+from edgeformer.quant.qtypes import QType
+
+# kernel kinds of a weight "slot": (kind, u8 a, b, c, d, u16 e, f) - one tuple type for
+# every qtype (the row-dot intrinsics read raw bytes, so signedness of the views is moot)
+_KIND = {QType.Q8_0: 0, QType.Q4_0: 1, QType.Q4_1: 2, QType.Q4_K: 3, QType.Q5_K: 4, QType.Q6_K: 5}
+_E8 = np.zeros((1, 0), np.uint8)
+_E16 = np.zeros((1, 0), np.uint16)
+_NOB = np.zeros(0, np.float32)
+
+
+def slot(w: PackedWeight) -> tuple:
+    """A PackedWeight as (kind, a, b, c, d, e, f) for `_gemv` (views, no copies)."""
+    u8 = lambda x: x.view(np.uint8)  # noqa: E731
+    k, arr = w.kind, w.arrays
+    if k in (QType.Q8_0, QType.Q4_0):
+        return (_KIND[k], u8(arr[0]), _E8, _E8, _E8, arr[1], _E16)
+    if k == QType.Q4_1:
+        return (_KIND[k], arr[0], _E8, _E8, _E8, arr[1], arr[2])
+    if k == QType.Q4_K:
+        return (_KIND[k], arr[0], _E8, arr[1], arr[2], arr[3], arr[4])
+    if k == QType.Q5_K:
+        return (_KIND[k], arr[0], arr[1], arr[2], arr[3], arr[4], arr[5])
+    return (_KIND[k], arr[0], arr[1], u8(arr[2]), _E8, arr[3], _E16)   # Q6_K
+
+
+@njit(parallel=True, **JIT)
+def _gemv(w, xq, xd, xs, bias, out):
+    """out[r] = row r of weight slot `w` . activations (xq, xd, xs) (+ bias[r]). One loop
+    per kind: a kind test (or a non-inlined row-dot call) per row measured 2.7x slower."""
+    kind, a, b, c, d, e, f = w
+    n = out.shape[0]
+    if kind == 0:
+        for r in prange(n):
+            out[r] = rowdot2_q8_0(a[r], xq, e[r], xd, xs)
+    elif kind == 1:
+        for r in prange(n):
+            out[r] = rowdot2_q4_0(a[r], xq, e[r], xd, xs)
+    elif kind == 2:
+        for r in prange(n):
+            out[r] = rowdot2_q4_1(a[r], xq, e[r], xd, xs, f[r])
+    elif kind == 3:
+        for r in prange(n):
+            out[r] = rowdot_q4_k(a[r], c[r], d[r], e[r], f[r], xq, xd, xs)
+    elif kind == 4:
+        for r in prange(n):
+            out[r] = rowdot_q5_k(a[r], b[r], c[r], d[r], e[r], f[r], xq, xd, xs)
+    else:
+        for r in prange(n):
+            out[r] = rowdot_q6_k(a[r], b[r], c[r], e[r], xq, xd)
+    if bias.shape[0]:
+        for r in range(n):
+            out[r] += bias[r]
+
+
+@njit(**JIT)
+def _quant_row(v, xq, xd, xs):
+    """`matmul.quantize_x` for one row (int8 per 32, scale xd, scaled sum xs; NaN-safe)."""
+    for bk in range(v.shape[0] // 32):
+        o = bk * 32
+        amax = np.float32(0.0)
+        chk = np.float32(0.0)
+        for i in range(32):
+            amax = max(amax, abs(v[o + i]))
+            chk += v[o + i] * np.float32(0.0)
+        d = amax / np.float32(127.0)
+        inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        s = 0
+        for i in range(32):
+            qi = np.int32(np.rint(v[o + i] * inv)) if chk == 0 else 0
+            xq[o + i] = qi
+            s += qi
+        xd[bk] = d if chk == 0 else np.nan
+        xs[bk] = d * np.float32(s) if chk == 0 else np.nan
+
+
+@njit(**JIT)
+def _norm_quant(x, w, eps, xn, xq, xd, xs):
+    """xn = rms_norm(x) * w (as `norm._rms_rows`), then its int8 quantization."""
+    ss = np.float32(0.0)
+    for i in range(x.shape[0]):
+        ss += x[i] * x[i]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(x.shape[0]) + eps)
+    for i in range(x.shape[0]):
+        xn[i] = x[i] * inv * w[i]
+    _quant_row(xn, xq, xd, xs)
+
+
+@njit(**JIT)
+def _rope_heads(v, h0, nh, hd, pos, inv_freq, neox, mscale):
+    """`rope._rope_rows` on heads h0..h0+nh of the flat row v (one token), in place."""
+    half = inv_freq.shape[0]
+    p = np.float32(pos)
+    cs = np.empty(half, np.float32)
+    sn = np.empty(half, np.float32)
+    for i in range(half):
+        a = p * inv_freq[i]
+        cs[i] = np.cos(a) * mscale
+        sn[i] = np.sin(a) * mscale
+    for h in range(h0, h0 + nh):
+        o = h * hd
+        if neox:
+            for i in range(half):
+                x1, x2 = v[o + i], v[o + i + half]
+                v[o + i] = x1 * cs[i] - x2 * sn[i]
+                v[o + i + half] = x2 * cs[i] + x1 * sn[i]
+        else:
+            for i in range(half):
+                x1, x2 = v[o + 2 * i], v[o + 2 * i + 1]
+                v[o + 2 * i] = x1 * cs[i] - x2 * sn[i]
+                v[o + 2 * i + 1] = x2 * cs[i] + x1 * sn[i]
+
+
+@njit(**JIT)
+def _attn_in(x, norm_w, eps, w, bias, pos, inv_freq, neox, mscale, nh, nkv, hd, xn, xq, xd, xs, qkv):
+    """qkv = rope(linear(rms_norm(x), w_qkv, b_qkv)) for one token (q and k roped)."""
+    _norm_quant(x, norm_w, eps, xn, xq, xd, xs)
+    _gemv(w, xq, xd, xs, bias, qkv)
+    _rope_heads(qkv, 0, nh + nkv, hd, pos, inv_freq, neox, mscale)
+
+
+@njit(**JIT)
+def _attend(q, k, v, kpos, pos, scale, window, out):
+    """`attention._attn_rows` for one query token: q (Hq*D,), k/v (S, Hkv, D) -> out (Hq*D,)."""
+    s_, hkv, d = k.shape
+    hq = q.shape[0] // d
+    g_ = hq // hkv
+    sc = np.empty(s_, np.float32)
+    for h in range(hq):
+        kh = h // g_
+        qr = q[h * d:(h + 1) * d]
+        m = np.float32(-np.inf)
+        for j in range(s_):
+            diff = pos - kpos[j]
+            if diff >= 0 and diff < window:
+                kr = k[j, kh]
+                acc = np.float32(0.0)
+                for i in range(d):
+                    acc += qr[i] * kr[i]
+                sc[j] = acc * scale
+                m = max(m, sc[j])
+            else:
+                sc[j] = -np.inf
+        mg = m if m != -np.inf else np.float32(0.0)
+        den = np.float32(0.0)
+        for j in range(s_):
+            e = fast_exp(sc[j] - mg)
+            sc[j] = e
+            den += e
+        o = out[h * d:(h + 1) * d]
+        o[:] = 0.0
+        for j in range(s_):
+            diff = pos - kpos[j]
+            if diff >= 0 and diff < window:
+                p = sc[j]
+                vr = v[j, kh]
+                for i in range(d):
+                    o[i] += p * vr[i]
+        if den > 0:
+            inv = np.float32(1.0) / den
+            for i in range(d):
+                o[i] *= inv
+
+
+@njit(**JIT)
+def _attn_out(x, q, k, v, kpos, pos, scale, window, wo, bo, ffn_w, eps, wgu, bgu, act, wdn, bdn,
+              att, aq, ad, as_, tmp, xn, xq, xd, xs, gu, h, hq, hd_, hs):
+    """x += attn_out(attention(q)); x += ffn_down(glu(gate_up(rms_norm(x)))), one token."""
+    _attend(q, k, v, kpos, pos, scale, window, att)
+    _quant_row(att, aq, ad, as_)
+    _gemv(wo, aq, ad, as_, bo, tmp)
+    for i in range(x.shape[0]):
+        x[i] += tmp[i]
+    _norm_quant(x, ffn_w, eps, xn, xq, xd, xs)
+    _gemv(wgu, xq, xd, xs, bgu, gu)
+    f = h.shape[0]
+    for i in range(f):
+        h[i] = _act(gu[i], act) * gu[f + i]
+    _quant_row(h, hq, hd_, hs)
+    _gemv(wdn, hq, hd_, hs, bdn, tmp)
+    for i in range(x.shape[0]):
+        x[i] += tmp[i]
+
+
+class _Plan:
+    """Per-model slots and scratch buffers for the fused step."""
+
+    def __init__(self, model: Any) -> None:
+        c = model.config
+        self.layers = [(L.attn_norm, slot(L.wqkv.handle), _b(L.bqkv), slot(L.wo.handle), _b(L.bo), L.ffn_norm,
+                        slot(L.w_up.handle), _b(L.b_up), slot(L.w_down.handle), _b(L.b_down), L.sliding)
+                       for L in model.layers]
+        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        e = lambda n, dt=np.float32: np.zeros(n, dt)  # noqa: E731
+        self.xn, self.xq, self.xd, self.xs = e(c.dim), e(c.dim, np.int8), e(c.dim // 32), e(c.dim // 32)
+        self.qkv, self.att, self.tmp = e(nq + 2 * nkv), e(nq), e(c.dim)
+        self.aq, self.ad, self.as_ = e(nq, np.int8), e(nq // 32), e(nq // 32)
+        self.gu, self.h = e(2 * c.ffn_dim), e(c.ffn_dim)
+        self.hq, self.hd, self.hs = e(c.ffn_dim, np.int8), e(c.ffn_dim // 32), e(c.ffn_dim // 32)
+        self.act = _KINDS[c.activation]
+        self.nq, self.nkv = nq, nkv
+
+
+def _b(b: np.ndarray | None) -> np.ndarray:
+    return _NOB if b is None else np.ascontiguousarray(b, dtype=np.float32)
+
+
+_FUSABLE = tuple(_KIND)
+
+
+def why_not_fused(model: Any) -> str | None:
+    """None if `decode_layers` can run this model's blocks, else the reason."""
+    c = model.config
+    if c.qk_norm or c.post_norms or c.attn_softcap:
+        return "per-head q/k norm, post norms or attention soft-cap"
+    if any(d % 32 for d in (c.dim, c.n_heads * c.head_dim, c.ffn_dim)):
+        return "a row length that is not a multiple of 32"
+    if model.rope_sliding is not model.rope_full and any(L.sliding for L in model.layers):
+        return "a separate rope for sliding layers"
+    s = model.rope_full.scaling if hasattr(model.rope_full, "scaling") else None
+    if s is not None and s.kind in ("dynamic", "longrope"):
+        return "rope scaling that changes with the sequence length"
+    for L in model.layers:
+        if L.wqkv is None or L.w_gate is not None or L.q_norm is not None:
+            return "q|k|v or gate|up weights were not joined"
+        for w in (L.wqkv, L.wo, L.w_up, L.w_down):
+            if w.qtype not in _FUSABLE or not isinstance(w.handle, PackedWeight):
+                return f"{w.name} is {w.qtype.name} (no quantized fused kernel)"
+    return None
+
+
+_PLANS: "weakref.WeakKeyDictionary[Any, _Plan | None]" = weakref.WeakKeyDictionary()
+
+
+def decode_layers(model: Any, x: np.ndarray, pos: int, cache: Any, rope: tuple[np.ndarray, float]) -> np.ndarray | None:
+    """Run every block of `model` (a models.decoder.Decoder) for one token: x (1, dim)
+    float32 at position `pos`, keys/values appended to `cache` (update_and_fetch
+    contract). Returns the new x (1, dim), or None when the model cannot use the fused
+    path (the caller then runs the op-by-op path)."""
+    if model not in _PLANS:
+        _PLANS[model] = _Plan(model) if why_not_fused(model) is None else None
+    p = _PLANS[model]
+    if p is None:
+        return None
+    c = model.config
+    inv_freq, mscale = np.ascontiguousarray(rope[0], dtype=np.float32), np.float32(rope[1])
+    xr = np.array(x[0], dtype=np.float32)               # residual stream, updated in place
+    eps, scale = np.float32(c.norm_eps), np.float32(model.attn_scale)
+    full = np.int64(1 << 62)
+    window = np.int64(c.sliding_window) if c.sliding_window else full
+    nq, nkv, hd = p.nq, p.nkv, c.head_dim
+    for i, (an, wqkv, bqkv, wo, bo, fn, wgu, bgu, wdn, bdn, sliding) in enumerate(p.layers):
+        _attn_in(xr, an, eps, wqkv, bqkv, pos, inv_freq, c.rope_neox, mscale, c.n_heads, c.n_kv_heads, hd,
+                 p.xn, p.xq, p.xd, p.xs, p.qkv)
+        k = p.qkv[nq:nq + nkv].reshape(1, c.n_kv_heads, hd)
+        v = p.qkv[nq + nkv:].reshape(1, c.n_kv_heads, hd)
+        k_all, v_all, k_pos = cache.update_and_fetch(i, k, v)
+        _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos, scale,
+                  window if sliding else full, wo, bo, fn, eps, wgu, bgu, p.act, wdn, bdn,
+                  p.att, p.aq, p.ad, p.as_, p.tmp, p.xn, p.xq, p.xd, p.xs, p.gu, p.h, p.hq, p.hd, p.hs)
+    return xr.reshape(1, -1)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)

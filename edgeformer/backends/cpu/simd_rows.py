@@ -1,0 +1,257 @@
+"""Row dots for Q8_0 / Q4_0 / Q4_1 with every scale formed in registers (`rowdot2_*`,
+one token; `rowdot4_*`, four tokens per weight-row pass for prefill), in the generic LLVM
+vector IR of `simd.py` (its helpers; see its docstring for why IR).
+
+Editing this file: as for `simd.py`, Numba's disk cache is keyed on the calling kernels'
+files (matmul.py, block.py): delete `backends/cpu/__pycache__` after a change here.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from edgeformer.backends.cpu.simd import (_F32, _I8, _I32, _V16F, _bsplat, _c, _data, _dot64, _f16, _features,
+                                          _fma, _hsum, _is_x86, _lanes, _len, _loop2, _pairdot, _ptrs, _vec, _vload)
+
+
+# ---------------------------------------------------------------- row dots, scales in-register
+# The Q8_0/Q4_0/Q4_1 dots above take per-block scales `s` that the caller forms in a
+# separate Numba loop per row; for short rows (K = 576: 18 blocks) that loop costs as much
+# as the dot. These variants read the weight's f16 scales and the activation's xd/xs
+# directly and return the whole row result (zero point / mins included).
+
+def _vnni(context) -> bool:
+    f = _features(context) if _is_x86() else set()
+    return "+avx512vnni" in f and "+avx512f" in f
+
+
+def _f2(context, builder, ptr, b, half: bool):
+    """<2 x float> of ptr[b], ptr[b + 1] (f16 bits converted when `half`)."""
+    v2 = ir.VectorType(_F32, 2)
+    out = ir.Constant(v2, None)
+    for j in range(2):
+        i = builder.add(b, _c(b, j))
+        x = _f16(context, builder, ptr, i) if half else builder.load(builder.gep(ptr, [i]))
+        out = builder.insert_element(out, x, ir.Constant(_I32, j))
+    return out
+
+
+def _pairdot64(builder, q, x64):
+    """Signed <64 x i8> q . x64 -> <16 x float>: lanes 0-7 sum to block (bytes 0-31),
+    lanes 8-15 to the next (each block's 16 pair sums folded to 8), `_idot64`'s layout."""
+    lo = _pairdot(builder, _lanes(builder, q, list(range(32))), _lanes(builder, x64, list(range(32))))
+    hi = _pairdot(builder, _lanes(builder, q, list(range(32, 64))), _lanes(builder, x64, list(range(32, 64))))
+    return builder.fadd(builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(0, 16, 2)) + list(range(16, 32, 2)))),
+                        builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(1, 16, 2)) + list(range(17, 32, 2)))))
+
+
+def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
+    """kind "q8_0" | "q4_0" | "q4_1": sum_b d_b xd_b (q_b . xq_b) + zero-point term, with q
+    unsigned in the integer dot: Q4 nibbles (zero point 8 / min m_b) and, on VNNI, Q8_0 as
+    q + 128 (one vpdpbusd per 64 weights instead of widening multiplies). The zero-point
+    term is  zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q4_1."""
+    ps = _ptrs(context, builder, sig, args)
+    wp, xp, dp, xdp, xsp = ps[:5]
+    mp = ps[5] if kind == "q4_1" else None
+    nb = _len(context, builder, sig.args[2], args[2])
+    v2 = ir.VectorType(_F32, 2)
+    z = cgutils.alloca_once_value(builder, ir.Constant(v2, None))    # zero-point / mins sums
+    unsigned8 = kind == "q8_0" and _vnni(context)
+    order = _vec(_I32, 64, list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64)))
+    split = _vec(_I32, 16, [0] * 8 + [1] * 8)
+
+    def scales(b):
+        d2 = _f2(context, builder, dp, b, True)
+        xs2 = _f2(context, builder, xsp, b, False)
+        zt = builder.fmul(_f2(context, builder, mp, b, True) if mp is not None else d2, xs2)
+        builder.store(builder.fadd(builder.load(z), zt), z)
+        s2 = builder.fmul(d2, _f2(context, builder, xdp, b, False))
+        return builder.shuffle_vector(s2, s2, split)
+
+    def body(i, acc):     # blocks 2i, 2i+1: 64 weights
+        b = builder.shl(i, _c(i, 1))
+        x64 = _vload(builder, xp, builder.mul(i, _c(i, 64)), 64)
+        if kind == "q8_0":
+            q = _vload(builder, wp, builder.mul(i, _c(i, 64)), 64)
+            if unsigned8:
+                f = _dot64(context, builder, builder.xor(q, _bsplat(-128, 64)), x64)
+            else:
+                f = _pairdot64(builder, q, x64)
+        else:
+            q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
+            q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+            f = _dot64(context, builder, q64, x64)
+        return _fma(builder, f, scales(b), acc)
+
+    res = cgutils.alloca_once_value(builder, _loop2(builder, builder.ashr(nb, _c(nb, 1)), body))
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
+        b = builder.sub(nb, _c(nb, 1))           # odd count: the last block alone
+        x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
+        if kind == "q8_0":
+            q = _vload(builder, wp, builder.mul(b, _c(b, 32)), 32)
+            t = _pairdot(builder, q, x32)       # exact for signed quants on every target
+            tail = _hsum(builder, t)
+        else:
+            q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
+            q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
+                                         _vec(_I32, 32, list(range(32))))
+            widen = _vec(_I32, 64, list(range(64)))
+            zv = _vec(_I8, 32)
+            tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
+                                         builder.shuffle_vector(x32, zv, widen)))
+        d = _f16(context, builder, dp, b)
+        if kind != "q8_0":      # the signed Q8_0 tail has no zero point to remove
+            zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else d,
+                              builder.load(builder.gep(xsp, [b])))
+            zv2 = builder.insert_element(ir.Constant(v2, None), zt, ir.Constant(_I32, 0))
+            builder.store(builder.fadd(builder.load(z), zv2), z)
+        s = builder.fmul(d, builder.load(builder.gep(xdp, [b])))
+        builder.store(builder.fadd(builder.load(res), builder.fmul(tail, s)), res)
+    zs = builder.load(z)
+    zsum = builder.fadd(builder.extract_element(zs, ir.Constant(_I32, 0)), builder.extract_element(zs, ir.Constant(_I32, 1)))
+    zpw = {"q8_0": -128.0 if unsigned8 else 0.0, "q4_0": -8.0, "q4_1": 1.0}[kind]
+    return builder.fadd(builder.load(res), builder.fmul(zsum, ir.Constant(_F32, zpw)))
+
+
+@intrinsic
+def rowdot2_q8_0(typingctx, w, xq, d, xd, xs):
+    """Q8_0 row: w int8 (K,), xq int8 (K,), d f16 bits (K/32,), xd, xs float32 (K/32,)
+    -> sum_b f16(d_b) xd_b (w_b . xq_b), float32."""
+    sig = types.float32(w, xq, d, xd, xs)
+
+    def codegen(context, builder, sig, args):
+        return _rowdot_scaled_codegen(context, builder, sig, args, "q8_0")
+    return sig, codegen
+
+
+@intrinsic
+def rowdot2_q4_0(typingctx, w, xq, d, xd, xs):
+    """Q4_0 row (w uint8 (K/2,) in ggml block order: byte i of a 16-byte block holds weight i in the
+    low nibble, weight i + 16 in the high) -> sum_b f16(d_b) (xd_b (q_b . xq_b) - 8 xs_b)."""
+    sig = types.float32(w, xq, d, xd, xs)
+
+    def codegen(context, builder, sig, args):
+        return _rowdot_scaled_codegen(context, builder, sig, args, "q4_0")
+    return sig, codegen
+
+
+@intrinsic
+def rowdot2_q4_1(typingctx, w, xq, d, xd, xs, m):
+    """Q4_1 row -> sum_b f16(d_b) xd_b (q_b . xq_b) + f16(m_b) xs_b."""
+    sig = types.float32(w, xq, d, xd, xs, m)
+
+    def codegen(context, builder, sig, args):
+        return _rowdot_scaled_codegen(context, builder, sig, args, "q4_1")
+    return sig, codegen
+
+
+# ---------------------------------------------------------------- four tokens per row pass
+# Prefill: each weight row meets T tokens. Unpacking its quants and converting its scales
+# once per 4 tokens (instead of once per token), with 4 independent accumulators, is the
+# register-tiling step that a (row x token) dot misses.
+
+def _rowdot4_codegen(context, builder, sig, args, kind: str):
+    """As `_rowdot_scaled_codegen` for tokens t0..t0+3 of 2-D xq (T, K), xd/xs (T, K/32);
+    returns a UniTuple(float32, 4)."""
+    wty, xqty, dty, xdty, xsty = sig.args[:5]
+    w, xq, d, xd, xs = args[:5]
+    t0 = args[-1]
+    wp, dp = _data(context, builder, wty, w), _data(context, builder, dty, d)
+    mp = _data(context, builder, sig.args[5], args[5]) if kind == "q4_1" else None
+    xqa = context.make_array(xqty)(context, builder, xq)
+    xda = context.make_array(xdty)(context, builder, xd)
+    xsa = context.make_array(xsty)(context, builder, xs)
+    k = cgutils.unpack_tuple(builder, xqa.shape)[1]
+    nb = _len(context, builder, dty, d)
+    xps = [builder.gep(xqa.data, [builder.mul(builder.add(t0, _c(t0, j)), k)]) for j in range(4)]
+    xdps = [builder.gep(xda.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
+    xsps = [builder.gep(xsa.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
+    v2 = ir.VectorType(_F32, 2)
+    # two accumulators per token (even / odd pair), summed as `_loop2` does: every token's
+    # result has the bits `rowdot2_*` gives it alone (row-invariant batches rely on that)
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(4)] for _ in range(2)]
+    zs = [cgutils.alloca_once_value(builder, ir.Constant(v2, None)) for _ in range(4)]
+    order = _vec(_I32, 64, list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64)))
+    split = _vec(_I32, 16, [0] * 8 + [1] * 8)
+    unsigned8 = kind == "q8_0" and _vnni(context)
+
+    def pair(i, acc):          # blocks 2i, 2i+1 of all 4 tokens into accumulators `acc`
+        b = builder.shl(i, _c(i, 1))
+        if kind == "q8_0":
+            q64 = _vload(builder, wp, builder.mul(i, _c(i, 64)), 64)
+            q64 = builder.xor(q64, _bsplat(-128, 64)) if unsigned8 else q64
+        else:
+            q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
+            q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+        d2 = _f2(context, builder, dp, b, True)
+        zw = _f2(context, builder, mp, b, True) if mp is not None else d2
+        for j in range(4):
+            x64 = _vload(builder, xps[j], builder.mul(i, _c(i, 64)), 64)
+            f = _dot64(context, builder, q64, x64) if kind != "q8_0" or unsigned8 else _pairdot64(builder, q64, x64)
+            builder.store(builder.fadd(builder.load(zs[j]), builder.fmul(zw, _f2(context, builder, xsps[j], b, False))),
+                          zs[j])
+            s2 = builder.fmul(d2, _f2(context, builder, xdps[j], b, False))
+            builder.store(_fma(builder, f, builder.shuffle_vector(s2, s2, split), builder.load(acc[j])), acc[j])
+
+    npairs = builder.ashr(nb, _c(nb, 1))
+    one = _c(npairs, 1)
+    with cgutils.for_range(builder, builder.ashr(npairs, one)) as loop:
+        i = builder.shl(loop.index, one)
+        pair(i, accs[0])
+        pair(builder.add(i, one), accs[1])
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(npairs, one), _c(npairs, 0))):
+        pair(builder.sub(npairs, one), accs[0])
+    accs = [builder.fadd(builder.load(accs[0][j]), builder.load(accs[1][j])) for j in range(4)]
+    res = [cgutils.alloca_once_value(builder, _hsum(builder, a)) for a in accs]
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
+        b = builder.sub(nb, _c(nb, 1))
+        dd = _f16(context, builder, dp, b)
+        for j in range(4):
+            x32 = _vload(builder, xps[j], builder.mul(b, _c(b, 32)), 32)
+            if kind == "q8_0":       # signed tail: no zero point
+                tail = _hsum(builder, _pairdot(builder, _vload(builder, wp, builder.mul(b, _c(b, 32)), 32), x32))
+            else:
+                q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
+                q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
+                                             _vec(_I32, 32, list(range(32))))
+                widen, zv = _vec(_I32, 64, list(range(64))), _vec(_I8, 32)
+                tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
+                                             builder.shuffle_vector(x32, zv, widen)))
+                zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else dd,
+                                  builder.load(builder.gep(xsps[j], [b])))
+                zv2 = builder.insert_element(ir.Constant(v2, None), zt, ir.Constant(_I32, 0))
+                builder.store(builder.fadd(builder.load(zs[j]), zv2), zs[j])
+            s = builder.fmul(dd, builder.load(builder.gep(xdps[j], [b])))
+            builder.store(builder.fadd(builder.load(res[j]), builder.fmul(tail, s)), res[j])
+    zpw = ir.Constant(_F32, {"q8_0": -128.0 if unsigned8 else 0.0, "q4_0": -8.0, "q4_1": 1.0}[kind])
+    outs = []
+    for j in range(4):
+        zv = builder.load(zs[j])
+        zsum = builder.fadd(builder.extract_element(zv, ir.Constant(_I32, 0)), builder.extract_element(zv, ir.Constant(_I32, 1)))
+        outs.append(builder.fadd(builder.load(res[j]), builder.fmul(zsum, zpw)))
+    return context.make_tuple(builder, sig.return_type, outs)
+
+
+def _rowdot4(kind: str, n_args: int):
+    def typer(typingctx, *a):
+        sig = types.UniTuple(types.float32, 4)(*a)
+
+        def codegen(context, builder, sig, args):
+            return _rowdot4_codegen(context, builder, sig, args, kind)
+        return sig, codegen
+    return typer
+
+
+@intrinsic
+def rowdot4_q8_0(typingctx, w, xq, d, xd, xs, t0):
+    """Q8_0 row . tokens t0..t0+3 of xq (T, K) (xd, xs (T, K/32)) -> 4 float32 (the
+    unsigned-offset dot on VNNI, signed pair products elsewhere)."""
+    return _rowdot4("q8_0", 6)(typingctx, w, xq, d, xd, xs, t0)
+
+
+@intrinsic
+def rowdot4_q4_0(typingctx, w, xq, d, xd, xs, t0):
+    """Q4_0 row . 4 tokens, as `rowdot4_q8_0`."""
+    return _rowdot4("q4_0", 6)(typingctx, w, xq, d, xd, xs, t0)

@@ -1,0 +1,145 @@
+"""`edgeformer codesign --device D --latency-ms X --memory-gb Y [--params 100M..1B]
+[--build N] [--verify]`: search decoder shapes x weight qtype x KV precision under a
+device's budgets, print and plot the Pareto front, build and measure candidates."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("codesign", help="search model shapes and quantization for a device's budgets")
+    p.add_argument("--device", required=True, help="catalog device, or 'host' (this machine, calibrated)")
+    p.add_argument("--latency-ms", type=float, default=None, help="decode latency budget per token")
+    p.add_argument("--memory-gb", type=float, default=None, help="peak memory budget (GB = 1e9 bytes)")
+    p.add_argument("--params", default="100M..1B", help="parameter range, e.g. 100M..1B")
+    p.add_argument("--qtypes", nargs="+", default=["Q8_0", "Q4_0", "Q4_K"])
+    p.add_argument("--kv", nargs="+", default=["f16", "int8"], help="KV precisions: f32 f16 int8")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="override the n_layers axis")
+    p.add_argument("--dims", type=int, nargs="+", default=None, help="override the dim axis")
+    p.add_argument("--vocabs", type=int, nargs="+", default=None, help="override the vocab_size axis")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads for --device host / --verify")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="see `perf validate --clock`")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--train-tokens", default="2T", help="training tokens D of the loss model (e.g. 2T, 300B)")
+    p.add_argument("--max-candidates", type=int, default=1000, help="evenly spaced subset of the grid")
+    p.add_argument("--top", type=int, default=15, help="front rows to print")
+    p.add_argument("--build", type=int, default=None, metavar="N", help="write a random-weight GGUF of front row N")
+    p.add_argument("--verify", action="store_true", help="build + measure small candidates on this host")
+    p.add_argument("--verify-n", type=int, default=5)
+    p.add_argument("--verify-max-params", default="40M")
+    p.add_argument("--out", type=Path, default=Path("codesign_out"))
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeformer.codesign.search import infeasible_reason, search
+    from edgeformer.codesign.space import SearchSpace, parse_count, parse_range
+    con = Console(width=max(Console().width, 140))
+    tokens = parse_count(args.train_tokens.replace("T", "000B").replace("t", "000b"))
+    from dataclasses import replace
+    space = SearchSpace(qtypes=tuple(q.upper() for q in args.qtypes), kv_dtypes=tuple(args.kv),
+                        params=parse_range(args.params))
+    for axis, val in (("layers", args.layers), ("dims", args.dims), ("vocabs", args.vocabs)):
+        if val:
+            space = replace(space, **{axis: tuple(val)})
+    from edgeformer.perf.calibrate import set_clock, set_threads
+    set_threads(args.threads)
+    set_clock(args.clock)
+    res = search(args.device, space, args.latency_ms, args.memory_gb, args.prompt, args.context,
+                 tokens, args.max_candidates)
+    con.print(f"{res.n_evaluated} candidates priced on {res.device}; {len(res.feasible)} within budgets; "
+              f"Pareto front (loss, latency, memory): {len(res.front)}")
+    if not res.front:
+        con.print(infeasible_reason(res, args.latency_ms, args.memory_gb))
+        return 3
+    con.print(front_table(res.front[:args.top]))
+    if not args.no_plots:
+        from edgeformer.perf.plots import pareto_png
+        pts = [(s.decode_s * 1e3, s.loss) for s in res.feasible]
+        front2 = [(s.decode_s * 1e3, s.loss) for s in res.front]
+        con.print(f"wrote {pareto_png(args.out / 'pareto.png', pts, front2, title=f'co-design on {res.device}')}")
+    if args.build is not None:
+        if not 1 <= args.build <= len(res.front):
+            from edgeformer.errors import InputError
+            raise InputError(f"--build {args.build}: the front has rows 1..{len(res.front)}")
+        path = build_and_check(res.front[args.build - 1].cand, args.out)
+        con.print(f"built {path} (loads and runs a forward with edgeformer)")
+    if args.verify:
+        verify(res, parse_count(args.verify_max_params), args.verify_n, args.context, args.out, con)
+    return 0
+
+
+def front_table(front: list) -> "object":
+    """A rich Table of Pareto-front rows (shape, qtype, KV, loss, latency, memory, energy)."""
+    from rich.table import Table
+    t = Table(title="Pareto front")
+    for col in ("#", "layers", "dim", "heads/kv", "ffn", "vocab", "tied", "qtype", "kv", "params M",
+                "loss", "decode ms", "TTFT ms", "peak GB", "J/token", "binds"):
+        t.add_column(col, justify="right")
+    for i, s in enumerate(front, 1):
+        c = s.cand
+        t.add_row(str(i), str(c.n_layers), str(c.dim), f"{c.n_heads}/{c.n_kv_heads}", str(c.ffn_dim),
+                  str(c.vocab_size), "y" if c.tied else "n", c.qtype, c.kv_dtype, f"{c.params / 1e6:.0f}",
+                  f"{s.loss:.3f}", f"{s.decode_s * 1e3:.2f}", f"{s.ttft_s * 1e3:.1f}",
+                  f"{s.memory / 1e9:.3f}", "-" if s.energy_j is None else f"{s.energy_j:.3g}", s.bound)
+    return t
+
+
+def build_and_check(cand: object, out: Path) -> Path:
+    """Write the candidate's random-weight GGUF, load it and run a 4-token forward."""
+    import numpy as np
+
+    from edgeformer.backends import get_backend
+    from edgeformer.codesign.build import write_random_gguf
+    from edgeformer.formats import load_checkpoint
+    from edgeformer.models.decoder import Decoder
+    from edgeformer.perf.calibrate import fastest_backend
+    c = cand.config(2048)                       # type: ignore[attr-defined]
+    path = write_random_gguf(c, out / f"codesign_L{c.n_layers}_d{c.dim}_{cand.qtype}.gguf", cand.qtype)   # type: ignore[attr-defined]
+    model = Decoder(load_checkpoint(path), get_backend(fastest_backend()))
+    logits = model.forward(np.arange(4), model.make_cache(16))
+    if logits.shape != (4, c.vocab_size) or not np.isfinite(logits).all():
+        raise RuntimeError(f"built model {path} produced bad logits {logits.shape}")
+    return path
+
+
+def verify(res: object, max_params: float, n: int, context: int, out: Path, con: object) -> float | None:
+    """Build up to `n` small candidates (<= max_params; front first, then the smallest
+    priced ones), measure decode latency on this host, print predicted (host-calibrated)
+    vs measured and Kendall's tau. KV is f32 here: the runtime's cache stores f32."""
+    from dataclasses import replace
+
+    from edgeformer.codesign.search import kendall_tau, pricer, score
+    from edgeformer.perf.calibrate import fastest_backend
+    from edgeformer.perf.validate import measure_worker
+    pool = [s.cand for s in res.front] + sorted((s.cand for s in res.scored), key=lambda c: c.params)  # type: ignore[attr-defined]
+    chosen, seen = [], set()
+    for c in pool:
+        c = replace(c, kv_dtype="f32")
+        if c.params <= max_params and (c.shape_key, c.qtype) not in seen:
+            seen.add((c.shape_key, c.qtype))
+            chosen.append(c)
+        if len(chosen) >= n:
+            break
+    if len(chosen) < 2:
+        con.print(f"verify: fewer than 2 candidates <= {max_params / 1e6:.0f}M parameters; widen --params")   # type: ignore[attr-defined]
+        return None
+    price = pricer("host")
+    pred, meas = [], []
+    backend = fastest_backend()
+    for c in chosen:
+        path = build_and_check(c, out)
+        p = score(c, price, None, 16, context).decode_s
+        m = measure_worker(str(path), backend, context, context + 64, run_prefill=False)["decode_s"]
+        pred.append(p)
+        meas.append(m)
+        con.print(f"  {c.label():60s} predicted {p * 1e3:8.2f} ms  measured {m * 1e3:8.2f} ms  "   # type: ignore[attr-defined]
+                  f"({100 * (p - m) / m:+.0f} %)")
+    tau = kendall_tau(pred, meas)
+    con.print(f"Kendall tau (predicted vs measured latency ranks, n={len(pred)}): {tau:.2f} (target >= 0.9)")   # type: ignore[attr-defined]
+    return tau

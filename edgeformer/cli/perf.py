@@ -1,0 +1,113 @@
+"""`edgeformer perf`: the performance model on this machine.
+
+    edgeformer perf calibrate [--backend cpu] [--refresh]   microbenchmarks -> fitted roofline
+    edgeformer perf validate [--quick] [--json out.json]    predicted vs measured grid
+    edgeformer perf trace [MODEL] [--prompt N] [--context N] [--device D]
+                                                            op list cost summary + prediction
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perf", help="calibrate, validate and inspect the performance model")
+    s = p.add_subparsers(dest="perf_command", metavar="ACTION")
+    c = s.add_parser("calibrate", help="fit the roofline to this machine + backend (cached)")
+    c.add_argument("--backend", default=None, help="backend to calibrate (default: fastest available)")
+    c.add_argument("--refresh", action="store_true", help="measure again even if cached")
+    c.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    c.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="see `perf validate --clock`")
+    c.set_defaults(func=run_calibrate)
+    v = s.add_parser("validate", help="predicted vs measured TTFT, prefill, decode, peak memory")
+    v.add_argument("--quick", action="store_true", help="4 points on the smallest models (< 3 min)")
+    v.add_argument("--backend", default=None)
+    v.add_argument("--prefill-budget-s", type=float, default=90.0,
+                   help="skip measuring prefills predicted to take longer (decode/memory still compared)")
+    v.add_argument("--threads", type=int, default=None,
+                   help="kernel threads (default: all cores); 1 is steadier on a shared, loaded host")
+    v.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: time by process CPU time (needs --threads 1; for a host shared with busy processes)")
+    v.add_argument("--from-json", type=Path, default=None,
+                   help="re-predict the measurements saved in a --json file (no new measurements)")
+    v.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    v.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown")
+    v.set_defaults(func=run_validate)
+    t = s.add_parser("trace", help="price a model's prefill and decode op lists")
+    t.add_argument("model", nargs="?", default=None, help="GGUF/HF path or shipped name (default: shipped)")
+    t.add_argument("--prompt", type=int, default=128)
+    t.add_argument("--context", type=int, default=None)
+    t.add_argument("--device", default="host", help="catalog device, or 'host' (calibrated)")
+    t.add_argument("--by", choices=("op", "name", "layer"), default="op")
+    t.set_defaults(func=run_trace)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeformer.perf.calibrate import calibrate, describe
+    from edgeformer.perf.calibrate import set_clock, set_threads
+    from edgeformer.perf.memory import calibrate_memory, fmt_bytes
+    set_threads(args.threads)
+    set_clock(args.clock)
+    host = calibrate(args.backend, refresh=args.refresh, verbose=True)
+    mem = calibrate_memory(host.backend, refresh=args.refresh)
+    t = Table(title=f"calibration: {host.device.display_name} / {host.backend}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in describe(host) + [("RSS baseline", fmt_bytes(mem.baseline)),
+                                  ("weight residency (x stored bytes)",
+                                   ", ".join(f"{q} {r:.3f}" for q, r in mem.residency.items()))]:
+        t.add_row(k, v)
+    Console().print(t)
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from edgeformer.perf.calibrate import set_clock, set_threads
+    from edgeformer.perf.validate import TARGETS, error_summary, markdown, run_grid
+    set_threads(args.threads)
+    set_clock(args.clock)
+    if args.backend is not None:
+        from edgeformer.backends import get_backend
+        get_backend(args.backend)   # unknown name -> UnsupportedError
+    if args.from_json is not None:
+        from edgeformer.perf.validate import repredict
+        rows = repredict(args.from_json, args.backend)
+    else:
+        rows = run_grid(args.quick, args.backend, args.prefill_budget_s, out_json=args.json)
+    print()
+    for what, (med, p90, n) in error_summary(rows).items():
+        ok = "meets" if med <= TARGETS[what] else "MISSES"
+        print(f"{what:8s} median APE {med:6.1f} %   p90 {p90:6.1f} %   (n={n}; target median <= "
+              f"{TARGETS[what]:.0f} %: {ok})")
+    if args.markdown:
+        args.markdown.write_text(markdown(rows) + "\n")
+    return 0
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeformer.backends.trace import summarize, summary_table
+    from edgeformer.models.shipped import DEFAULT_MODEL
+    from edgeformer.perf.trace_model import trace_decoder
+    tr = trace_decoder(args.model or DEFAULT_MODEL, prompt_len=args.prompt, context_len=args.context)
+    con = Console()
+    con.print(summary_table(summarize(tr.decode), args.by))
+    if args.device == "host":
+        from edgeformer.perf.calibrate import calibrate
+        host = calibrate(verbose=True)
+        pre, dec = host.predict(tr.prefill), host.predict(tr.decode)
+    else:
+        from edgeformer.perf.device_spec import get_device
+        from edgeformer.perf.roofline import predict
+        dev = get_device(args.device)
+        pre, dec = predict(tr.prefill, dev), predict(tr.decode, dev)
+    con.print(f"prefill {tr.prompt_len} tokens: {pre.total_s * 1e3:.1f} ms ({pre.bound}-bound); "
+              f"decode at {tr.context_len}: {1 / dec.total_s:.1f} tok/s ({dec.bound}-bound); "
+              f"weights {tr.weight_bytes / 2**20:.1f} MiB, KV {tr.kv_bytes / 2**20:.1f} MiB")
+    return 0

@@ -1,0 +1,120 @@
+"""`edgeformer serve [MODEL]`: an OpenAI-compatible HTTP server (chat and text completions,
+SSE streaming, /v1/models, /health, /metrics) run by uvicorn.
+
+    edgeformer serve --port 8080 --kv-budget 256MiB --backend cpu
+    curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from edgeformer.errors import InputError
+
+DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
+                prefill_chunk=256, max_body="4MiB", backend="numpy")
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "256MiB", "1.5GB", "4096" (decimal k/M/G, binary KiB/MiB/GiB); InputError otherwise."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise InputError(f"size {text!r}: expected a number with an optional unit (KiB, MiB, GiB, KB, MB, GB)")
+    n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise InputError(f"size {text!r} must be > 0")
+    return n
+
+
+def model_id(model: str | None) -> str:
+    """The id clients pass as `model`: a shipped model's name, else the file or directory
+    name without a .gguf suffix."""
+    from edgeformer.models.shipped import DEFAULT_MODEL, SHIPPED
+    if model is None:
+        return DEFAULT_MODEL
+    if str(model).strip().lower() in SHIPPED and not Path(model).exists():
+        return str(model).strip().lower()
+    name = Path(model).expanduser().resolve().name
+    return name[:-5] if name.endswith(".gguf") else name
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", default=None,
+                   help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
+    p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
+                   help="context length per request, prompt + output (default: min(model max, 4096))")
+    p.add_argument("--host", default=DEFAULTS["host"], help="default: %(default)s")
+    p.add_argument("--port", type=int, default=DEFAULTS["port"], help="default: %(default)s")
+    p.add_argument("--model-name", default=None, help="id clients use as `model` (default: from MODEL)")
+    p.add_argument("--kv-budget", default=DEFAULTS["kv_budget"],
+                   help="memory for the KV cache of all running requests (default: %(default)s)")
+    p.add_argument("--kv-dtype", default=DEFAULTS["kv_dtype"], choices=["f16", "bf16", "f32", "int8"],
+                   help="default: %(default)s")
+    p.add_argument("--block-size", type=int, default=DEFAULTS["block_size"], help="tokens per KV block")
+    p.add_argument("--max-batch", type=int, default=DEFAULTS["max_batch"],
+                   help="most sequences decoded together (default: %(default)s)")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULTS["prefill_chunk"],
+                   help="most prompt tokens of one request per step; smaller evens out inter-token latency "
+                        "of running streams, larger gives faster TTFT (default: %(default)s)")
+    p.add_argument("--max-body", default=DEFAULTS["max_body"], help="request body limit (default: %(default)s)")
+    p.add_argument("--audio", action="store_true",
+                   help="also serve /v1/embeddings, /v1/audio/transcriptions and /v1/audio/speech with the "
+                        "shipped MiniLM, Whisper tiny.en and Piper voice (those installed)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edgeformer.api import load
+    from edgeformer.serve.app import create_app
+
+    # validate every flag before the (slow) load
+    kv_budget, max_body = parse_size(args.kv_budget), parse_size(args.max_body)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port")
+    for flag, v in (("--block-size", args.block_size), ("--max-batch", args.max_batch),
+                    ("--prefill-chunk", args.prefill_chunk)):
+        if v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    engine = load(args.model, backend=args.backend, n_ctx=args.n_ctx)
+    app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
+                     kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
+                     prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)
+    if args.audio:
+        mount_shipped_audio(app, engine.backend)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def mount_shipped_audio(app, backend) -> None:
+    """Mount the embedding/speech endpoints with whichever shipped models are installed;
+    a missing one leaves its endpoint answering 404 and says so."""
+    import sys
+
+    from edgeformer.errors import EdgeformerError
+    from edgeformer.serve.audio_embeddings import AudioModels, mount_audio_embeddings
+
+    def get(what: str, make):
+        try:
+            return make()
+        except (EdgeformerError, OSError) as e:
+            print(f"edgeformer serve: no {what}: {e}", file=sys.stderr)
+            return None
+
+    from edgeformer.models.bert import TextEmbedder, shipped_minilm_dir
+    from edgeformer.models.whisper_decode import load_whisper
+    from edgeformer.tts.piper import load_piper_voice
+    mount_audio_embeddings(app, AudioModels(
+        embedder=get("embedding model", lambda: TextEmbedder(shipped_minilm_dir(), backend)),
+        asr=get("speech recognition model", lambda: load_whisper(None, backend)),
+        voice=get("voice", lambda: load_piper_voice(None, backend))))
+    return 0

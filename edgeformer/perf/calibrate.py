@@ -1,0 +1,436 @@
+"""Calibrate the roofline to this machine and backend from microbenchmarks.
+
+Measured (each a loop of at least `min_time` = 0.2 s, because this host's clock ticks in
+4-12 ms steps; best of `repeats` trials):
+
+- streaming read bandwidth and a BLAS FP32 matmul peak (`perf.bandwidth.host_spec`);
+- per-op dispatch overhead: a tiny `add` and a tiny `linear` through the `Ops` facade;
+- GEMV (one token) per weight qtype through the real backend, cycling through enough
+  distinct weight copies (>= 96 MiB) that they stream from DRAM, as decode does;
+- GEMM (64 tokens) per qtype: the compute side of prefill;
+- attention at decode (1 query over 2048 cached keys, cycled over 16 KV buffers) and at
+  prefill (256 x 256 causal), and rms_norm over DRAM-sized activations.
+
+From these, `fit()` builds a `HostModel`: the host DeviceSpec plus one roofline
+`Calibration` per weight qtype (matmul efficiencies differ per kernel) and a default one
+for every other op. Cached as JSON per CPU model + backend in
+`$XDG_CACHE_HOME/edgeformer/calib/`. No model file is used: calibration never sees the
+models `validate` measures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeformer.backends.base import Ops, get_backend
+from edgeformer.errors import ConfigError
+from edgeformer.perf.bandwidth import DEFAULT_MIN_TIME, cpu_model, host_slug, host_spec, time_per_call
+from edgeformer.perf.device_spec import DeviceSpec, Figure
+from edgeformer.perf.roofline import (OP_CLASSES, Calibration, OpTime, Prediction, op_class,
+                                      op_time)
+
+CALIB_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "F16")   # F16: K-quant fallback rows
+GEMV_BYTES = 96 * 2**20        # 3x this host's 32 MiB L3: decode weights come from DRAM
+GEMM_TOKENS = 64
+VERSION = 5                    # bump when the benchmarks change: old caches are ignored
+
+
+def fastest_backend() -> str:
+    """"cpu" (Numba) when it is registered and available, else "numpy"."""
+    from edgeformer.backends import backend_names
+    from edgeformer.backends.base import _BACKENDS
+    if "cpu" in backend_names() and _BACKENDS["cpu"].available() is None:   # type: ignore[attr-defined]
+        return "cpu"
+    return "numpy"
+
+
+def _random_weight(qtype: str, n: int, k: int, seed: int = 0) -> Any:
+    """A random (n, k) QTensor; 64 rows are quantized and tiled (values do not change a
+    kernel's speed, and the reference quantizers are slow)."""
+    from edgeformer.quant import QTensor, QType, quantize
+    rows = min(n, 64)
+    a = np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32) * 0.05
+    q = quantize(a, qtype)
+    reps = -(-n // rows)
+    data = np.tile(q.data.reshape(rows, -1), (reps, 1))[:n].reshape(-1)
+    return QTensor(np.ascontiguousarray(data), QType[qtype], (n, k))
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = "wall"
+
+
+def set_clock(name: str) -> None:
+    """Time benchmarks (here and in validation workers) by "wall" clock (default) or by
+    this process's "cpu" time. CPU time counts only our own work, so it stays meaningful
+    on a host shared with other busy processes; it equals wall time only for one thread,
+    hence "cpu" needs `set_threads(1)` first. InputError otherwise."""
+    global _clock
+    from edgeformer.errors import InputError
+    if name not in CLOCKS:
+        raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {name!r}")
+    if name == "cpu" and threads() != 1:
+        raise InputError("--clock cpu needs --threads 1 (process CPU time sums all threads)")
+    _clock = name
+    os.environ["EDGEFORMER_PERF_CLOCK"] = name   # read by validate.measure_worker
+
+
+def clock_name() -> str:
+    return _clock
+
+
+def time_per_call_clock(fn: Callable[[], object], min_time: float, repeats: int) -> float:
+    """`bandwidth.time_per_call` with the selected clock: best of `repeats` trials, each
+    looping until >= `min_time` s of wall time passed, after one warm-up call."""
+    if _clock == "wall":
+        return time_per_call(fn, min_time, repeats)
+    clock = CLOCKS[_clock]
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        n, w0, c0 = 0, time.perf_counter(), clock()
+        while True:
+            fn()
+            n += 1
+            if time.perf_counter() - w0 >= min_time:
+                break
+        best = min(best, (clock() - c0) / n)
+    return best
+
+
+def _bench(fn: Any, min_time: float, repeats: int) -> float:
+    return time_per_call_clock(fn, min_time, repeats)
+
+
+@dataclass
+class Measurements:
+    """Raw microbenchmark results (seconds per call unless stated)."""
+
+    backend: str
+    cpu: str
+    dispatch_add_s: float = 0.0
+    dispatch_linear_s: float = 0.0
+    gemv: dict[str, dict[str, float]] = field(default_factory=dict)    # qtype -> {s, bytes, flops}: 2048^2
+    gemv_small: dict[str, dict[str, float]] = field(default_factory=dict)   # 512^2
+    gemm: dict[str, dict[str, float]] = field(default_factory=dict)
+    attn_decode: dict[str, float] = field(default_factory=dict)        # {s, bytes, flops}
+    attn_prefill: dict[str, float] = field(default_factory=dict)
+    norm: dict[str, float] = field(default_factory=dict)
+    gemm_small: dict[str, dict[str, float]] = field(default_factory=dict)   # 64 x 512^2
+    ops: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # op -> small/large
+    seconds: float = 0.0
+    when: str = ""
+    version: int = VERSION
+
+
+def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
+            min_time: float = DEFAULT_MIN_TIME, repeats: int = 3,
+            gemv_bytes: int = GEMV_BYTES) -> Measurements:
+    """Run every microbenchmark through `backend` (default `fastest_backend()`), each a
+    loop of >= `min_time` s, best of `repeats`; GEMV cycles >= `gemv_bytes` of weights."""
+    from edgeformer.kernels import OPS
+    from edgeformer.quant import QTensor
+    t_start = time.perf_counter()
+    name = backend or fastest_backend()
+    be = get_backend(name)
+    ops = Ops(be)
+    m = Measurements(name, cpu_model(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    a, b = np.ones((1, 8), np.float32), np.ones((1, 8), np.float32)
+    m.dispatch_add_s = _bench(lambda: ops.add(a, b), min_time, repeats)
+    tiny = be.prepare_weight(_random_weight("Q8_0", 32, 32), "tiny")
+    xt = np.ones((1, 32), np.float32)
+    m.dispatch_linear_s = _bench(lambda: ops.linear(xt, tiny, None), min_time, repeats)
+    for q in qtypes:
+        for size, key in ((512, "gemv_small"), (2048, "gemv")):
+            qt = _random_weight(q, size, size)
+            x1 = np.random.default_rng(1).standard_normal((1, size)).astype(np.float32)
+            copies = min(1024, max(1, -(-gemv_bytes // qt.nbytes)))
+            ws = [be.prepare_weight(QTensor(qt.data.copy(), qt.qtype, qt.shape), f"w{i}") for i in range(copies)]
+            c1 = OPS["linear"].cost(x1, ws[0], None)
+
+            def gemv(ws=ws, x1=x1) -> None:
+                for w in ws:
+                    ops.linear(x1, w, None)
+            t = _bench(gemv, min_time, repeats) / copies
+            getattr(m, key)[q] = {"s": t, "bytes": c1.bytes, "flops": c1.flops}
+            if size == 512:
+                xs_ = np.random.default_rng(2).standard_normal((GEMM_TOKENS, size)).astype(np.float32)
+                cs = OPS["linear"].cost(xs_, ws[0], None)
+                ts = _bench(lambda: ops.linear(xs_, ws[0], None), min_time, repeats)
+                m.gemm_small[q] = {"s": ts, "bytes": cs.bytes, "flops": cs.flops}
+        xg = np.random.default_rng(2).standard_normal((GEMM_TOKENS, size)).astype(np.float32)
+        cg = OPS["linear"].cost(xg, ws[0], None)
+        t = _bench(lambda: ops.linear(xg, ws[0], None), min_time, repeats)
+        m.gemm[q] = {"s": t, "bytes": cg.bytes, "flops": cg.flops}
+        del ws
+    m.ops = _op_benches(ops, min_time, repeats)
+    m.attn_decode = _attention_bench(ops, 1, 2048, 16, min_time, repeats)
+    m.attn_prefill = _attention_bench(ops, 256, 256, 1, min_time, repeats)
+    xs = [np.random.default_rng(i).standard_normal((256, 2048)).astype(np.float32) for i in range(32)]
+    wn = np.ones(2048, np.float32)
+    c = OPS["rms_norm"].cost(xs[0], wn, 1e-5)
+
+    def norms() -> None:
+        for x in xs:
+            ops.rms_norm(x, wn, 1e-5)
+    m.norm = {"s": _bench(norms, min_time, repeats) / len(xs), "bytes": c.bytes, "flops": c.flops}
+    m.seconds = time.perf_counter() - t_start
+    return m
+
+
+def _op_benches(ops: Ops, min_time: float, repeats: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Each elementwise op the decoder uses at a decode size (one token, operands hot in
+    cache) and a prefill size (256 tokens, cycled past the caches): two points for a
+    per-op overhead + bandwidth fit."""
+    from edgeformer.kernels import OPS
+    rng = np.random.default_rng(4)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)   # noqa: E731
+    inv = (1.0 / 10000 ** (np.arange(0, 64, 2) / 64)).astype(np.float32)
+    cases = {
+        "rms_norm": lambda t: ((f(t, 2048), np.ones(2048, np.float32), 1e-5), {}),
+        "add": lambda t: ((f(t, 2048), f(t, 2048)), {}),
+        "glu": lambda t: ((f(t, 4096), f(t, 4096), "silu"), {}),
+        "rope": lambda t: ((f(t, 32, 64), np.arange(t), inv), {"neox": False, "mscale": 1.0}),
+    }
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for op, make in cases.items():
+        out[op] = {}
+        for key, t, n_buf in (("small", 1, 1), ("large", 256, 8)):
+            calls = [make(t) for _ in range(n_buf)]
+            c = OPS[op].cost(*calls[0][0], **calls[0][1])
+            fn = getattr(ops, op)
+
+            def run(calls=calls, fn=fn) -> None:
+                for a, kw in calls:
+                    fn(*a, **kw)
+            out[op][key] = {"s": _bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
+    small = _attention_bench(ops, 1, 256, 1, min_time, repeats)
+    out["attention"] = {"small": small, "large": _attention_bench(ops, 1, 2048, 16, min_time, repeats)}
+    return out
+
+
+def _two_point(small: dict[str, float], large: dict[str, float], bw: float, d_max: float) -> tuple[float, float]:
+    """(per-call overhead, eta_mem) from t = d + bytes / (eta bw) through two points;
+    the overhead is kept in [0, min(d_max, 0.9 t_small)]."""
+    db = large["bytes"] - small["bytes"]
+    slope = (large["s"] - small["s"]) / db if db > 0 else 0.0
+    d = small["s"] - slope * small["bytes"] if slope > 0 else small["s"]
+    d = min(max(d, 0.0), 0.9 * small["s"], d_max)
+    return d, _eta(large["bytes"] / (max(large["s"] - d, 1e-9) * bw))
+
+
+def _attention_bench(ops: Ops, t: int, s: int, n_buf: int, min_time: float, repeats: int) -> dict[str, float]:
+    """Attention with SmolLM2's heads (9 query, 3 kv, head_dim 64); `n_buf` distinct KV
+    buffers cycled so decode reads them from DRAM."""
+    from edgeformer.kernels import OPS
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((t, 9, 64)).astype(np.float32)
+    kv = [(rng.standard_normal((s, 3, 64)).astype(np.float32),
+           rng.standard_normal((s, 3, 64)).astype(np.float32)) for _ in range(n_buf)]
+    qp, kp = np.arange(s - t, s), np.arange(s)
+    kw = dict(scale=0.125, causal=True, window=None, softcap=None)
+    c = OPS["attention"].cost(q, kv[0][0], kv[0][1], qp, kp, **kw)
+
+    def run() -> None:
+        for k, v in kv:
+            ops.attention(q, k, v, qp, kp, **kw)
+    return {"s": _bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """This machine as the roofline sees it: `device` (measured bandwidth and peaks),
+    `calib` for non-matmul ops and unknown qtypes, `by_qtype` matmul calibrations."""
+
+    device: DeviceSpec
+    calib: Calibration
+    by_qtype: dict[str, Calibration]
+    backend: str
+    measurements: Measurements | None = None
+    by_op: dict[str, Calibration] = field(default_factory=dict)
+
+    def calibration_for(self, rec: Any) -> Calibration:
+        """Matmuls: their weight qtype's calibration; other ops: their own if measured;
+        else the default."""
+        q = getattr(rec, "weight_qtype", None) or getattr(rec, "qtype", None)
+        q = getattr(q, "name", q)
+        if q is not None and op_class(rec.op) == "matmul":
+            return self.by_qtype.get(str(q).upper(), self.calib)
+        return self.by_op.get(rec.op, self.calib)
+
+    def predict(self, records: Iterable[Any]) -> Prediction:
+        """Roofline prediction of `records` with each op's calibration (per qtype)."""
+        ops: list[OpTime] = [op_time(r, self.device, self.calibration_for(r)) for r in records]
+        return Prediction(self.device.name, self.device.default_unit, tuple(ops))
+
+
+def _eta(value: float) -> float:
+    """Efficiencies in (0, 1]; a measurement that beats the roof is capped at 1 (it means
+    the roof, a BLAS or streaming-read figure, is itself below the true peak)."""
+    return float(min(1.0, max(value, 1e-4)))
+
+
+def fit(m: Measurements, device: DeviceSpec) -> HostModel:
+    """Fit efficiencies: t_op = max(flops / (eta_c peak), bytes / (eta_m bw)) + dispatch.
+    Dispatch comes from the tiny ops; GEMV fixes matmul eta_mem per qtype, GEMM its
+    eta_compute; the attention and norm benchmarks fix the other classes."""
+    bw = device.mem_bw.si
+    peak = device.peak("fp32") or 1.0
+    # a tiny op's time is all overhead; never let it exceed half of a real op's time
+    # (a preempted tiny-op loop would otherwise swallow the measurements it is taken from)
+    d_lin = min(m.dispatch_linear_s, 0.5 * min(g["s"] for g in m.gemv.values()))
+    d_el = min(m.dispatch_add_s, 0.5 * m.norm["s"])
+    # gemm can beat BLAS's square-matmul figure: raise the host's fp32 roof to the best seen
+    best = max([peak] + [g["flops"] / g["s"] for g in m.gemm.values()]
+               + [m.attn_prefill["flops"] / m.attn_prefill["s"]])
+    if best > peak:
+        fig = device.peak_flops[("cpu", "fp32")]
+        note = f"raised from BLAS {peak / 1e9:.1f} GFLOPS to the best calibrated kernel"
+        device = _replace_peak(device, Figure(best / 1e9, "GFLOPS", fig.source, dense=True, note=note))
+        peak = best
+    # likewise the streaming roof: a benchmark that reads faster than the measured
+    # bandwidth (a contended or too-short STREAM run) raises it, so etas stay <= 1
+    reads = [g["bytes"] / g["s"] for g in m.gemv.values()] + [m.norm["bytes"] / m.norm["s"]]
+    reads += [p["large"]["bytes"] / p["large"]["s"] for p in m.ops.values()]
+    if max(reads) > bw:
+        note = f"raised from the STREAM-style {bw / 1e9:.1f} GB/s to the fastest calibrated kernel"
+        device = replace(device, mem_bw=Figure(max(reads) / 1e9, "GB/s", device.mem_bw.source, note=note))
+        bw = max(reads)
+    dispatch = {"matmul": d_lin, "attention": d_el, "gather": d_el, "elementwise": d_el}
+    ad, ap = m.attn_decode, m.attn_prefill
+    base_c = {"matmul": 0.5, "attention": _eta(ap["flops"] / (max(ap["s"] - d_el, 1e-9) * peak)),
+              "gather": 0.5, "elementwise": 0.5}
+    base_m = {"matmul": 0.5, "attention": _eta(ad["bytes"] / (max(ad["s"] - d_el, 1e-9) * bw)),
+              "gather": _eta(m.norm["bytes"] / (max(m.norm["s"] - d_el, 1e-9) * bw)),
+              "elementwise": _eta(m.norm["bytes"] / (max(m.norm["s"] - d_el, 1e-9) * bw))}
+    by_q: dict[str, Calibration] = {}
+    for q, g in m.gemv.items():
+        # two GEMV sizes: t = d_q + bytes / (eta_m bw) gives the kernel's own per-call
+        # overhead d_q (parallel-region start-up) and its streaming efficiency
+        sm, gm = m.gemv_small.get(q, g), m.gemm[q]
+        db = g["bytes"] - sm["bytes"]
+        slope = (g["s"] - sm["s"]) / db if db > 0 else 0.0
+        d_q = min(max(sm["s"] - slope * sm["bytes"], 0.0), 0.9 * sm["s"]) if slope > 0 else d_lin
+        em = _eta(g["bytes"] / (max(g["s"] - d_q, 1e-9) * bw))
+        ec = _eta(gm["flops"] / (max(gm["s"] - d_q, 1e-9) * peak))
+        if q in m.gemm_small:   # matrices from 512 to 2048 wide: geometric mean of both
+            gs = m.gemm_small[q]
+            ec = _eta(math.sqrt(ec * _eta(gs["flops"] / (max(gs["s"] - d_q, 1e-9) * peak))))
+        by_q[q] = Calibration({**base_c, "matmul": ec}, {**base_m, "matmul": em}, {**dispatch, "matmul": d_q},
+                              source=f"calibrated {m.backend} {q} on {m.cpu} ({m.when})")
+    mean_c = float(np.mean([c.eta_compute["matmul"] for c in by_q.values()])) if by_q else 0.5
+    mean_m = float(np.mean([c.eta_mem["matmul"] for c in by_q.values()])) if by_q else 0.5
+    calib = Calibration({**base_c, "matmul": mean_c}, {**base_m, "matmul": mean_m}, dispatch,
+                        source=f"calibrated {m.backend} on {m.cpu} ({m.when})")
+    by_op: dict[str, Calibration] = {}
+    for op, pts in m.ops.items():
+        cls = op_class(op)
+        d, em = _two_point(pts["small"], pts["large"], bw, math.inf)
+        by_op[op] = Calibration(base_c, {**base_m, cls: em}, {**dispatch, cls: d},
+                                source=f"calibrated {m.backend} {op} on {m.cpu} ({m.when})")
+    return HostModel(device, calib, by_q, m.backend, m, by_op)
+
+
+def _replace_peak(device: DeviceSpec, fig: Figure) -> DeviceSpec:
+    from dataclasses import replace
+    return replace(device, peak_flops={**device.peak_flops, ("cpu", "fp32"): fig})
+
+
+def backend_fingerprint(backend: str) -> str:
+    """A short hash of the backend's source files: a changed kernel invalidates the cache."""
+    import hashlib
+    import inspect
+    h = hashlib.sha256()
+    mod = inspect.getmodule(type(get_backend(backend)))
+    root = Path(mod.__file__).parent if mod and mod.__file__ else None
+    files = sorted(root.glob("*.py")) if root and root.name == backend else [Path(mod.__file__)] if mod else []
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _cache_path(backend: str, cache_dir: str | Path | None) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = Path(cache_dir) if cache_dir else Path(base) / "edgeformer" / "calib"
+    return root / f"{host_slug(cpu_model())}__{backend}_t{threads()}_{_clock}_{backend_fingerprint(backend)}.json"
+
+
+def threads() -> int:
+    """Worker threads kernels run with (Numba's current setting; 1 if Numba is absent)."""
+    try:
+        import numba
+        return int(numba.get_num_threads())
+    except ImportError:
+        return 1
+
+
+def set_threads(n: int | None) -> None:
+    """Run kernels with `n` threads in this process and in the worker processes it
+    starts (`worker_env`). None leaves the default (all cores). InputError when `n` is
+    outside 1..NUMBA_NUM_THREADS."""
+    if n is None:
+        return
+    from edgeformer.errors import InputError
+    import numba
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise InputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {n}")
+    numba.set_num_threads(n)
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for a measuring subprocess: this process's, with its thread count.
+    (Setting NUMBA_NUM_THREADS in this process after Numba started is an error.)"""
+    return {**os.environ, "NUMBA_NUM_THREADS": str(threads()), "EDGEFORMER_PERF_CLOCK": _clock}
+
+
+def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str | Path | None = None,
+              min_time: float = DEFAULT_MIN_TIME, verbose: bool = False) -> HostModel:
+    """The HostModel of this machine + `backend` (default the fastest available): from
+    the JSON cache when present, else measured (under a minute) and cached."""
+    name = backend or fastest_backend()
+    path = _cache_path(name, cache_dir)
+    device = host_spec(refresh=refresh)
+    if not refresh and path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("version") == VERSION:
+                return fit(Measurements(**raw), device)
+        except (OSError, ValueError, TypeError, ConfigError):
+            pass   # stale or unreadable: measure again
+    if verbose:
+        print(f"calibrating backend {name!r} on {cpu_model()} (about 30 s)...", flush=True)
+    m = measure(name, min_time=min_time)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(m.__dict__, indent=1))
+    except OSError:
+        pass
+    return fit(m, device)
+
+
+def describe(host: HostModel) -> list[tuple[str, str]]:
+    """(what, value) rows for printing a HostModel."""
+    d, m = host.device, host.measurements
+    rows = [("device", f"{d.display_name} ({d.name})"), ("backend", host.backend),
+            ("read bandwidth", f"{d.mem_bw.si / 1e9:.2f} GB/s"),
+            ("fp32 peak", f"{(d.peak('fp32') or 0) / 1e9:.1f} GFLOP/s")]
+    if m is not None:
+        rows += [("dispatch add / linear", f"{m.dispatch_add_s * 1e6:.1f} / {m.dispatch_linear_s * 1e6:.1f} us"),
+                 ("benchmark time", f"{m.seconds:.1f} s")]
+    for q, c in host.by_qtype.items():
+        rows.append((f"{q} matmul eta_mem / eta_compute / per-call",
+                     f"{c.eta_mem['matmul']:.3f} / {c.eta_compute['matmul']:.3f} / "
+                     f"{c.dispatch_s['matmul'] * 1e6:.1f} us"))
+    for op, c in host.by_op.items():
+        cls = op_class(op)
+        rows.append((f"{op} eta_mem / per-call", f"{c.eta_mem[cls]:.3f} / {c.dispatch_s[cls] * 1e6:.1f} us"))
+    rows.append(("attention eta_compute (prefill)", f"{host.calib.eta_compute['attention']:.3f}"))
+    return rows

@@ -1,0 +1,354 @@
+"""Price a decoder without its weights: run the real `Decoder.forward` on a null backend.
+
+Like tinygrad's `ops_null`, the null backend runs the whole pipeline but computes
+nothing: each kernel returns a zero array of the output shape (`np.zeros` is a lazy
+calloc, so even a (2048, vocab) logits buffer costs nothing until touched). Weights are
+shape-only stand-ins carrying qtype, shape and byte size. The decoder code, its KV cache
+and the `Tracer` are the real ones, so the priced op list *is* the executed op list:
+
+    cfg = DecoderConfig(...)                      # or shape_checkpoint("model.gguf")
+    trace = trace_decoder(cfg, prompt_len=128, qtype="Q4_0")
+    trace.prefill, trace.decode                   # lists of backends.trace.OpRecord
+
+KV-cache bytes come from `kv_cache_bytes`, which follows `models/cache.py`'s growth
+policy (initial 256 positions, doubling, capped at max_seq_len) to the byte.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeformer.backends.base import Backend, Weight
+from edgeformer.backends.trace import OpRecord, Tracer
+from edgeformer.config import DecoderConfig
+from edgeformer.errors import ConfigError, InputError
+from edgeformer.formats.checkpoint import Checkpoint, TokenizerSpec
+from edgeformer.formats.validate import expected_tensors
+from edgeformer.quant.qtypes import QTensor, QType, nbytes
+
+# models/cache.py's first allocation (KVCache(initial=256)); kv_cache_bytes mirrors it
+KV_INITIAL = 256
+KV_DTYPES = {"f32": np.float32, "f16": np.float16, "int8": np.int8}
+
+
+@dataclass(frozen=True)
+class ShapeTensor:
+    """A tensor's qtype, shape and byte size, without data (what pricing needs)."""
+
+    qtype: QType
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.qtype, self.shape)
+
+
+class _Null:
+    """Handle of a null-backend weight: only its shape."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+def _z(shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float32)
+
+
+def _linear(x, w, bias=None):
+    return _z(x.shape[:-1] + (w.shape[0],))
+
+
+def _embed(table, ids):
+    return _z(np.shape(ids) + (table.shape[1],))
+
+
+def _same(x, *a, **k):
+    return _z(x.shape)
+
+
+def _binary(a, b):
+    return _z(np.broadcast_shapes(np.shape(a), np.shape(b)))
+
+
+def _attention(q, k, v, *a, **kw):
+    return _z(q.shape[:2] + (v.shape[2],))
+
+
+class NullBackend(Backend):
+    """Runs every op as "return zeros of the output shape". Weights keep qtype, shape and
+    byte size (so costs price them as stored) but no data; vectors are zeros."""
+
+    name = "null"
+
+    def __init__(self, fuse: bool = False) -> None:
+        # mirror a backend's weight fusion (the Decoder joins q|k|v and gate|up when the
+        # backend has `concat_weights`), so the traced op list is the one it executes
+        if fuse:
+            self.concat_weights = self._concat_weights
+
+    @staticmethod
+    def _concat_weights(ws: list[Weight], name: str = "") -> Weight | None:
+        """Shape-only join of `ws`' rows, under the cpu backend's conditions (same qtype
+        and row length, at least two parts)."""
+        if len(ws) < 2 or any(w.qtype != ws[0].qtype or w.shape[1:] != ws[0].shape[1:] for w in ws):
+            return None
+        shape = (sum(w.shape[0] for w in ws),) + tuple(ws[0].shape[1:])
+        return Weight(name, ws[0].qtype, shape, sum(w.nbytes for w in ws), _Null(shape), None)
+
+    kernels = {"linear": _linear, "embed": _embed, "rms_norm": _same, "layer_norm": _same,
+               "rope": _same, "attention": _attention, "activation": _same, "glu": _same,
+               "softmax": _same, "softcap": _same, "add": _binary, "mul": _binary}
+
+    def prepare_weight(self, qt: Any, name: str = "") -> Weight:
+        shape = tuple(qt.shape)
+        return Weight(name, qt.qtype, shape, nbytes(qt.qtype, shape), _Null(shape), None)
+
+    def prepare_vector(self, qt: Any) -> np.ndarray:
+        if isinstance(qt, QTensor):   # real data (rope tensors) stays real
+            return super().prepare_vector(qt)
+        return _z(tuple(qt.shape))
+
+
+class _ShapeTensors(Mapping[str, Any]):
+    """name -> ShapeTensor, with real QTensors for the few tensors read as data (rope)."""
+
+    def __init__(self, shapes: dict[str, ShapeTensor], real: Mapping[str, QTensor]) -> None:
+        self._shapes, self._real = shapes, real
+
+    def __getitem__(self, name: str) -> Any:
+        return self._real[name] if name in self._real else self._shapes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
+def _qtype(q: QType | str) -> QType:
+    try:
+        return q if isinstance(q, QType) else QType[str(q).upper()]
+    except KeyError:
+        raise ConfigError(f"unknown qtype {q!r}; known: {', '.join(t.name for t in QType)}") from None
+
+
+def config_tensors(config: DecoderConfig, qtype: QType | str = QType.Q4_0,
+                   embed_qtype: QType | str | None = None,
+                   output_qtype: QType | str | None = None) -> dict[str, ShapeTensor]:
+    """The tensors a config implies (`formats.validate.expected_tensors`): 2-D matrices in
+    `qtype`, the token embedding in `embed_qtype` and an untied output in `output_qtype`
+    (both default to `qtype`), 1-D vectors in F32 (as llama.cpp's converter writes them).
+    A matrix whose row length is not a multiple of the qtype's block falls back to F16,
+    as llama.cpp's quantizer does. Tied configs have no `output.weight`."""
+    main = _qtype(qtype)
+    out: dict[str, ShapeTensor] = {}
+    for name, shape in expected_tensors(config).items():
+        if name == "output.weight" and config.tie_embeddings:
+            continue
+        q = (QType.F32 if len(shape) == 1 else
+             _qtype(embed_qtype or main) if name == "token_embd.weight" else
+             _qtype(output_qtype or main) if name == "output.weight" else main)
+        if len(shape) > 1 and shape[-1] % q.block_size:
+            q = QType.F16
+        out[name] = ShapeTensor(q, tuple(shape))
+    return out
+
+
+def shape_checkpoint(source: DecoderConfig | str | os.PathLike | Checkpoint,
+                     qtype: QType | str = QType.Q4_0, **kw: Any) -> Checkpoint:
+    """A Checkpoint whose tensors are shape-only: from a real file/Checkpoint (same names,
+    qtypes and shapes as stored; rope tensors read for real) or from a DecoderConfig
+    (`config_tensors(config, qtype, **kw)`)."""
+    from edgeformer.formats.tensor_map import extra_gguf_tensors
+    if isinstance(source, DecoderConfig):
+        extra = {k: QTensor.from_array(v) for k, v in extra_gguf_tensors(source).items()}
+        shapes = config_tensors(source, qtype, **kw)
+        shapes.update({k: ShapeTensor(QType.F32, v.shape) for k, v in extra.items()})
+        return Checkpoint(Path("<config>"), "shape", source, _ShapeTensors(shapes, extra), {},
+                          TokenizerSpec())
+    ckpt = source if isinstance(source, Checkpoint) else _load(source)
+    infos = getattr(ckpt.tensors, "infos", {}) or {}
+    shapes = {n: ShapeTensor(*infos[n]) if n in infos else
+              ShapeTensor(ckpt.tensors[n].qtype, tuple(ckpt.tensors[n].shape)) for n in ckpt.tensors}
+    rope = [n for n in shapes if n.startswith("rope_")]
+    real = {n: ckpt.tensors[n] for n in rope}
+    return Checkpoint(ckpt.path, "shape", ckpt.config, _ShapeTensors(shapes, real), ckpt.metadata,
+                      ckpt.tokenizer, file_bytes=ckpt.file_bytes)
+
+
+def _load(path: str | os.PathLike) -> Checkpoint:
+    from edgeformer.formats import load_checkpoint
+    from edgeformer.models.shipped import resolve_model
+    return load_checkpoint(resolve_model(path))
+
+
+@dataclass(frozen=True)
+class ModelTrace:
+    """Op lists of one prefill over `prompt_len` tokens and of one decode step at
+    `context_len` cached positions (the step's token is position `context_len`)."""
+
+    config: DecoderConfig
+    prompt_len: int
+    context_len: int
+    prefill: list[OpRecord]
+    decode: list[OpRecord]
+    kv_dtype: str
+    weight_bytes: int          # every stored tensor, as the file holds it
+    kv_bytes: int              # KV cache allocation after the decode step
+    weight_bytes_by_qtype: dict[str, int] = field(default_factory=dict)   # qtype name -> bytes
+
+
+def backend_fuses(backend: str | None) -> bool:
+    """Whether the Decoder fuses weights on `backend` (None: the fastest available one,
+    what `edgeformer run` uses): it does when the backend has `concat_weights`."""
+    from edgeformer.backends.base import _BACKENDS, backend_names
+    if backend is None:
+        from edgeformer.perf.calibrate import fastest_backend
+        backend = fastest_backend()
+    if backend not in backend_names():
+        from edgeformer.errors import UnsupportedError
+        raise UnsupportedError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
+    return hasattr(_BACKENDS[backend], "concat_weights")
+
+
+def null_decoder(ckpt: Checkpoint, backend: str | None = None) -> Any:
+    """A `Decoder` over the null backend (weights are shape-only), executing the op list
+    `backend` would (weight fusion included)."""
+    from edgeformer.models.decoder import Decoder
+    return Decoder(ckpt, NullBackend(fuse=backend_fuses(backend)))
+
+
+def _cache(model: Any, max_seq_len: int, kv_dtype: str) -> Any:
+    from edgeformer.models.cache import KVCache
+    c = model.config
+    if kv_dtype == "f32":   # exactly what the runtime allocates
+        return model.make_cache(max_seq_len)
+    return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_seq_len, dtype=KV_DTYPES[kv_dtype])
+
+
+def trace_decoder(source: DecoderConfig | str | os.PathLike | Checkpoint, prompt_len: int = 128,
+                  context_len: int | None = None, qtype: QType | str = QType.Q4_0,
+                  kv_dtype: str = "f32", max_seq_len: int | None = None,
+                  last_only: bool = True, backend: str | None = None, **kw: Any) -> ModelTrace:
+    """Trace prefill (`prompt_len` tokens into an empty cache, logits of the last token
+    only when `last_only`, as generation runs it) and one decode step after
+    `context_len` cached tokens (default `prompt_len`) on the null backend.
+    `kv_dtype` is "f32" (the runtime's cache), "f16" or "int8" (priced only).
+    `max_seq_len` sizes the cache (default: Decoder.make_cache's default, raised to fit).
+    `backend`: whose op list to trace (weight fusion differs; default the fastest
+    available). InputError when the lengths exceed the model context."""
+    if kv_dtype not in KV_DTYPES:
+        raise ConfigError(f"kv_dtype {kv_dtype!r}; known: {', '.join(KV_DTYPES)}")
+    ckpt = source if isinstance(source, Checkpoint) and source.format == "shape" else \
+        shape_checkpoint(source, qtype, **kw)
+    model = null_decoder(ckpt, backend)
+    c = model.config
+    ctx = prompt_len if context_len is None else context_len
+    if prompt_len < 1 or ctx < 0:
+        raise InputError(f"prompt_len must be >= 1 and context_len >= 0, got {prompt_len}, {ctx}")
+    need = max(prompt_len, ctx + 1)
+    if max_seq_len is None:
+        from edgeformer.models.decoder import DEFAULT_CACHE_LEN
+        max_seq_len = max(min(c.max_seq_len, DEFAULT_CACHE_LEN), need)
+    if need > min(max_seq_len, c.max_seq_len):
+        raise InputError(f"{need} positions exceed the context ({min(max_seq_len, c.max_seq_len)})")
+    tracer = Tracer()
+    cache = _cache(model, max_seq_len, kv_dtype)
+    with tracer.attach(model.ops):
+        model.forward(np.zeros(prompt_len, np.int64), cache, last_only=last_only)
+    prefill = tracer.records
+    cache = _cache(model, max_seq_len, kv_dtype)
+    if ctx:   # fill the cache as a prefill would (same lengths and allocation), untraced
+        kz = np.zeros((ctx, c.n_kv_heads, c.head_dim), cache.dtype)
+        for i in range(c.n_layers):
+            cache.update_and_fetch(i, kz, kz)
+    tracer = Tracer()
+    with tracer.attach(model.ops):
+        model.forward(np.zeros(1, np.int64), cache, last_only=True)
+    kv = sum(k.nbytes + v.nbytes for k, v in zip(cache.keys, cache.values))
+    by_q: dict[str, int] = {}
+    for t in ckpt.tensors.values():
+        by_q[t.qtype.name] = by_q.get(t.qtype.name, 0) + t.nbytes
+    return ModelTrace(c, prompt_len, ctx, prefill, tracer.records, kv_dtype, sum(by_q.values()), kv, by_q)
+
+
+def kv_capacity(appends: Sequence[int], max_seq_len: int, initial: int = KV_INITIAL) -> int:
+    """Positions a `models.cache.KVCache` layer has allocated after appending chunks of
+    `appends` positions in order: it starts at min(max_seq_len, initial) and, when a chunk
+    does not fit, grows to min(max_seq_len, max(need, 2 x capacity)); so the allocation
+    depends on the history, not only on the total."""
+    cap, n = min(max_seq_len, initial), 0
+    for t in appends:
+        n += t
+        if n > cap:
+            cap = min(max_seq_len, max(n, 2 * cap))
+    return cap
+
+
+def kv_cache_bytes(config: DecoderConfig, n_positions: int | Sequence[int], max_seq_len: int | None = None,
+                   kv_dtype: str = "f32") -> int:
+    """Bytes a KVCache for `config` has allocated (keys + values, every layer) after
+    `n_positions` were appended: an int (one chunk, e.g. a prefill) or the chunk sizes in
+    order (a prefill then 1-token decode steps: [prompt, 1, 1, ...]). `max_seq_len` as
+    passed to `make_cache` (default its default). Matches `models/cache.py` to the byte."""
+    if max_seq_len is None:
+        from edgeformer.models.decoder import DEFAULT_CACHE_LEN
+        max_seq_len = min(config.max_seq_len, DEFAULT_CACHE_LEN)
+    appends = [n_positions] if isinstance(n_positions, int) else list(n_positions)
+    item = np.dtype(KV_DTYPES[kv_dtype]).itemsize
+    per_pos = config.n_kv_heads * 2 * config.head_dim * item
+    return config.n_layers * kv_capacity(appends, max_seq_len) * per_pos
+
+
+def kv_bytes_read(config: DecoderConfig, n_positions: int, kv_dtype: str = "f32") -> int:
+    """Bytes of keys and values one decode step reads when `n_positions` are cached
+    (the step's own position included): the cached positions, not the allocation."""
+    item = np.dtype(KV_DTYPES[kv_dtype]).itemsize
+    return config.n_layers * n_positions * config.n_kv_heads * 2 * config.head_dim * item
+
+
+def with_dims(config: DecoderConfig, **dims: Any) -> DecoderConfig:
+    """`dataclasses.replace` that keeps layer_types consistent with n_layers."""
+    if "n_layers" in dims and config.layer_types:
+        dims.setdefault("layer_types", ())
+    return replace(config, **dims)
+
+
+def trace_decoder_repeated(config: DecoderConfig, prompt_len: int = 128, context_len: int | None = None,
+                           qtype: QType | str = QType.Q4_0, kv_dtype: str = "f32",
+                           max_seq_len: int | None = None, backend: str | None = None,
+                           **kw: Any) -> ModelTrace:
+    """`trace_decoder` for configs whose layers are all alike (no `layer_types`): trace
+    a 2-layer copy and repeat layer 1's records for layers 2..n_layers-1. Gives the same
+    records (op, name, layer, shapes, costs) as the full trace (a test holds it to that)
+    at the cost of a 2-layer trace; the co-design search prices thousands of shapes."""
+    if config.layer_types or config.n_layers <= 2:
+        return trace_decoder(config, prompt_len, context_len, qtype, kv_dtype, max_seq_len, backend=backend, **kw)
+    small = with_dims(config, n_layers=2)
+    tr = trace_decoder(small, prompt_len, context_len, qtype, kv_dtype, max_seq_len, backend=backend, **kw)
+    n = config.n_layers
+    by_q = dict(tr.weight_bytes_by_qtype)
+    for name, t in config_tensors(small, qtype, **kw).items():
+        if name.startswith("blk.1."):
+            by_q[t.qtype.name] = by_q.get(t.qtype.name, 0) + (n - 2) * t.nbytes
+    return replace(tr, config=config, prefill=_repeat(tr.prefill, n), decode=_repeat(tr.decode, n),
+                   weight_bytes=sum(by_q.values()), kv_bytes=tr.kv_bytes * n // 2,
+                   weight_bytes_by_qtype=by_q)
+
+
+def _repeat(records: list[OpRecord], n_layers: int) -> list[OpRecord]:
+    head = [r for r in records if r.layer is None and r.index < _first(records, 0)]
+    l1 = [r for r in records if r.layer == 1]
+    body = [r for r in records if r.layer in (0, 1)]
+    tail = [r for r in records if r.layer is None and r.index > _first(records, 1)]
+    out = head + body + [replace(r, layer=i) for i in range(2, n_layers) for r in l1] + tail
+    return [replace(r, index=i) for i, r in enumerate(out)]
+
+
+def _first(records: list[OpRecord], layer: int) -> int:
+    return next(r.index for r in records if r.layer == layer)

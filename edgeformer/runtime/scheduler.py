@@ -1,0 +1,411 @@
+"""Continuous batching: `Scheduler` (which sequences run how many tokens this step) and
+`BatchEngine` (a background step loop over a Decoder, a PagedKVCache and the Scheduler).
+
+The scheduler emits `{seq_id: n_tokens}` and knows nothing about the model (vLLM v1's
+interface). Each step: every running sequence that is decoding gets 1 token; sequences
+still prefilling get their next chunk of exactly `min(prefill_chunk, left)` tokens, FCFS,
+while the step's token budget allows (a chunk that does not fit waits whole for the next
+step, it is never cut: a sequence's chunk boundaries then depend only on itself, which
+batch invariance needs); waiting requests are admitted while the batch has room and the
+KV budget covers their worst case (prompt + max new tokens, minus prefix-cache hits) on
+top of what running sequences may still claim, so a running sequence never runs out of
+pages. A request that could never fit is refused at submit with CapacityError.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.runtime.batch import row_invariant_linear
+from edgeformer.runtime.engine import GenerationResult, GenerationStats, TokenEvent, TokenLogprob, collect
+from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
+from edgeformer.runtime.sampler import (SamplingParams, apply_processors, log_softmax, make_logits_processors,
+                                        make_rng, make_sampler, top_logprobs)
+from edgeformer.runtime.stops import StopMatcher
+
+
+@dataclass
+class SeqState:
+    """One request as the scheduler sees it: token ids (prompt, then generated), how many
+    have K/V in the cache (`computed`), the most it may grow to (`max_len`)."""
+
+    seq_id: int
+    tokens: list[int]
+    max_len: int
+    n_prompt: int
+    view: BlockTable | None = None
+    computed: int = 0
+    cached_tokens: int = 0
+    scheduled: int = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.n_prompt
+
+
+class Scheduler:
+    """FCFS continuous batching over a PagedKVCache (see the module docstring).
+
+    `add(seq_id, prompt_ids, max_len)` queues a request; `schedule()` admits what fits and
+    returns {seq_id: n_tokens}; the caller runs those tokens (`feed(seq_id)` gives them
+    and the sequence's cache view), then calls `advance(seq_id)`; a sequence that ends its
+    prompt or decodes gets its next token through `append(seq_id, tok)`, or `finish`."""
+
+    def __init__(self, cache: PagedKVCache, max_batch: int = 16, prefill_chunk: int = 256,
+                 max_step_tokens: int | None = None) -> None:
+        if max_batch < 1 or prefill_chunk < 1:
+            raise InputError(f"max_batch and prefill_chunk must be >= 1, got {max_batch}, {prefill_chunk}")
+        self.cache, self.max_batch, self.prefill_chunk = cache, max_batch, prefill_chunk
+        # room for one full chunk beside a full batch of decodes: every step makes progress
+        self.max_step_tokens = max(max_step_tokens or 0, prefill_chunk + max_batch)
+        self.waiting: deque[SeqState] = deque()
+        self.running: dict[int, SeqState] = {}
+
+    def add(self, seq_id: int, prompt_ids: Sequence[int], max_len: int) -> SeqState:
+        """Queue a request that may grow to max_len tokens. CapacityError if even an empty
+        KV cache could not hold it; InputError past the cache's context."""
+        if not prompt_ids:
+            raise InputError("empty prompt")
+        if max_len > self.cache.max_seq_len:
+            raise InputError(f"prompt + max new tokens = {max_len} exceeds the context of {self.cache.max_seq_len}")
+        need = self.cache.pages_for(max_len)
+        if need > self.cache.pool.num_pages:
+            raise CapacityError(f"request needs up to {need} KV blocks ({max_len} tokens) but the KV budget "
+                                f"holds {self.cache.pool.num_pages}; raise kv_budget_bytes or lower max_tokens")
+        st = SeqState(seq_id, [int(t) for t in prompt_ids], max_len, len(prompt_ids))
+        self.waiting.append(st)
+        return st
+
+    def _outstanding(self) -> int:
+        return sum(s.view.future_pages(s.max_len) for s in self.running.values())
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.max_batch:
+            st = self.waiting[0]
+            view = self.cache.new_sequence(st.tokens[:st.n_prompt])
+            if view.future_pages(st.max_len) + self._outstanding() > self.cache.pool.free_pages:
+                view.release()           # FCFS: later requests wait behind it
+                return
+            self.waiting.popleft()
+            st.view, st.computed, st.cached_tokens = view, view.offset, view.offset
+            self.running[st.seq_id] = st
+
+    def schedule(self) -> dict[int, int]:
+        """Admit waiting requests that fit, then {seq_id: tokens to run this step}."""
+        self._admit()
+        out: dict[int, int] = {}
+        budget = self.max_step_tokens
+        for st in self.running.values():            # decodes first: streams never stall
+            if not st.prefilling:
+                out[st.seq_id] = 1
+                budget -= 1
+        for st in self.running.values():            # then whole prefill chunks, FCFS
+            if st.prefilling:
+                n = min(self.prefill_chunk, len(st.tokens) - st.computed)
+                if n <= budget:
+                    out[st.seq_id] = n
+                    budget -= n
+        for sid, n in out.items():
+            self.running[sid].scheduled = n
+        return out
+
+    def feed(self, seq_id: int) -> tuple[list[int], BlockTable]:
+        """The scheduled token ids of seq_id and its cache view."""
+        st = self.running[seq_id]
+        return st.tokens[st.computed:st.computed + st.scheduled], st.view
+
+    def advance(self, seq_id: int) -> bool:
+        """Mark the scheduled tokens computed (committing them to the cache). True when the
+        sequence now wants its next token sampled (its whole context is computed)."""
+        st = self.running[seq_id]
+        st.view.commit(st.tokens[st.computed:st.computed + st.scheduled])
+        st.computed += st.scheduled
+        st.scheduled = 0
+        return st.computed == len(st.tokens)
+
+    def rollback(self, seq_id: int) -> None:
+        """Undo a failed step: forget K/V past the committed tokens."""
+        st = self.running[seq_id]
+        st.view.truncate(st.computed)
+        st.scheduled = 0
+
+    def append(self, seq_id: int, token: int) -> None:
+        self.running[seq_id].tokens.append(int(token))
+
+    def finish(self, seq_id: int) -> None:
+        """Remove a request (running or waiting) and free its KV blocks now."""
+        st = self.running.pop(seq_id, None)
+        if st is not None:
+            st.view.release()
+            return
+        self.waiting = deque(s for s in self.waiting if s.seq_id != seq_id)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+
+# ---- the batch engine -----------------------------------------------------------------------
+
+class RequestHandle:
+    """A submitted request. `events()` yields its TokenEvents (blocking) and ends after the
+    one with `finish_reason` ("stop" | "length" | "cancelled"); a request that failed
+    raises its error from `events()` after the events before it. `cancel()` is safe from
+    any thread: the request's KV blocks are freed at the next step."""
+
+    def __init__(self, engine: BatchEngine, rid: int, prompt_ids: list[int]) -> None:
+        self.id, self.prompt_ids = rid, prompt_ids
+        self._engine = engine
+        self._queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def events(self) -> Iterator[TokenEvent]:
+        while True:
+            ev = self._queue.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if ev.finish_reason is not None:
+                return
+
+    def result(self) -> GenerationResult:
+        """Wait for the end and fold the events into a GenerationResult."""
+        return collect(self.events(), self.prompt_ids, True)
+
+    def cancel(self) -> None:
+        self._engine._cancel(self.id)
+
+
+@dataclass
+class _Request:
+    handle: RequestHandle
+    params: SamplingParams
+    budget: int
+    t0: float
+    procs: list = field(default_factory=list)
+    sample: object = None
+    rng: object = None
+    stop_ids: set = field(default_factory=set)
+    text_dec: object = None
+    stopper: StopMatcher | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    n_gen: int = 0
+    t_first: float = 0.0
+
+
+class BatchEngine:
+    """Continuous-batching generation over `model` (a Decoder: `forward_batch`) with a paged
+    KV cache of `kv_budget_bytes` in `kv_dtype`. `submit` is thread-safe; `start()` runs
+    the step loop in a background thread (`stop()` ends it), or call `step()` yourself.
+    `batch_invariant`: compute linears so each row's bits do not depend on the batch
+    (see `runtime/batch.py`); with it, a greedy request's output is the same alone or
+    beside others (given the same prefix-cache hits)."""
+
+    def __init__(self, model, tokenizer, *, kv_budget_bytes: int, kv_dtype: str = "f16", block_size: int = 16,
+                 max_batch: int = 16, prefill_chunk: int = 256, n_ctx: int | None = None,
+                 prefix_sharing: bool = True, batch_invariant: bool = True) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        max_len = int(model.config.max_seq_len)
+        self.n_ctx = min(max_len, 4096) if n_ctx is None else int(n_ctx)
+        if not 2 <= self.n_ctx <= max_len:
+            raise InputError(f"n_ctx={n_ctx} must be in [2, {max_len}] (the model's context)")
+        self.vocab_size = int(model.config.vocab_size)
+        self.cache = PagedKVCache.for_model(model, budget_bytes=kv_budget_bytes, dtype=kv_dtype,
+                                            block_size=block_size, max_seq_len=self.n_ctx,
+                                            max_chunk=prefill_chunk, prefix_sharing=prefix_sharing)
+        self.scheduler = Scheduler(self.cache, max_batch=max_batch, prefill_chunk=prefill_chunk)
+        self._linear = row_invariant_linear(model.ops) if batch_invariant else None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._requests: dict[int, _Request] = {}
+        self._cancels: set[int] = set()
+        self._next_id = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._counters = {"tokens_generated": 0, "steps": 0, "prefill_tokens": 0, "cached_prompt_tokens": 0,
+                          "last_batch_tokens": 0}
+
+    # ---- requests ----
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
+               stop: Sequence[str] | None = None) -> RequestHandle:
+        """Queue a completion of `prompt_ids`; `stop` adds stop strings to params.stop.
+        InputError for an empty prompt, ids outside the vocabulary, or a prompt that leaves
+        no room in n_ctx; CapacityError if the KV budget could never hold the request."""
+        params = params or SamplingParams()
+        if stop:
+            params = replace(params, stop=tuple(params.stop) + tuple(stop))
+        params.check_vocab(self.vocab_size)
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InputError("empty prompt (no tokens)")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InputError(f"prompt token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
+        if len(ids) >= self.n_ctx:
+            raise InputError(f"prompt is {len(ids)} tokens; the context holds {self.n_ctx} (prompt + output)")
+        budget = min(params.max_tokens, self.n_ctx - len(ids))
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            handle = RequestHandle(self, rid, ids)
+            self.scheduler.add(rid, ids, len(ids) + budget)       # CapacityError: refused now
+            req = _Request(handle, params, budget, time.perf_counter())
+            req.procs, req.sample, req.rng = make_logits_processors(params), make_sampler(params), make_rng(params.seed)
+            req.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.stop_ids()))
+            req.text_dec, req.stopper = self.tokenizer.incremental_decoder(), StopMatcher(params.stop)
+            req.stats.prompt_tokens = len(ids)
+            self._requests[rid] = req
+            self._wake.notify_all()
+        return handle
+
+    def _cancel(self, rid: int) -> None:
+        with self._lock:
+            if rid in self._requests:
+                self._cancels.add(rid)
+                self._wake.notify_all()
+
+    # ---- the step loop ----
+
+    def start(self) -> None:
+        """Run steps in a background thread until stop()."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="edgeformer-batch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the background loop (requests in flight stay queued)."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._cancels and not self.scheduler.has_work:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            self.step()
+
+    def run_until_idle(self) -> None:
+        """Step until no request is running or waiting (for callers without the thread)."""
+        while self.step():
+            pass
+
+    def step(self) -> bool:
+        """One scheduler step: cancels, admission, one batched forward, sampling. Returns
+        False when there was nothing to run."""
+        with self._lock:
+            for rid in self._cancels:
+                if rid in self._requests:
+                    self.scheduler.finish(rid)
+                    req = self._requests[rid]
+                    self._end(rid, TokenEvent(-1, "", req.n_gen, self._elapsed(rid), finish_reason="cancelled",
+                                              is_stop_token=True, stats=req.stats))
+            self._cancels.clear()
+            plan = self.scheduler.schedule()
+            feeds = {sid: self.scheduler.feed(sid) for sid in plan}
+        if not plan:
+            return self.scheduler.has_work
+        seqs = [(np.asarray(toks, dtype=np.int64), view) for toks, view in feeds.values()]
+        try:
+            logits = self.model.forward_batch(seqs, last_only=True, linear=self._linear)
+        except Exception as e:   # noqa: BLE001 - fail the requests of this step, keep serving
+            with self._lock:
+                for sid in plan:
+                    self.scheduler.rollback(sid)
+                    self.scheduler.finish(sid)
+                    self._fail(sid, e)
+            return True
+        with self._lock:
+            self._counters["steps"] += 1
+            self._counters["last_batch_tokens"] = sum(plan.values())
+            for sid, lg in zip(plan, logits):
+                if sid not in self._requests:
+                    continue
+                if self.scheduler.running[sid].prefilling or plan[sid] > 1:
+                    self._counters["prefill_tokens"] += plan[sid]
+                if self.scheduler.advance(sid):
+                    self._sample(sid, np.asarray(lg, dtype=np.float32)[-1])
+        return True
+
+    def _elapsed(self, rid: int) -> float:
+        return time.perf_counter() - self._requests[rid].t0
+
+    def _end(self, rid: int, ev: TokenEvent) -> None:
+        req = self._requests.pop(rid)
+        req.handle.finish_reason = ev.finish_reason
+        req.handle._queue.put(ev)
+
+    def _fail(self, rid: int, err: BaseException) -> None:
+        req = self._requests.pop(rid, None)
+        if req is not None:
+            req.handle.error = err
+            req.handle._queue.put(err)
+
+    def _sample(self, rid: int, logits: np.ndarray) -> None:
+        req, st = self._requests[rid], self.scheduler.running[rid]
+        if np.isnan(logits).any() or not np.isfinite(logits).any():
+            self.scheduler.finish(rid)
+            self._fail(rid, EdgeformerError(f"request {rid}: the model produced NaN (or no finite) logits"))
+            return
+        ctx = np.asarray(st.tokens, dtype=np.int64)
+        tok = req.sample(apply_processors(req.procs, ctx, logits) if req.procs else logits, req.rng)
+        now = time.perf_counter()
+        i, stats = req.n_gen, req.stats
+        if i == 0:
+            req.t_first = now
+            stats.ttft_s = stats.prefill_s = now - req.t0
+            stats.cached_tokens = st.cached_tokens
+            stats.prefill_tokens = st.n_prompt - st.cached_tokens
+            self._counters["cached_prompt_tokens"] += st.cached_tokens
+        self._counters["tokens_generated"] += 1
+        lp = None
+        if req.params.logprobs or req.params.top_logprobs:
+            lsm = log_softmax(logits)
+            lp = TokenLogprob(tok, float(lsm[tok]), top_logprobs(lsm, req.params.top_logprobs))
+
+        def finish(reason: str, text: str, is_stop: bool) -> None:
+            end = time.perf_counter()
+            stats.decode_tokens, stats.decode_s, stats.total_s = i, end - req.t_first, end - req.t0
+            self.scheduler.finish(rid)
+            self._end(rid, TokenEvent(tok, text, i, end - req.t0, lp, reason, is_stop, stats))
+
+        if tok in req.stop_ids:
+            tail = req.stopper.feed(req.text_dec.flush())
+            return finish("stop", tail.text if tail.stopped else tail.text + req.stopper.flush(), True)
+        r = req.stopper.feed(req.text_dec.add(tok))
+        if r.stopped:
+            return finish("stop", r.text, False)
+        if i == req.budget - 1:
+            tail = req.stopper.feed(req.text_dec.flush())
+            return finish("stop" if tail.stopped else "length",
+                          r.text + tail.text + ("" if tail.stopped else req.stopper.flush()), False)
+        req.n_gen += 1
+        self.scheduler.append(rid, tok)
+        req.handle._queue.put(TokenEvent(tok, r.text, i, now - req.t0, lp))
+
+    def metrics(self) -> dict[str, int]:
+        """KV blocks (total/used/free; a block = block_size tokens of one layer), running
+        batch size, queued requests, tokens generated, steps."""
+        with self._lock:
+            return {**self.cache.metrics(), "running": len(self.scheduler.running),
+                    "queued": len(self.scheduler.waiting), **self._counters}

@@ -1,0 +1,279 @@
+"""Speculative decoding for the Engine: a drafter proposes k tokens, the target model
+checks them all in one forward pass, and the longest acceptable prefix is kept.
+
+Use: `Engine(model, tokenizer, ..., speculative=SpeculativeConfig(drafter, num_draft=k))`
+with a drafter from `runtime/drafters.py` (`PromptLookupDrafter()`, or
+`ModelDrafter(small_model)`). Everything else (generate / stream / chat, stops,
+logprobs, cache reuse between calls) is unchanged. One config (its drafter holds a
+KV cache) serves one Engine.
+
+Each round (the target cache holds every token but the last emitted one, x):
+1. the drafter proposes d_1..d_k (k <= num_draft, fewer near the token budget);
+2. the target runs [x, d_1..d_k] in ONE forward: logits for k + 1 positions, p_j at
+   position j being the distribution for the token after d_j (p_0: after x);
+3. verification, position by position, with the generation's processors applied to
+   both p_j and q_j over the same context (prompt + emitted + d_1..d_j):
+   - greedy: accept d_{j+1} iff it is argmax p_j; at the first mismatch emit argmax p_j;
+   - sampled (Leviathan et al. 2023, Chen et al. 2023): accept d ~ q with probability
+     min(1, p(d)/q(d)); on rejection draw from norm(max(0, p - q)), which is exactly p
+     overall. A deterministic draft is q = one-hot: accept with probability p(d), else
+     draw from p with d removed, renormalized;
+   - all k accepted: one bonus token from p_k, drawn like plain decoding;
+4. the target cache is truncated to the accepted tokens (the new last token is not in
+   it); the drafter resynchronizes from the sequence on its next proposal.
+Tokens are then emitted one by one through the same stop logic as plain decoding, so
+EOS, stop strings and max_tokens inside an accepted run cut exactly there.
+
+Greedy output equals plain greedy decoding token for token, up to float rounding: a
+(k+1)-row forward may round differently from a 1-row one, which can flip a near tie.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.runtime.drafters import Drafter, ModelDrafter, PromptLookupDrafter
+from edgeformer.runtime.sampler import (SamplingParams, apply_processors, candidates, make_logits_processors,
+                                        make_rng, make_sampler)
+
+if TYPE_CHECKING:
+    from edgeformer.runtime.engine import Engine, TokenEvent
+
+__all__ = ["SpeculativeConfig", "SpeculativeStats", "TokenPicker", "ModelDrafter", "PromptLookupDrafter", "enable",
+           "accept_or_resample", "speculative_steps"]
+
+
+@dataclass
+class SpeculativeStats:
+    """Counters of one generation: rounds = target forward passes in decode, drafted /
+    accepted = draft tokens proposed / kept, emitted = tokens produced by rounds."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.emitted / self.rounds if self.rounds else 0.0
+
+
+@dataclass
+class SpeculativeConfig:
+    """drafter: a `drafters.Drafter`; num_draft: tokens proposed per round (>= 1).
+    `last_stats` holds the SpeculativeStats of the latest generation."""
+
+    drafter: Drafter
+    num_draft: int = 4
+    last_stats: SpeculativeStats = field(default_factory=SpeculativeStats)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_draft, int) or isinstance(self.num_draft, bool) or self.num_draft < 1:
+            raise InputError(f"speculative: num_draft must be an int >= 1, got {self.num_draft!r}")
+
+    @classmethod
+    def prompt_lookup(cls, num_draft: int = 4, max_ngram: int = 3, min_ngram: int = 1) -> SpeculativeConfig:
+        """n-gram drafting from prompt + output (no draft model)."""
+        return cls(PromptLookupDrafter(max_ngram, min_ngram), num_draft)
+
+    @classmethod
+    def draft_model(cls, model: object, num_draft: int = 4) -> SpeculativeConfig:
+        """A smaller draft model with the target's vocabulary."""
+        return cls(ModelDrafter(model), num_draft)
+
+    def bind(self, vocab_size: int, n_ctx: int) -> None:
+        """Check the drafter against the target (InputError) and allocate its state."""
+        self.drafter.bind(vocab_size, n_ctx)
+
+
+# ---- choosing and verifying tokens ---------------------------------------------------------
+
+class TokenPicker:
+    """The generation's sampling rule, shared by drafter and verifier so that p and q see
+    the same processors, temperature and truncation at each position."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, rng: np.random.Generator) -> None:
+        self.params = params
+        self.greedy = params.greedy
+        self.vocab_size = vocab_size
+        self.rng = rng
+        self.procs = make_logits_processors(params)
+        self.sample = make_sampler(params)
+
+    def process(self, context: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Logits after bias and penalties over `context` (prompt + tokens before this one)."""
+        return apply_processors(self.procs, context, logits) if self.procs else logits
+
+    def probs(self, processed: np.ndarray) -> np.ndarray:
+        """(vocab,) float64 distribution plain sampling draws from (temperature, top-k/p, min-p)."""
+        p = self.params
+        ids, pr = candidates(processed, p.temperature, p.top_k, p.top_p, p.min_p)
+        out = np.zeros(self.vocab_size, dtype=np.float64)
+        out[ids] = pr
+        return out
+
+    def pick(self, context: np.ndarray, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """A token from raw `logits` after `context`: (argmax, None) when greedy, else
+        (token drawn from q, q) with q the processed, truncated distribution."""
+        proc = self.process(context, logits)
+        if self.greedy:
+            return int(np.argmax(proc)), None
+        q = self.probs(proc)
+        return _draw(q, self.rng), q
+
+
+def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw from a (vocab,) distribution; only tokens with p > 0 come out."""
+    ids = np.flatnonzero(p > 0)
+    j = int(np.searchsorted(np.cumsum(p[ids]), rng.random() * p[ids].sum(), side="right"))
+    return int(ids[min(j, ids.size - 1)])
+
+
+def accept_or_resample(p: np.ndarray, token: int, q: np.ndarray | None,
+                       rng: np.random.Generator) -> tuple[bool, int]:
+    """The speculative-sampling rule for one draft token drawn from q (None = one-hot).
+    p, q: (vocab,) target and draft distributions. Returns (True, token) with probability
+    min(1, p(token)/q(token)), else (False, t) with t ~ norm(max(0, p - q)), so that the
+    token returned is distributed as p."""
+    qx = 1.0 if q is None else float(q[token])
+    px = float(p[token])
+    if qx > 0 and rng.random() * qx < px:      # u < p/q without dividing
+        return True, token
+    if q is None:
+        resid = p.copy()
+        resid[token] = 0.0
+    else:
+        resid = np.maximum(p - q, 0.0)
+    if resid.sum() <= 0:
+        # only when p <= q everywhere, i.e. p == q up to rounding, where rejection has
+        # probability ~0: p itself is then the right distribution
+        resid = p
+    return False, _draw(resid, rng)
+
+
+def _verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
+            q: Sequence[np.ndarray] | None, logits: np.ndarray) -> list[int]:
+    """Tokens a round emits: the accepted drafts plus one corrected or bonus token.
+    ctx[:n] is the sequence before the round, ctx[n:n+len(drafts)] the drafts; logits
+    (len(drafts) + 1, vocab) from the target."""
+    out: list[int] = []
+    for j in range(len(drafts) + 1):
+        _check_finite(logits[j], n + j)
+        proc = picker.process(ctx[:n + j], logits[j])
+        if j == len(drafts):
+            out.append(picker.sample(proc, picker.rng))    # bonus: exactly plain decoding
+            break
+        d = int(drafts[j])
+        if picker.greedy:
+            best = int(np.argmax(proc))
+            ok, tok = best == d, best
+        else:
+            ok, tok = accept_or_resample(picker.probs(proc), d, None if q is None else q[j], picker.rng)
+        out.append(tok)
+        if not ok:
+            break
+    return out
+
+
+def _check_finite(row: np.ndarray, pos: int) -> None:
+    if np.isnan(row).any() or not np.isfinite(row).any():
+        raise EdgeformerError(f"the model produced NaN (or no finite) logits at position {pos}: "
+                              f"broken weights or a numerical overflow")
+
+
+# ---- the target side: cache bookkeeping on the Engine ---------------------------------------
+
+def _prefill_all_but_last(engine: Engine, ids: list[int]) -> int:
+    """Bring the engine cache to ids[:-1] (reusing the common prefix); the last prompt
+    token is run by the first round. Returns the reused prefix length."""
+    cache = engine._cache_for()
+    common = 0
+    for a, b in zip(engine._cache_ids, ids):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(ids) - 1)
+    cache.truncate(common)
+    del engine._cache_ids[common:]
+    for s in range(common, len(ids) - 1, engine.prefill_chunk):
+        engine._forward(ids[s:min(s + engine.prefill_chunk, len(ids) - 1)])
+    return common
+
+
+def _forward_all(engine: Engine, toks: list[int]) -> np.ndarray:
+    """Target logits (len(toks), vocab) for every position of `toks`, appended to the cache."""
+    cache = engine._cache_for()
+    try:
+        logits = engine.model.forward(np.asarray(toks, dtype=np.int64), cache, last_only=False)
+    except BaseException:
+        cache.truncate(len(engine._cache_ids))
+        raise
+    engine._cache_ids.extend(toks)
+    return np.asarray(logits, dtype=np.float32)
+
+
+def _rollback(engine: Engine, n: int) -> None:
+    engine._cache.truncate(n)
+    del engine._cache_ids[n:]
+
+
+# ---- the generation loop ----------------------------------------------------------------------
+
+def speculative_steps(engine: Engine, ids: list[int], budget: int, params: SamplingParams
+                      ) -> Iterator[TokenEvent]:
+    """The Engine's token stream (same events, stats and stop semantics as plain decoding)
+    with tokens produced by draft-and-verify rounds. Called by `Engine._steps` when the
+    engine has a `speculative` config."""
+    from edgeformer.runtime.engine import GenerationStats, TokenEmitter
+    spec: SpeculativeConfig = engine.speculative
+    spec.bind(engine.vocab_size, engine.n_ctx)
+    t0 = time.perf_counter()
+    stats = GenerationStats(load_s=engine.load_s, prompt_tokens=len(ids))
+    sstats = spec.last_stats = SpeculativeStats()
+    picker = TokenPicker(params, engine.vocab_size, make_rng(params.seed))
+    em = TokenEmitter(engine, ids, budget, params, stats, t0)
+    ctx = em.ctx   # prompt + emitted (+ drafts in flight)
+
+    stats.cached_tokens = _prefill_all_but_last(engine, ids)
+    stats.prefill_tokens = len(ids) - stats.cached_tokens
+    em.t_first = time.perf_counter()
+    stats.prefill_s = em.t_first - t0
+    while True:
+        # each round emits <= k + 1 tokens; the cache then holds <= len(ids) + budget - 1
+        n, i = em.n, em.i
+        k = min(spec.num_draft, budget - i - 1)
+        draft = spec.drafter.propose(ctx[:n], k, picker) if k > 0 else None
+        drafts = [] if draft is None else [int(t) for t in draft.tokens[:k]]
+        ctx[n:n + len(drafts)] = drafts
+        base = len(engine._cache_ids)
+        logits = _forward_all(engine, [int(ctx[n - 1])] + drafts)
+        out = _verify(picker, ctx, n, drafts, None if draft is None else draft.q, logits)
+        _rollback(engine, base + len(out))        # keep x and the accepted drafts
+        sstats.rounds += 1
+        sstats.drafted += len(drafts)
+        sstats.accepted += len(out) - 1
+        sstats.emitted += len(out)
+        if i == 0:
+            stats.prefill_s = time.perf_counter() - t0   # the first round also ran the last prompt token
+
+        for j, tok in enumerate(out):
+            yield em.emit(tok, logits[j])
+            if em.done:
+                return
+
+
+def enable(engine: Engine, config: SpeculativeConfig | None) -> None:
+    """Turn speculative decoding on for `engine` with `config` (None: off). InputError if
+    the drafter does not fit the engine's model (e.g. another vocabulary size)."""
+    if config is not None:
+        config.bind(engine.vocab_size, engine.n_ctx)
+    engine.speculative = config

@@ -1,0 +1,445 @@
+"""The OpenAI-compatible HTTP server: a Starlette app over a batching engine.
+
+    app = create_app(edgeformer.load(), model_name="smollm2-135m-instruct")
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+
+Endpoints: POST /v1/chat/completions and /v1/completions (JSON, or Server-Sent Events
+with `"stream": true`, chunk for chunk as OpenAI sends them), GET /v1/models,
+/v1/models/{id}, /health, /metrics (Prometheus text).
+
+Requests run on `runtime.scheduler.BatchEngine` (continuous batching over a paged KV
+cache, prefix sharing). Each choice of a request is one submitted sequence; a thread per
+sequence moves its events onto the event loop. A client that disconnects mid-stream has its sequences
+cancelled, which frees their KV blocks. Request bodies are capped (`max_body_bytes`,
+checked on Content-Length and while reading) before any JSON parsing.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.runtime.engine import Engine
+from edgeformer.runtime.scheduler import BatchEngine
+from edgeformer.serve.metrics import ServerMetrics
+from edgeformer.serve.openai_schema import (APIError, ChatRequest, CommonRequest, CompletionRequest, bad,
+                                            chat_logprob_entry, completion_logprobs, usage)
+
+log = logging.getLogger("edgeformer.serve")
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024   # bytes; far above any prompt that fits a small model's context
+DEFAULT_KV_BUDGET = 256 * 1024 * 1024
+
+
+def make_batch_engine(engine: Engine, *, kv_budget_bytes: int, kv_dtype: str = "f16", block_size: int = 16,
+                      max_batch: int = 16, prefill_chunk: int = 256) -> BatchEngine:
+    """The continuous-batching `BatchEngine` over `engine`'s model and tokenizer, with the
+    same context length as `engine`."""
+    return BatchEngine(engine.model, engine.tokenizer, kv_budget_bytes=kv_budget_bytes, kv_dtype=kv_dtype,
+                       block_size=block_size, max_batch=max_batch, prefill_chunk=prefill_chunk, n_ctx=engine.n_ctx)
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    batch: Any
+    model_name: str
+    metrics: ServerMetrics
+    max_body_bytes: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    fingerprint: str = "fp_edgeformer"
+
+
+def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAULT_KV_BUDGET,
+               max_batch: int = 16, block_size: int = 16, kv_dtype: str = "f16", prefill_chunk: int = 256,
+               max_body_bytes: int = DEFAULT_MAX_BODY, batch_engine: Any = None) -> Starlette:
+    """A Starlette app serving `engine`'s model under the id `model_name`. The batching
+    engine (given, or built by `make_batch_engine`) is started and stopped with the app's
+    lifespan. Requests naming another model get 404 `model_not_found`."""
+    batch = batch_engine or make_batch_engine(engine, kv_budget_bytes=kv_budget_bytes, kv_dtype=kv_dtype,
+                                              block_size=block_size, max_batch=max_batch,
+                                              prefill_chunk=prefill_chunk)
+    state = ServerState(engine, batch, model_name, ServerMetrics(batch.metrics), max_body_bytes,
+                        fingerprint=f"fp_edgeformer_{getattr(engine.backend, 'name', engine.backend)}")
+
+    def ep(handler: Callable[[Request, ServerState], Awaitable[Response]], name: str) -> Callable:
+        async def run(request: Request) -> Response:
+            try:
+                resp = await handler(request, state)
+            except APIError as e:
+                resp = error_response(e)
+            except ClientDisconnect:
+                resp = Response(status_code=499)
+            except Exception:
+                log.exception("internal error on %s", name)
+                resp = error_response(APIError(500, "internal server error", "server_error"))
+            state.metrics.requests.inc(1, name, str(resp.status_code))
+            return resp
+        return run
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batch.start()
+        try:
+            yield
+        finally:
+            batch.stop()
+
+    routes = [Route("/v1/chat/completions", ep(chat_completions, "/v1/chat/completions"), methods=["POST"]),
+              Route("/v1/completions", ep(completions, "/v1/completions"), methods=["POST"]),
+              Route("/v1/models", ep(list_models, "/v1/models"), methods=["GET"]),
+              Route("/v1/models/{model_id:path}", ep(get_model, "/v1/models/{id}"), methods=["GET"]),
+              Route("/health", ep(health, "/health"), methods=["GET"]),
+              Route("/metrics", ep(metrics, "/metrics"), methods=["GET"])]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.server = state
+    return app
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+# ---- small endpoints -------------------------------------------------------------------------
+
+def _model_card(st: ServerState) -> dict[str, Any]:
+    return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "edgeformer"}
+
+
+async def list_models(request: Request, st: ServerState) -> Response:
+    return JSONResponse({"object": "list", "data": [_model_card(st)]})
+
+
+async def get_model(request: Request, st: ServerState) -> Response:
+    _check_model(st, request.path_params["model_id"])
+    return JSONResponse(_model_card(st))
+
+
+async def health(request: Request, st: ServerState) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request, st: ServerState) -> Response:
+    return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _check_model(st: ServerState, name: str) -> None:
+    if name != st.model_name:
+        raise APIError(404, f"The model `{name}` does not exist or you do not have access to it. "
+                            f"This server serves `{st.model_name}`.", "invalid_request_error", "model",
+                       "model_not_found")
+
+
+# ---- request bodies --------------------------------------------------------------------------
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The decoded JSON body; 413 when it is over `limit` bytes (by Content-Length, or
+    counted while streaming it in, before anything is parsed), 400 when not JSON."""
+    too_big = APIError(413, f"request body is over the {limit}-byte limit", "invalid_request_error", None,
+                       "request_too_large")
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        if not cl.isdigit():
+            raise bad("invalid Content-Length header")
+        if int(cl) > limit:
+            raise too_big
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise too_big
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+                  "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+@dataclass
+class Choice:
+    """Output accumulated for one choice (one submitted sequence)."""
+
+    index: int
+    prompt_tokens: int
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    logprobs: list[tuple[bytes, float, list[tuple[bytes, float]]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    last_t: float | None = None
+
+
+def _token_bytes(tok: Any, tid: int) -> bytes:
+    if hasattr(tok, "piece"):
+        return bytes(tok.piece(int(tid)))
+    return tok.decode([int(tid)]).encode("utf-8")
+
+
+def _fit(st: ServerState, ids: list[int], req: CommonRequest, param: str) -> int:
+    """The token budget of a prompt of `ids`; 400 `context_length_exceeded` if the prompt,
+    or prompt + max_tokens, does not fit the context."""
+    n_ctx = st.engine.n_ctx
+    if len(ids) >= n_ctx:
+        raise bad(f"This model's maximum context length is {n_ctx} tokens. However, your prompt is {len(ids)} "
+                  f"tokens, which leaves no room for a completion. Please reduce the length of the prompt.",
+                  param, "context_length_exceeded")
+    if req.max_tokens is None:
+        return n_ctx - len(ids)
+    if len(ids) + req.max_tokens > n_ctx:
+        raise bad(f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                  f"{len(ids) + req.max_tokens} tokens ({len(ids)} in the prompt, {req.max_tokens} in the "
+                  f"completion). Please reduce the length of the prompt or completion.", "max_tokens",
+                  "context_length_exceeded")
+    return req.max_tokens
+
+
+class Generation:
+    """The sequences of one request and the bridge from their handles (blocking
+    iterators on worker threads) to one asyncio queue of (choice, event | exception | None)."""
+
+    def __init__(self, st: ServerState, prompts: list[list[int]], req: CommonRequest, logprobs: bool,
+                 top_logprobs: int, budgets: list[int], t0: float) -> None:
+        self.st = st
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.choices: list[Choice] = []
+        self.handles: list[Any] = []
+        self.t0 = t0   # request arrival: TTFT includes reading, parsing and tokenizing
+        self.prompt_lens = [len(p) for p in prompts]
+        try:
+            for p, (ids, budget) in enumerate(zip(prompts, budgets)):
+                for j in range(req.n):
+                    params = req.sampling(budget, j, top_logprobs, logprobs)
+                    self.handles.append(st.batch.submit(ids, params))
+                    self.choices.append(Choice(len(self.choices), len(ids)))
+        except InputError as e:
+            self.cancel()
+            raise bad(str(e)) from None
+        except EdgeformerError as e:
+            # the scheduler refuses what can never fit the KV budget: a capacity limit of
+            # this server, not a malformed request
+            self.cancel()
+            raise APIError(503, f"cannot serve this request within the server's KV cache budget: {e}",
+                           "server_error", None, "kv_budget_exceeded") from None
+        st.metrics.prompt_tokens.inc(sum(len(p) for p in prompts) * req.n)
+        self.open = len(self.handles)
+        for i, h in enumerate(self.handles):
+            threading.Thread(target=self._pump, args=(i, h), daemon=True, name=f"edgeformer-pump-{h.id}").start()
+
+    def _pump(self, i: int, h: Any) -> None:
+        try:
+            for ev in h.events():
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the request's task
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, e))
+            except RuntimeError:
+                pass   # the loop is gone (server shutting down)
+
+    def cancel(self) -> None:
+        """Cancel every sequence still running (frees their KV blocks)."""
+        for h in self.handles:
+            h.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[Choice, Any]]:
+        """(choice, TokenEvent) pairs as they come, recording metrics; raises the first
+        engine error as APIError."""
+        tok = self.st.engine.tokenizer
+        while self.open:
+            i, ev = await self.queue.get()
+            c = self.choices[i]
+            if ev is None:
+                self.open -= 1
+                if c.finish_reason is None:   # ended without a finish event: treat as cut short
+                    c.finish_reason = "length"
+                continue
+            if isinstance(ev, BaseException):
+                self.open -= 1
+                log.error("generation failed: %r", ev)
+                status = 400 if isinstance(ev, InputError) else 500
+                raise APIError(status, f"generation failed: {ev}", "invalid_request_error" if status == 400
+                               else "server_error")
+            if ev.finish_reason == "cancelled":   # the scheduler's note that a cancel took effect
+                c.finish_reason = ev.finish_reason
+                continue
+            now = time.perf_counter()
+            if c.last_t is None:
+                self.st.metrics.ttft.observe(now - self.t0)
+            else:
+                self.st.metrics.itl.observe(now - c.last_t)
+            c.last_t = now
+            if not getattr(ev, "is_stop_token", False):
+                c.tokens += 1
+                self.st.metrics.generation_tokens.inc(1)
+                lp = getattr(ev, "logprob", None)
+                if lp is not None:
+                    c.logprobs.append((_token_bytes(tok, ev.token_id), float(lp.logprob),
+                                       [(_token_bytes(tok, t), float(v)) for t, v in lp.top]))
+            c.text.append(ev.text)
+            if ev.finish_reason is not None:
+                c.finish_reason = ev.finish_reason
+            yield c, ev
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI usage: each prompt counted once, however many choices it has."""
+        return usage(sum(self.prompt_lens), sum(c.tokens for c in self.choices))
+
+
+async def _prepare(request: Request, st: ServerState, chat: bool) -> tuple[Any, list[list[int]], list[int], float]:
+    t0 = time.perf_counter()
+    body = await read_json(request, st.max_body_bytes)
+    req = ChatRequest.parse(body) if chat else CompletionRequest.parse(body)
+    _check_model(st, req.model)
+    eng = st.engine
+
+    def tokenize() -> list[list[int]]:
+        if chat:
+            return [eng.encode_chat(list(req.messages))]
+        return [eng.encode(p if isinstance(p, str) else list(p)) for p in req.prompts]
+    try:
+        prompts = await anyio.to_thread.run_sync(tokenize)
+    except InputError as e:
+        raise bad(str(e), "messages" if chat else "prompt") from None
+    budgets = [_fit(st, ids, req, "messages" if chat else "prompt") for ids in prompts]
+    return req, prompts, budgets, t0
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _stream(gen: Generation, req: CommonRequest, head: dict[str, Any], chunk: Callable) -> StreamingResponse:
+    """An SSE response from `gen`; `chunk(choice, event | None)` builds one choice entry
+    (None: the final one, with the finish reason) or returns None to skip."""
+    async def body() -> AsyncIterator[str]:
+        done = False
+        try:
+            extra = {"usage": None} if req.include_usage else {}
+            for c in gen.choices:
+                first = chunk(c, "start")
+                if first is not None:
+                    yield _sse({**head, "choices": [first], **extra})
+            try:
+                async for c, ev in gen.events():
+                    entry = chunk(c, ev)
+                    if entry is not None:
+                        yield _sse({**head, "choices": [entry], **extra})
+                    if ev.finish_reason is not None:
+                        yield _sse({**head, "choices": [chunk(c, None)], **extra})
+            except APIError as e:
+                yield _sse(e.body())
+                done = True
+                return
+            if req.include_usage:
+                yield _sse({**head, "choices": [], "usage": gen.usage()})
+            yield "data: [DONE]\n\n"
+            done = True
+        finally:
+            if not done:
+                gen.st.metrics.cancelled.inc(1)
+            gen.cancel()   # a disconnect cancels this task here: free the KV blocks now
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _collect(gen: Generation, request: Request) -> None:
+    """Run `gen` to the end; cancel it if the client goes away meanwhile."""
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if await request.is_disconnected():
+                gen.cancel()
+                return
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for _ in gen.events():
+            pass
+    finally:
+        watcher.cancel()
+        gen.cancel()
+
+
+async def chat_completions(request: Request, st: ServerState) -> Response:
+    req, prompts, budgets, t0 = await _prepare(request, st, chat=True)
+    gen = Generation(st, prompts, req, req.logprobs, req.top_logprobs, budgets, t0)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_name,
+            "system_fingerprint": st.fingerprint}
+    if req.stream:
+        def chunk(c: Choice, ev: Any) -> dict[str, Any] | None:
+            if ev == "start":
+                return {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None}
+            if ev is None:
+                return {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}
+            has_lp = req.logprobs and not getattr(ev, "is_stop_token", False) and ev.logprob is not None
+            if not ev.text and not has_lp:
+                return None
+            lp = {"content": [chat_logprob_entry(*c.logprobs[-1])], "refusal": None} if has_lp else None
+            return {"index": c.index, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
+        return _stream(gen, req, head, chunk)
+    await _collect(gen, request)
+    choices = [{"index": c.index, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                "logprobs": {"content": [chat_logprob_entry(*e) for e in c.logprobs], "refusal": None}
+                if req.logprobs else None, "finish_reason": c.finish_reason} for c in gen.choices]
+    return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": gen.usage()})
+
+
+async def completions(request: Request, st: ServerState) -> Response:
+    req, prompts, budgets, t0 = await _prepare(request, st, chat=False)
+    want_lp = req.logprobs is not None
+    gen = Generation(st, prompts, req, want_lp, req.logprobs or 0, budgets, t0)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": st.model_name,
+            "system_fingerprint": st.fingerprint}
+    prompt_text = [p if isinstance(p, str) else st.engine.tokenizer.decode(list(p)) for p in req.prompts]
+    offsets: dict[int, int] = {}
+
+    def echo(c: Choice) -> str:
+        return prompt_text[c.index // req.n] if req.echo else ""
+
+    if req.stream:
+        def chunk(c: Choice, ev: Any) -> dict[str, Any] | None:
+            if ev == "start":
+                return {"index": c.index, "text": echo(c), "logprobs": None, "finish_reason": None} \
+                    if req.echo else None
+            if ev is None:
+                return {"index": c.index, "text": "", "logprobs": None, "finish_reason": c.finish_reason}
+            has_lp = want_lp and not getattr(ev, "is_stop_token", False) and ev.logprob is not None
+            if not ev.text and not has_lp:
+                return None
+            lp = None
+            if has_lp:
+                lp = completion_logprobs([c.logprobs[-1]], offsets.get(c.index, 0))
+                offsets[c.index] = offsets.get(c.index, 0) + len(lp["tokens"][0])
+            return {"index": c.index, "text": ev.text, "logprobs": lp, "finish_reason": None}
+        return _stream(gen, req, head, chunk)
+    await _collect(gen, request)
+    choices = [{"index": c.index, "text": echo(c) + "".join(c.text),
+                "logprobs": completion_logprobs(c.logprobs, len(echo(c))) if want_lp else None,
+                "finish_reason": c.finish_reason} for c in gen.choices]
+    return JSONResponse({**head, "choices": choices, "usage": gen.usage()})

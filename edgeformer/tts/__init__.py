@@ -1,0 +1,1 @@
+"""Speech out: text -> phonemes (espeak-ng, Piper's rules) -> VITS voice -> waveform."""

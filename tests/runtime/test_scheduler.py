@@ -1,0 +1,221 @@
+"""Scheduler and BatchEngine: continuous batching on a tiny random decoder. Requests join
+and leave between steps, long prompts are prefilled in chunks beside running decodes,
+the KV budget makes requests wait or refuses them, cancel frees blocks, and 16 requests
+in one batch give exactly the tokens each gives alone."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+from families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, save_hf  # noqa: E402
+
+from edgeformer.backends import get_backend  # noqa: E402
+from edgeformer.errors import InputError  # noqa: E402
+from edgeformer.models import Decoder  # noqa: E402
+from edgeformer.runtime.engine import Engine  # noqa: E402
+from edgeformer.runtime.kv_cache import CapacityError, PagedKVCache  # noqa: E402
+from edgeformer.runtime.sampler import SamplingParams  # noqa: E402
+from edgeformer.runtime.scheduler import BatchEngine, Scheduler  # noqa: E402
+
+from .fakes import ByteTokenizer  # noqa: E402
+
+pytest.importorskip("torch")
+GREEDY = SamplingParams(temperature=0, max_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return save_hf(hf_model(BY_NAME["qwen2"]), tmp_path_factory.mktemp("sched") / "qwen2")
+
+
+@pytest.fixture(scope="module")
+def decs(hf_dir):
+    out = {"numpy": Decoder(checkpoint_from_hf_dir(hf_dir), get_backend("numpy"))}
+    try:
+        import numba  # noqa: F401
+        out["cpu"] = Decoder(checkpoint_from_hf_dir(hf_dir), get_backend("cpu"))
+    except ImportError:
+        pass
+    return out
+
+
+def engine(dec, budget_pages=400, **kw) -> BatchEngine:
+    c = dec.config
+    page = 4 * c.n_kv_heads * c.head_dim * 2 * 4          # f32, block_size 4
+    kw = {"kv_dtype": "f32", "block_size": 4, "prefill_chunk": 8, **kw}
+    return BatchEngine(dec, ByteTokenizer(), kv_budget_bytes=budget_pages * page, **kw)
+
+
+def prompts(n: int) -> list[list[int]]:
+    return [[int(t) for t in prompt(3 + (5 * i) % 23, seed=100 + i)] for i in range(n)]
+
+
+def tokens(handle) -> list[int]:
+    return handle.result().token_ids
+
+
+# ---- the scheduler alone ------------------------------------------------------------------------
+
+def run_plan(s: Scheduler, plan: dict[int, int]) -> None:
+    """What a model does with a plan: append each sequence's K/V, then advance it."""
+    for sid, n in plan.items():
+        toks, view = s.feed(sid)
+        assert len(toks) == n
+        for layer in range(2):
+            view.update_and_fetch(layer, np.ones((n, 1, 4), np.float32), np.ones((n, 1, 4), np.float32))
+        s.advance(sid)
+
+
+def test_schedule_decodes_first_then_whole_prefill_chunks():
+    cache = PagedKVCache(2, 1, 4, max_seq_len=128, num_pages=1000, block_size=4, dtype="f32")
+    s = Scheduler(cache, max_batch=4, prefill_chunk=8, max_step_tokens=12)
+    s.add(0, list(range(3)), 10)
+    assert s.schedule() == {0: 3}
+    run_plan(s, {0: 3})
+    s.append(0, 7)
+    s.add(1, list(range(20)), 30)
+    s.add(2, list(range(9)), 30)
+    assert s.schedule() == {0: 1, 1: 8}           # request 2's chunk of 8 does not fit: waits whole
+    run_plan(s, {0: 1, 1: 8})
+    s.append(0, 8)
+    assert s.schedule() == {0: 1, 1: 8}
+    run_plan(s, {0: 1, 1: 8})
+    s.finish(1)                                    # leaves between steps; its blocks are freed
+    s.append(0, 9)
+    assert s.schedule() == {0: 1, 2: 8}
+    s.finish(0)
+    s.finish(2)
+    assert cache.pool.used_pages == 0 and not s.has_work
+
+
+# ---- the batch engine -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_sixteen_concurrent_requests_match_each_alone(decs, backend):
+    if backend not in decs:
+        pytest.skip("numba missing")
+    dec = decs[backend]
+    ps = prompts(16)
+    params = [GREEDY if i % 4 else SamplingParams(temperature=0.9, seed=i, max_tokens=6) for i in range(16)]
+    eng = engine(dec, max_batch=16)
+    handles = [eng.submit(p, prm) for p, prm in zip(ps, params)]
+    eng.run_until_idle()
+    together = [tokens(h) for h in handles]
+    assert eng.metrics()["kv_blocks_used"] == 0
+    for i in range(16):
+        alone = engine(dec)
+        h = alone.submit(ps[i], params[i])
+        alone.run_until_idle()
+        assert tokens(h) == together[i], f"request {i}"
+    # and it is the function the single-sequence Engine computes (greedy ids)
+    ref = Engine(dec, ByteTokenizer(), n_ctx=128)
+    for i in (1, 6):
+        assert ref.generate(ps[i], GREEDY).token_ids == together[i]
+
+
+def test_requests_join_and_leave_between_steps(decs):
+    dec = decs["numpy"]
+    ps = prompts(3)
+    alone = []
+    for p in ps:
+        e = engine(dec)
+        h = e.submit(p, GREEDY)
+        e.run_until_idle()
+        alone.append(tokens(h))
+    eng = engine(dec)
+    h0 = eng.submit(ps[0], GREEDY)
+    eng.step()
+    eng.step()
+    h1 = eng.submit(ps[1], SamplingParams(temperature=0, max_tokens=2))   # joins, leaves early
+    eng.step()
+    h2 = eng.submit(ps[2], GREEDY)
+    eng.run_until_idle()
+    assert tokens(h0) == alone[0] and tokens(h2) == alone[2]
+    assert tokens(h1) == alone[1][:2]
+
+
+def test_long_prompt_is_chunked_beside_running_decodes(decs):
+    eng = engine(decs["numpy"], prefill_chunk=8)
+    plans = []
+    schedule = eng.scheduler.schedule
+    eng.scheduler.schedule = lambda: plans.append(schedule()) or plans[-1]
+    stream = eng.submit(prompts(1)[0], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    eng.step()
+    long = eng.submit([int(t) for t in prompt(40, seed=9)], GREEDY)
+    eng.run_until_idle()
+    chunks = [p[long.id] for p in plans if long.id in p]
+    assert chunks[:5] == [8, 8, 8, 8, 8]              # 40 prompt tokens in 5 chunks ...
+    assert all(p.get(stream.id) == 1 for p in plans[1:6])   # ... while the stream decodes
+    assert len(tokens(stream)) == 20
+
+
+def test_budget_makes_requests_wait_or_refuses_them(decs):
+    dec = decs["numpy"]
+    # qwen2: layer 0 full, layer 1 sliding (window 11); block 4, chunk 8: a 30-token request
+    # needs <= 8 + 6 pages, a 110-token one 28 + 6
+    eng = engine(dec, budget_pages=30)
+    with pytest.raises(CapacityError, match="KV budget"):
+        eng.submit(list(range(10)), SamplingParams(max_tokens=100))
+    ps = [[int(t) for t in prompt(10, seed=s)] for s in range(4)]
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    handles = [eng.submit(p, params) for p in ps]
+    eng.step()
+    m = eng.metrics()
+    assert m["running"] == 2 and m["queued"] == 2
+    eng.run_until_idle()
+    for p, h in zip(ps, handles):
+        solo = engine(dec)
+        hs = solo.submit(p, params)
+        solo.run_until_idle()
+        assert tokens(h) == tokens(hs)
+    assert eng.metrics()["kv_blocks_used"] == 0
+    with pytest.raises(InputError, match="context"):
+        eng.submit(list(range(200)), params)
+
+
+def test_cancel_frees_the_blocks(decs):
+    eng = engine(decs["numpy"])
+    a = eng.submit(prompts(2)[1], SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    b = eng.submit(prompts(3)[2], SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    for _ in range(4):
+        eng.step()
+    assert eng.metrics()["kv_blocks_used"] > 0
+    a.cancel()
+    b.cancel()
+    eng.step()
+    assert eng.metrics()["kv_blocks_used"] == 0 and eng.metrics()["running"] == 0
+    events = list(a.events())
+    assert events[-1].finish_reason == "cancelled" and all(e.finish_reason is None for e in events[:-1])
+
+
+def test_background_thread_serves_concurrent_submitters(decs):
+    dec = decs["numpy"]
+    eng = engine(dec)
+    eng.start()
+    try:
+        ps = prompts(4)
+        results: dict[int, list[int]] = {}
+
+        def client(i: int) -> None:
+            h = eng.submit(ps[i], GREEDY, stop=["\x00\x01"])
+            results[i] = [e.token_id for e in h.events() if not e.is_stop_token]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        eng.stop()
+    for i in range(4):
+        solo = engine(dec)
+        h = solo.submit(ps[i], GREEDY)
+        solo.run_until_idle()
+        assert results[i] == tokens(h)
+    m = eng.metrics()
+    assert m["tokens_generated"] >= 4 and m["kv_blocks_used"] == 0 and m["queued"] == 0

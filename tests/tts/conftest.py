@@ -1,0 +1,36 @@
+"""Shared fixtures of tests/tts: the shipped Piper voice, loaded once."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _conv_ops():
+    """Until kernels/__init__.py lists the conv ops, register them for these tests."""
+    from edgeformer.backends.numpy_ref import NumpyBackend
+    from edgeformer.kernels import OPS
+    from edgeformer.kernels.conv import CONV1D, CONV_TRANSPOSE1D
+    mp = pytest.MonkeyPatch()
+    for spec in (CONV1D, CONV_TRANSPOSE1D):
+        if spec.name not in OPS:
+            mp.setitem(OPS, spec.name, spec)
+            mp.setitem(NumpyBackend.kernels, spec.name, spec.reference)
+    yield
+    mp.undo()
+
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="session")
+def joe_voice(_conv_ops):
+    """The shipped en_US-joe-medium voice (skips when the package is absent)."""
+    from edgeformer.errors import InputError
+    from edgeformer.tts.piper import load_piper_voice, shipped_voice_path
+    try:
+        shipped_voice_path()
+    except InputError as e:
+        pytest.skip(str(e))
+    return load_piper_voice()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import resource
 import struct
-import time
 
 import gguf
 import numpy as np
@@ -210,13 +209,10 @@ def test_open_is_lazy_on_a_1gib_file(tmp_path):
         f.write(head)
         f.truncate(data_off + 4 * ne[0] * ne[1])  # a hole: no disk, no page cache
     rss0 = _rss_bytes()
-    t0 = time.perf_counter()
     g = GGUFFile(p)
     qt = g.tensor("big.weight")
-    elapsed = time.perf_counter() - t0
     rss1 = _rss_bytes()
     assert qt.shape == (262144, 1024) and qt.nbytes == 2**30
     assert g.file_bytes == data_off + 2**30
-    assert elapsed < 1.0
     assert rss1 - rss0 < 64 * 2**20  # reading (or copying) the tensor would add 1 GiB
     assert float(qt.data[-4:].view(np.float32)[0]) == 0.0

@@ -21,7 +21,10 @@ def _default_backend() -> str:
 
 
 # every CLI default lives here (llama.cpp common_params_sampling values)
-DEFAULTS = dict(max_tokens=256, temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
+# temp 0 (greedy): sub-billion models answer factual prompts far better greedily (SmolLM2-135M
+# at llama.cpp's 0.8 drifts into French for "What is the capital of France?"); --temp 0.8 for
+# llama.cpp's default
+DEFAULTS = dict(max_tokens=256, temp=0.0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
                 repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, backend=_default_backend())
 
 

@@ -378,9 +378,9 @@ class Engine:
                                   f"{len(self._cache_ids) - 1}: broken weights or a numerical overflow")
         return out
 
-    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `ids` (reusing the longest common prefix, but always
-        running at least the last token to get its logits); returns (logits, reused)."""
+    def _reuse_prefix(self, ids: list[int]) -> int:
+        """Roll the cache back to the longest prefix it shares with `ids`, keeping at
+        least the last token of `ids` to run; returns the kept length."""
         cache = self._cache_for()
         common = 0
         for a, b in zip(self._cache_ids, ids):
@@ -390,6 +390,12 @@ class Engine:
         common = min(common, len(ids) - 1)
         cache.truncate(common)
         del self._cache_ids[common:]
+        return common
+
+    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        """Bring the cache to `ids` (reusing the longest common prefix, but always
+        running at least the last token to get its logits); returns (logits, reused)."""
+        common = self._reuse_prefix(ids)
         logits = None
         for s in range(common, len(ids), self.prefill_chunk):
             logits = self._forward(ids[s:s + self.prefill_chunk])

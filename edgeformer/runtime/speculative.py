@@ -195,15 +195,7 @@ def _check_finite(row: np.ndarray, pos: int) -> None:
 def _prefill_all_but_last(engine: Engine, ids: list[int]) -> int:
     """Bring the engine cache to ids[:-1] (reusing the common prefix); the last prompt
     token is run by the first round. Returns the reused prefix length."""
-    cache = engine._cache_for()
-    common = 0
-    for a, b in zip(engine._cache_ids, ids):
-        if a != b:
-            break
-        common += 1
-    common = min(common, len(ids) - 1)
-    cache.truncate(common)
-    del engine._cache_ids[common:]
+    common = engine._reuse_prefix(ids)
     for s in range(common, len(ids) - 1, engine.prefill_chunk):
         engine._forward(ids[s:min(s + engine.prefill_chunk, len(ids) - 1)])
     return common

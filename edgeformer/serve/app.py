@@ -65,6 +65,29 @@ class ServerState:
     fingerprint: str = "fp_edgeformer"
 
 
+def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, name: str,
+             metrics: Any = None, input_errors: tuple[type[Exception], ...] = ()) -> Callable:
+    """A Starlette endpoint running `handler(request, ctx)`: APIError -> its OpenAI error
+    body, `input_errors` -> 400, client gone -> 499, anything else -> logged 500; each
+    response counted in `metrics.requests` (by endpoint name and status) when given."""
+    async def run(request: Request) -> Response:
+        try:
+            resp = await handler(request, ctx)
+        except APIError as e:
+            resp = error_response(e)
+        except ClientDisconnect:
+            resp = Response(status_code=499)
+        except input_errors as e:          # bad input the model itself caught
+            resp = error_response(bad(str(e)))
+        except Exception:
+            log.exception("internal error on %s", name)
+            resp = error_response(APIError(500, "internal server error", "server_error"))
+        if metrics is not None:
+            metrics.requests.inc(1, name, str(resp.status_code))
+        return resp
+    return run
+
+
 def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAULT_KV_BUDGET,
                max_batch: int = 16, block_size: int = 16, kv_dtype: str = "f16", prefill_chunk: int = 256,
                max_body_bytes: int = DEFAULT_MAX_BODY, batch_engine: Any = None) -> Starlette:
@@ -78,19 +101,7 @@ def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAUL
                         fingerprint=f"fp_edgeformer_{getattr(engine.backend, 'name', engine.backend)}")
 
     def ep(handler: Callable[[Request, ServerState], Awaitable[Response]], name: str) -> Callable:
-        async def run(request: Request) -> Response:
-            try:
-                resp = await handler(request, state)
-            except APIError as e:
-                resp = error_response(e)
-            except ClientDisconnect:
-                resp = Response(status_code=499)
-            except Exception:
-                log.exception("internal error on %s", name)
-                resp = error_response(APIError(500, "internal server error", "server_error"))
-            state.metrics.requests.inc(1, name, str(resp.status_code))
-            return resp
-        return run
+        return endpoint(handler, state, name, state.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

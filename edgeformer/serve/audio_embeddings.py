@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import math
 import os
 import tempfile
@@ -39,15 +38,14 @@ from typing import Any
 import anyio
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from edgeformer.errors import EdgeformerError
-from edgeformer.serve.app import error_response, read_json
+from edgeformer.serve.app import endpoint, read_json
 from edgeformer.serve.openai_schema import APIError, bad
 
-log = logging.getLogger("edgeformer.serve")
 
 MAX_SPEECH_CHARS = 4096          # OpenAI's limit on /v1/audio/speech `input`
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024   # OpenAI's limit on transcription uploads
@@ -79,22 +77,7 @@ def mount_audio_embeddings(app: Starlette, models: AudioModels) -> None:
     metrics = getattr(getattr(app.state, "server", None), "metrics", None)
 
     def ep(handler: Callable[[Request, AudioModels], Awaitable[Response]], name: str) -> Callable:
-        async def run(request: Request) -> Response:
-            try:
-                resp = await handler(request, models)
-            except APIError as e:
-                resp = error_response(e)
-            except ClientDisconnect:
-                resp = Response(status_code=499)
-            except EdgeformerError as e:          # bad input the model itself caught
-                resp = error_response(bad(str(e)))
-            except Exception:
-                log.exception("internal error on %s", name)
-                resp = error_response(APIError(500, "internal server error", "server_error"))
-            if metrics is not None:
-                metrics.requests.inc(1, name, str(resp.status_code))
-            return resp
-        return run
+        return endpoint(handler, models, name, metrics, input_errors=(EdgeformerError,))
 
     for path, handler in (("/v1/embeddings", embeddings), ("/v1/audio/transcriptions", transcriptions),
                           ("/v1/audio/speech", speech)):

@@ -197,6 +197,9 @@ def test_transcription_errors(client, live, spoken_wav, kw, err):
 
 
 def test_requests_are_counted_and_chat_still_works(client, live):
+    # make its own requests: under xdist the other tests of this module may run elsewhere
+    client.embeddings.create(model=live[1].embedding_model, input="count me")
+    client.audio.speech.create(model=live[1].speech_model, voice="alloy", input="Hi.", response_format="pcm")
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r.choices[0].message.content is not None
     text = live[0].state.metrics.render()

@@ -324,6 +324,9 @@ def fit(m: Measurements, device: DeviceSpec) -> HostModel:
         if q in m.gemm_small:   # matrices from 512 to 2048 wide: geometric mean of both
             gs = m.gemm_small[q]
             ec = _eta(math.sqrt(ec * _eta(gs["flops"] / (max(gs["s"] - d_q, 1e-9) * peak))))
+        # the GEMV itself ran at least this fast: a GEMM loop slowed by a busy machine must
+        # not make the compute roof bind below the GEMV it was measured with
+        ec = max(ec, _eta(g["flops"] / (max(g["s"] - d_q, 1e-9) * peak)))
         by_q[q] = Calibration({**base_c, "matmul": ec}, {**base_m, "matmul": em}, {**dispatch, "matmul": d_q},
                               source=f"calibrated {m.backend} {q} on {m.cpu} ({m.when})")
     mean_c = float(np.mean([c.eta_compute["matmul"] for c in by_q.values()])) if by_q else 0.5

@@ -33,7 +33,11 @@ def test_fit_reproduces_its_benchmarks(measured):
     # eta_compute is the geometric mean over the two GEMM sizes: errors cancel in product
     r_big = _pred(host, 2048, cal.GEMM_TOKENS) / measured.gemm["Q8_0"]["s"]
     r_small = _pred(host, 512, cal.GEMM_TOKENS) / measured.gemm_small["Q8_0"]["s"]
-    assert r_big * r_small == pytest.approx(1.0, rel=0.05) or capped
+    # ... unless the GEMV's own FLOP rate floored it (a GEMM loop slowed by a busy machine)
+    g, d_q = measured.gemv["Q8_0"], c.dispatch_s["matmul"]
+    floored = c.eta_compute["matmul"] == pytest.approx(
+        g["flops"] / (max(g["s"] - d_q, 1e-9) * host.device.peak("fp32")), rel=1e-6)
+    assert r_big * r_small == pytest.approx(1.0, rel=0.05) or capped or floored
     # per-op two-point fits reproduce both of their points unless the overhead was clipped
     # (attention also has a compute roof fitted on prefill, which may bind instead)
     for op, pts in measured.ops.items():

@@ -292,7 +292,7 @@ class Decoder:
         h = ops.rms_norm(x, L.ffn_norm, c.norm_eps, name="ffn_norm", layer=i)
         if L.w_gate is None:   # Phi-3: ffn_up holds [gate | up]
             gu = linear(h, L.w_up, L.b_up, name="ffn_up", layer=i)              # (T, 2 F)
-            gate, up = np.ascontiguousarray(gu[:, :c.ffn_dim]), np.ascontiguousarray(gu[:, c.ffn_dim:])
+            gate, up = gu[:, :c.ffn_dim], gu[:, c.ffn_dim:]        # views: glu reads them in place
         else:
             gate = linear(h, L.w_gate, L.b_gate, name="ffn_gate", layer=i)
             up = linear(h, L.w_up, L.b_up, name="ffn_up", layer=i)

@@ -11,7 +11,9 @@ per block of exactly ROW_BLOCK rows. The price: one decode row costs a ROW_BLOCK
 (the weights are still read once per block).
 
 The cpu (Numba) backend's linear kernels compute each (row, output) dot product in a
-fixed order independent of the row count, so they run unblocked.
+fixed order independent of the row count up to `row_invariant_rows` rows per call (from
+there quantized weights switch to a faster prefill kernel with other rounding), so they
+run in chunks of that many rows, unpadded.
 """
 from __future__ import annotations
 
@@ -22,16 +24,20 @@ import numpy as np
 from edgeformer.backends.base import Ops
 
 ROW_BLOCK = 8
-# backends whose `linear` gives every row the same bits whatever the batch (see above)
-ROW_INVARIANT_BACKENDS = frozenset({"cpu"})
 
 
 def row_invariant_linear(ops: Ops, row_block: int = ROW_BLOCK) -> Callable[..., np.ndarray]:
     """A `linear(x, w, b, name=, layer=)` over `ops` whose output rows do not depend on the
     other rows of x: `ops.linear` itself on row-invariant backends, else fixed blocks of
     `row_block` rows (zero-padded)."""
-    if ops.backend.name in ROW_INVARIANT_BACKENDS:
-        return ops.linear
+    chunk = getattr(ops.backend, "row_invariant_rows", 0)
+    if chunk:     # the backend's rows are invariant in calls of up to `chunk` rows
+        def chunked(x: np.ndarray, w, b=None, *, name: str | None = None, layer: int | None = None) -> np.ndarray:
+            if x.shape[0] <= chunk:
+                return ops.linear(x, w, b, name=name, layer=layer)
+            return np.concatenate([ops.linear(x[i:i + chunk], w, b, name=name, layer=layer)
+                                   for i in range(0, x.shape[0], chunk)])
+        return chunked
 
     def linear(x: np.ndarray, w, b=None, *, name: str | None = None, layer: int | None = None) -> np.ndarray:
         m = x.shape[0]

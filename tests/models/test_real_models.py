@@ -46,7 +46,11 @@ KLD_VS_LLAMA = 2.0
 # by up to ~0.1 nat on these models (tests/runtime/test_real_model.py), so 0.25.
 # Measured first divergence from llama.cpp (both backends): SmolLM2 plain none, SmolLM2
 # chat step 0, Gemma step 5 -- where our numpy path still equals transformers' fp32.
+# The cpu backend's int8 activations move logprobs as llama.cpp's do, so against
+# transformers it gets llama.cpp's tie too (measured: Gemma 3 with native Q5_0 kernels
+# left transformers' greedy path at step 11, 0.067 nat below its top pick).
 NEAR_TIE = {"hf": 0.05, "llama": 0.25}
+NEAR_TIE_HF = {"numpy": NEAR_TIE["hf"], "cpu": NEAR_TIE["llama"]}
 TOPK = 5
 # Shared tokens between our top-5 and the reference's, at every step (teacher-forced).
 # Measured on SmolLM2: 5 of 5 vs transformers, >= 4 vs llama.cpp.
@@ -215,7 +219,7 @@ def test_greedy_matches_transformers_fp32(shipped, name, kind, backend, record_p
         record_property("kld_vs_hf", kld)
         record_property("kld_llama_vs_hf", kld_llama)
         assert kld <= KLD_VS_LLAMA * kld_llama + 1e-5, (kld, kld_llama)
-    first = _check_greedy_against(ref, mine, n, ours, NEAR_TIE["hf"], MIN_OVERLAP["hf"])
+    first = _check_greedy_against(ref, mine, n, ours, NEAR_TIE_HF[backend], MIN_OVERLAP["hf"])
     record_property("first_divergence_hf", first)
 
 

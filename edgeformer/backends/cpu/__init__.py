@@ -61,6 +61,9 @@ def _cache_warm() -> bool:
 
 class CpuBackend(Backend):
     name = "cpu"
+    # a linear row's bits do not depend on the other rows in calls of up to this many rows
+    # (qgemm.MIN_T - 1; runtime/batch.py)
+    row_invariant_rows = 63
 
     def __init__(self) -> None:
         # GNU OpenMP's default (spin-waiting) pool collapses when the machine has more runnable
@@ -82,6 +85,7 @@ class CpuBackend(Backend):
             "add": add_ref, "mul": mul_ref,
         }
         self._linear_kernels = matmul.KERNELS
+        self._dequant_warned: set[str] = set()      # qtypes already warned about (once each)
         self.kernels.update(__import__("edgeformer.backends.cpu.conv", fromlist=["KERNELS"]).KERNELS)  # conv1d, conv_transpose1d
 
     @classmethod
@@ -95,15 +99,19 @@ class CpuBackend(Backend):
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
         """Repack a 2-D (N, K) weight once into the kernels' layout (see `repack.py`) and
         bind its linear kernel. A qtype without a native kernel is dequantized to F32 with
-        a warning (correct, but it reads 4 bytes per weight). The handle serves both
+        one RuntimeWarning per qtype per backend instance (a model load), naming the first
+        such weight (correct, but it reads 4 bytes per weight). The handle serves both
         `linear` and `embed` (tied embeddings are stored once)."""
         from edgeformer.backends.cpu.repack import NATIVE, repack
         if len(qt.shape) != 2:
             raise UnsupportedError(f"cpu backend: weight {name or '?'} must be 2-D, got shape {qt.shape}")
         if qt.qtype not in NATIVE:
             from edgeformer.quant import dequantize
-            warnings.warn(f"cpu backend has no {qt.qtype.name} kernel: weight {name or '?'} "
-                          f"is dequantized to F32 at load", RuntimeWarning, stacklevel=2)
+            if qt.qtype.name not in self._dequant_warned:
+                self._dequant_warned.add(qt.qtype.name)
+                warnings.warn(f"cpu backend has no {qt.qtype.name} kernel: weight {name or '?'} and any "
+                              f"later {qt.qtype.name} weights are dequantized to F32 at load",
+                              RuntimeWarning, stacklevel=2)
             qt = QTensor.from_array(dequantize(qt).astype("float32").reshape(qt.shape))
         packed = repack(qt)
         packed.kernel = self._linear_kernels[packed.kind]

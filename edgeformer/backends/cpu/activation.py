@@ -12,60 +12,75 @@ from edgeformer.backends.cpu.common import JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
 
 _KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-_NONE = np.zeros(0, np.float32)
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
+
+
+@njit(inline="always", **JIT)
+def _erfc(z):
+    """erfc(z) in float32 arithmetic that vectorises (libm's erfc is a scalar float64 call:
+    16 ns per element, most of a ViT's gelu). Numerical Recipes' Chebyshev fit `erfcc`
+    (fractional error < 1.2e-7 for every z) with `fast_exp`; erfc(-z) = 2 - erfc(z)."""
+    a = abs(z)
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * a)
+    p = np.float32(0.17087277)
+    p = p * t + np.float32(-0.82215223)
+    p = p * t + np.float32(1.48851587)
+    p = p * t + np.float32(-1.13520398)
+    p = p * t + np.float32(0.27886807)
+    p = p * t + np.float32(-0.18628806)
+    p = p * t + np.float32(0.09678418)
+    p = p * t + np.float32(0.37409196)
+    p = p * t + np.float32(1.00002368)
+    p = p * t + np.float32(-1.26551223)
+    r = t * fast_exp(p - a * a)
+    return r if not z < 0 else np.float32(2.0) - r
 
 
 @njit(inline="always", **JIT)
 def _act(x, kind):
     if kind == 0:
         return x / (np.float32(1.0) + fast_exp(-x))
-    if kind == 1:   # exact gelu in float64, erfc form (no cancellation for x < 0), as the reference
-        xd = np.float64(x)
-        return np.float32(0.5 * xd * math.erfc(-xd * _INV_SQRT2))
+    if kind == 1:   # exact (erf) gelu in the reference's cancellation-free erfc form
+        return np.float32(0.5) * x * _erfc(-x * _INV_SQRT2)
     if kind == 2:   # 0.5 (1 + tanh z) == 1 / (1 + exp(-2z)), the reference's cancellation-free form
         z = _SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)
         return x / (np.float32(1.0) + fast_exp(np.float32(-2.0) * z))
     return x if not x < 0 else np.float32(0.0)   # NaN passes through, like np.maximum
 
 
-@njit(inline="always", **JIT)
-def _act_range(x, up, kind, out, lo, hi):
-    """out[lo:hi] = act(x[lo:hi]) (* up[lo:hi] when up is non-empty). One loop per case, so
-    each loop body is branch-free with unconditional loads and LLVM vectorises it (a kind
-    test or a conditional load inside the loop does not)."""
-    if up.shape[0] == 0:
-        if kind == 0:
-            for i in range(lo, hi):
-                out[i] = _act(x[i], 0)
+# One loop per activation kind with a branch-free body, so LLVM vectorises it (one loop
+# holding a kind test or an "is there an up?" test measured 7x slower: 1.45 vs 0.2 ns per
+# element). `src` / `usrc` are C-contiguous (rows, width) arrays holding gate at column
+# `go` / up at column `uo` of each row (uo < 0: no up); both may be the joined gate|up
+# projection, which is then read in place instead of being copied into two halves.
+def _glu_rows(src, go, usrc, uo, f, kind, out):
+    for r in prange(out.shape[0]):
+        if uo < 0:
+            if kind == 0:
+                for j in range(f):
+                    out[r, j] = _act(src[r, go + j], 0)
+            elif kind == 1:
+                for j in range(f):
+                    out[r, j] = _act(src[r, go + j], 1)
+            elif kind == 2:
+                for j in range(f):
+                    out[r, j] = _act(src[r, go + j], 2)
+            else:
+                for j in range(f):
+                    out[r, j] = _act(src[r, go + j], 3)
+        elif kind == 0:
+            for j in range(f):
+                out[r, j] = _act(src[r, go + j], 0) * usrc[r, uo + j]
         elif kind == 1:
-            for i in range(lo, hi):
-                out[i] = _act(x[i], 1)
+            for j in range(f):
+                out[r, j] = _act(src[r, go + j], 1) * usrc[r, uo + j]
         elif kind == 2:
-            for i in range(lo, hi):
-                out[i] = _act(x[i], 2)
+            for j in range(f):
+                out[r, j] = _act(src[r, go + j], 2) * usrc[r, uo + j]
         else:
-            for i in range(lo, hi):
-                out[i] = _act(x[i], 3)
-    elif kind == 0:
-        for i in range(lo, hi):
-            out[i] = _act(x[i], 0) * up[i]
-    elif kind == 1:
-        for i in range(lo, hi):
-            out[i] = _act(x[i], 1) * up[i]
-    elif kind == 2:
-        for i in range(lo, hi):
-            out[i] = _act(x[i], 2) * up[i]
-    else:
-        for i in range(lo, hi):
-            out[i] = _act(x[i], 3) * up[i]
-
-
-def _glu_flat(gate, up, kind, out):
-    n = gate.shape[0]
-    for c in prange((n + 4095) // 4096):
-        _act_range(gate, up, kind, out, c * 4096, min(n, (c + 1) * 4096))
+            for j in range(f):
+                out[r, j] = _act(src[r, go + j], 3) * usrc[r, uo + j]
 
 
 def _softcap_flat(x, cap, out):
@@ -95,7 +110,7 @@ def _softmax_rows(x, out):
             o[i] /= s
 
 
-_glu = jit_pair(_glu_flat)
+_glu = jit_pair(_glu_rows)
 _softcap = jit_pair(_softcap_flat)
 _softmax = jit_pair(_softmax_rows)
 
@@ -112,22 +127,49 @@ def _kind(kind: str) -> int:
     return k
 
 
+def _rows_source(gate: np.ndarray, up: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """(gate source, gate column, up source, up column) for `_glu_rows`: C-contiguous 2-D
+    float32 arrays, one view of both operands when they are column ranges of one array
+    (the joined gate|up output), else each operand (copied only if not contiguous)."""
+    f = gate.shape[-1]
+    if up is None:
+        g = _flat(gate).reshape(-1, f)
+        return g, 0, g, -1
+    g2, u2 = gate.reshape(-1, f), up.reshape(-1, f)
+    if (not g2.flags.c_contiguous and g2.dtype == u2.dtype == np.float32 and g2.strides == u2.strides
+            and g2.strides[1] == 4 and (u2.ctypes.data - g2.ctypes.data) % 4 == 0):
+        d = (u2.ctypes.data - g2.ctypes.data) // 4
+        first = g2 if d >= 0 else u2
+        if g2.strides[0] // 4 >= abs(d) + f:
+            src = np.lib.stride_tricks.as_strided(first, shape=(g2.shape[0], abs(d) + f), strides=g2.strides)
+            if src.flags.c_contiguous:
+                return src, max(0, -d), src, max(0, d)
+    return _flat(gate).reshape(-1, f), 0, _flat(up).reshape(-1, f), 0
+
+
 def glu(gate: np.ndarray, up: np.ndarray, kind: str) -> np.ndarray:
     """act(gate) * up, elementwise, float32 (SwiGLU / GeGLU); gate and up have one shape."""
     if np.shape(gate) != np.shape(up):
         raise ValueError(f"glu: gate {np.shape(gate)} and up {np.shape(up)} differ")
-    g, u = _flat(gate), _flat(up)
-    out = np.empty_like(g)
-    _glu[g.size >= PARALLEL_MIN](g, u, _kind(kind), out)
+    k = _kind(kind)
+    if gate.size == 0:
+        return np.empty(np.shape(gate), np.float32)
+    src, go, usrc, uo = _rows_source(gate, up)
+    out = np.empty((src.shape[0], gate.shape[-1]), np.float32)
+    _glu[gate.size >= PARALLEL_MIN](src, go, usrc, uo, gate.shape[-1], k, out)
     return out.reshape(gate.shape)
 
 
 def activation(x: np.ndarray, kind: str) -> np.ndarray:
     """Elementwise silu | gelu (erf) | gelu_tanh | relu, float32."""
-    f = _flat(x)
-    out = np.empty_like(f)
-    _glu[f.size >= PARALLEL_MIN](f, _NONE, _kind(kind), out)   # ungated: empty `up`
-    return out.reshape(x.shape)
+    k = _kind(kind)
+    if x.size == 0:
+        return np.empty(np.shape(x), np.float32)
+    f = x.shape[-1] if x.ndim else 1
+    src, go, usrc, uo = _rows_source(np.reshape(x, (-1, f)), None)
+    out = np.empty_like(src)
+    _glu[x.size >= PARALLEL_MIN](src, go, usrc, uo, f, k, out)
+    return out.reshape(np.shape(x))
 
 
 def softcap(x: np.ndarray, cap: float) -> np.ndarray:

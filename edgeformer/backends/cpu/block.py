@@ -5,18 +5,23 @@ A decode step through the `Ops` facade makes ~16 Python-level op calls per block
 much as its weights take to stream. Here each block is two Numba calls:
 
   `_attn_in`:  rms_norm fused into the int8 quantization of its output -> one GEMV over
-               the joined q|k|v weight (+ bias) -> rope on q and k, in place;
+               the joined q|k|v weight (+ bias; three when the parts' qtypes differ, as
+               in llama.cpp's mixed Q4_K_M files) -> per-head q/k rms norm (Qwen3,
+               Gemma 3) -> rope on q and k (the layer's rope: Gemma 3's sliding layers
+               have their own base), in place;
   (Python: `cache.update_and_fetch`, so any cache with that contract works)
-  `_attn_out`: attention of the one query over the cache -> quantize -> attn_out GEMV,
-               residual add -> ffn_norm fused into quantization -> one GEMV over the
-               joined gate|up weight -> glu -> quantize -> ffn_down GEMV, residual add.
+  `_attn_out`: attention of the one query over the cache (layer's window, soft-cap) ->
+               quantize -> attn_out GEMV -> post-attention norm (Gemma 2/3), residual
+               add -> ffn_norm fused into quantization -> GEMV over the joined gate|up
+               weight (or two) -> glu -> quantize -> ffn_down GEMV -> post-FFN norm,
+               residual add.
 
 All scratch buffers are allocated once per model. The math is the unfused path's op by
 op (same kernels' row dots, same quantization, same rope/attention formulas), so the
 tracer, which prices the unfused op list (the decoder takes that path while an observer
 is attached), prices this work; `tests/backends/cpu/test_cpu_block.py` checks the two
-paths agree. Used only where every block's weights have a quantized kernel and the
-family has no per-head q/k norm, post norms, attention soft-cap or per-step rope scaling.
+paths agree. Used only where every block's weights have a quantized kernel, row lengths
+are multiples of 32 and no rope changes with the sequence length (`why_not_fused`).
 """
 from __future__ import annotations
 
@@ -30,12 +35,13 @@ from edgeformer.backends.cpu.activation import _KINDS, _act
 from edgeformer.backends.cpu.common import JIT
 from edgeformer.backends.cpu.repack import PackedWeight
 from edgeformer.backends.cpu.simd import fast_exp, rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
-from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0
+from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q5_0, rowdot2_q5_1, rowdot2_q8_0
 from edgeformer.quant.qtypes import QType
 
 # kernel kinds of a weight "slot": (kind, u8 a, b, c, d, u16 e, f) - one tuple type for
 # every qtype (the row-dot intrinsics read raw bytes, so signedness of the views is moot)
-_KIND = {QType.Q8_0: 0, QType.Q4_0: 1, QType.Q4_1: 2, QType.Q4_K: 3, QType.Q5_K: 4, QType.Q6_K: 5}
+_KIND = {QType.Q8_0: 0, QType.Q4_0: 1, QType.Q4_1: 2, QType.Q4_K: 3, QType.Q5_K: 4, QType.Q6_K: 5,
+         QType.Q5_0: 6, QType.Q5_1: 7}
 _E8 = np.zeros((1, 0), np.uint8)
 _E16 = np.zeros((1, 0), np.uint16)
 _NOB = np.zeros(0, np.float32)
@@ -49,6 +55,10 @@ def slot(w: PackedWeight) -> tuple:
         return (_KIND[k], u8(arr[0]), _E8, _E8, _E8, arr[1], _E16)
     if k == QType.Q4_1:
         return (_KIND[k], arr[0], _E8, _E8, _E8, arr[1], arr[2])
+    if k == QType.Q5_0:
+        return (_KIND[k], arr[0], arr[1], _E8, _E8, arr[2], _E16)
+    if k == QType.Q5_1:
+        return (_KIND[k], arr[0], arr[1], _E8, _E8, arr[2], arr[3])
     if k == QType.Q4_K:
         return (_KIND[k], arr[0], _E8, arr[1], arr[2], arr[3], arr[4])
     if k == QType.Q5_K:
@@ -77,6 +87,12 @@ def _gemv(w, xq, xd, xs, bias, out):
     elif kind == 4:
         for r in prange(n):
             out[r] = rowdot_q5_k(a[r], b[r], c[r], d[r], e[r], f[r], xq, xd, xs)
+    elif kind == 6:
+        for r in prange(n):
+            out[r] = rowdot2_q5_0(a[r], xq, e[r], xd, xs, b[r])
+    elif kind == 7:
+        for r in prange(n):
+            out[r] = rowdot2_q5_1(a[r], xq, e[r], xd, xs, f[r], b[r])
     else:
         for r in prange(n):
             out[r] = rowdot_q6_k(a[r], b[r], c[r], e[r], xq, xd)
@@ -119,6 +135,17 @@ def _norm_quant(x, w, eps, xn, xq, xd, xs):
 
 
 @njit(**JIT)
+def _rms_inplace(v, o, n, w, eps):
+    """v[o:o+n] = rms_norm(v[o:o+n]) * w in place (`norm._rms_rows` on one row)."""
+    ss = np.float32(0.0)
+    for i in range(n):
+        ss += v[o + i] * v[o + i]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(n) + eps)
+    for i in range(n):
+        v[o + i] = v[o + i] * inv * w[i]
+
+
+@njit(**JIT)
 def _rope_heads(v, h0, nh, hd, pos, inv_freq, neox, mscale):
     """`rope._rope_rows` on heads h0..h0+nh of the flat row v (one token), in place."""
     half = inv_freq.shape[0]
@@ -144,16 +171,29 @@ def _rope_heads(v, h0, nh, hd, pos, inv_freq, neox, mscale):
 
 
 @njit(**JIT)
-def _attn_in(x, norm_w, eps, w, bias, pos, inv_freq, neox, mscale, nh, nkv, hd, xn, xq, xd, xs, qkv):
-    """qkv = rope(linear(rms_norm(x), w_qkv, b_qkv)) for one token (q and k roped)."""
+def _attn_in(x, norm_w, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, neox, mscale, nh, nkv, hd,
+             xn, xq, xd, xs, qkv):
+    """qkv = rope(qk_norm(linear(rms_norm(x), w_qkv, b_qkv))) for one token (q and k normed
+    per head when qn/kn are non-empty, then roped). The weight is wq alone (joined, n0 =
+    n1 = len(qkv)) or wq | wk | wv writing qkv[:n0], qkv[n0:n1], qkv[n1:]."""
     _norm_quant(x, norm_w, eps, xn, xq, xd, xs)
-    _gemv(w, xq, xd, xs, bias, qkv)
+    _gemv(wq, xq, xd, xs, bq, qkv[:n0])
+    if n1 > n0:
+        _gemv(wk, xq, xd, xs, bk, qkv[n0:n1])
+    if qkv.shape[0] > n1:
+        _gemv(wv, xq, xd, xs, bv, qkv[n1:])
+    if qn.shape[0]:      # decoder: rms_norm over (T, H, head_dim) rows, before rope
+        for h in range(nh):
+            _rms_inplace(qkv, h * hd, hd, qn, eps)
+        for h in range(nh, nh + nkv):
+            _rms_inplace(qkv, h * hd, hd, kn, eps)
     _rope_heads(qkv, 0, nh + nkv, hd, pos, inv_freq, neox, mscale)
 
 
 @njit(**JIT)
-def _attend(q, k, v, kpos, pos, scale, window, out):
-    """`attention._attn_rows` for one query token: q (Hq*D,), k/v (S, Hkv, D) -> out (Hq*D,)."""
+def _attend(q, k, v, kpos, pos, scale, window, softcap, out):
+    """`attention._attn_rows` for one query token: q (Hq*D,), k/v (S, Hkv, D) -> out (Hq*D,);
+    scores soft-capped (tanh(s / cap) * cap) when softcap > 0."""
     s_, hkv, d = k.shape
     hq = q.shape[0] // d
     g_ = hq // hkv
@@ -169,8 +209,11 @@ def _attend(q, k, v, kpos, pos, scale, window, out):
                 acc = np.float32(0.0)
                 for i in range(d):
                     acc += qr[i] * kr[i]
-                sc[j] = acc * scale
-                m = max(m, sc[j])
+                sj = acc * scale
+                if softcap > 0:
+                    sj = np.tanh(sj / softcap) * softcap
+                sc[j] = sj
+                m = max(m, sj)
             else:
                 sc[j] = -np.inf
         mg = m if m != -np.inf else np.float32(0.0)
@@ -195,23 +238,37 @@ def _attend(q, k, v, kpos, pos, scale, window, out):
 
 
 @njit(**JIT)
-def _attn_out(x, q, k, v, kpos, pos, scale, window, wo, bo, ffn_w, eps, wgu, bgu, act, wdn, bdn,
-              att, aq, ad, as_, tmp, xn, xq, xd, xs, gu, h, hq, hd_, hs):
-    """x += attn_out(attention(q)); x += ffn_down(glu(gate_up(rms_norm(x)))), one token."""
-    _attend(q, k, v, kpos, pos, scale, window, att)
+def _attn_out(x, q, k, v, kpos, pos, scale, window, softcap, wo, bo, pan, ffn_w, eps, wg, wu, bg, bu, split, act,
+              wdn, bdn, pfn, att, aq, ad, as_, tmp, xn, xq, xd, xs, gu, h, hq, hd_, hs):
+    """x += post_norm(attn_out(attention(q))); x += post_norm(ffn_down(glu(gate|up(rms_norm(x))))),
+    one token. Post norms run where pan/pfn are non-empty; gate|up is wg alone (joined)
+    or, with `split`, wg then wu."""
+    _attend(q, k, v, kpos, pos, scale, window, softcap, att)
     _quant_row(att, aq, ad, as_)
     _gemv(wo, aq, ad, as_, bo, tmp)
-    for i in range(x.shape[0]):
+    d_ = x.shape[0]
+    if pan.shape[0]:
+        _rms_inplace(tmp, 0, d_, pan, eps)
+    for i in range(d_):
         x[i] += tmp[i]
     _norm_quant(x, ffn_w, eps, xn, xq, xd, xs)
-    _gemv(wgu, xq, xd, xs, bgu, gu)
     f = h.shape[0]
+    if split:
+        _gemv(wg, xq, xd, xs, bg, gu[:f])
+        _gemv(wu, xq, xd, xs, bu, gu[f:])
+    else:
+        _gemv(wg, xq, xd, xs, bg, gu)
     for i in range(f):
         h[i] = _act(gu[i], act) * gu[f + i]
     _quant_row(h, hq, hd_, hs)
     _gemv(wdn, hq, hd_, hs, bdn, tmp)
-    for i in range(x.shape[0]):
+    if pfn.shape[0]:
+        _rms_inplace(tmp, 0, d_, pfn, eps)
+    for i in range(d_):
         x[i] += tmp[i]
+
+
+_EMPTY_SLOT = (0, _E8, _E8, _E8, _E8, _E16, _E16)
 
 
 class _Plan:
@@ -219,10 +276,22 @@ class _Plan:
 
     def __init__(self, model: Any) -> None:
         c = model.config
-        self.layers = [(L.attn_norm, slot(L.wqkv.handle), _b(L.bqkv), slot(L.wo.handle), _b(L.bo), L.ffn_norm,
-                        slot(L.w_up.handle), _b(L.b_up), slot(L.w_down.handle), _b(L.b_down), L.sliding)
-                       for L in model.layers]
         nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        self.layers = []
+        for L in model.layers:
+            if L.wqkv is not None:
+                n = nq + 2 * nkv       # one GEMV fills all of qkv
+                qkv = (slot(L.wqkv.handle), _EMPTY_SLOT, _EMPTY_SLOT, _b(L.bqkv), _NOB, _NOB, n, n)
+            else:
+                qkv = (slot(L.wq.handle), slot(L.wk.handle), slot(L.wv.handle), _b(L.bq), _b(L.bk), _b(L.bv),
+                       nq, nq + nkv)
+            if L.w_gate is not None:
+                gu = (slot(L.w_gate.handle), slot(L.w_up.handle), _b(L.b_gate), _b(L.b_up), True)
+            else:
+                gu = (slot(L.w_up.handle), _EMPTY_SLOT, _b(L.b_up), _NOB, False)
+            self.layers.append((L.attn_norm, qkv, _b(L.q_norm), _b(L.k_norm), slot(L.wo.handle), _b(L.bo),
+                                _b(L.post_attn_norm), L.ffn_norm, gu, slot(L.w_down.handle), _b(L.b_down),
+                                _b(L.post_ffn_norm), L.sliding))
         e = lambda n, dt=np.float32: np.zeros(n, dt)  # noqa: E731
         self.xn, self.xq, self.xd, self.xs = e(c.dim), e(c.dim, np.int8), e(c.dim // 32), e(c.dim // 32)
         self.qkv, self.att, self.tmp = e(nq + 2 * nkv), e(nq), e(c.dim)
@@ -241,21 +310,25 @@ _FUSABLE = tuple(_KIND)
 
 
 def why_not_fused(model: Any) -> str | None:
-    """None if `decode_layers` can run this model's blocks, else the reason."""
+    """None if `decode_layers` can run this model's blocks (what `Decoder._block` does for
+    one token: q/k norm, post norms, soft-capped and windowed attention, a separate rope
+    for sliding layers included), else the reason."""
     c = model.config
-    if c.qk_norm or c.post_norms or c.attn_softcap:
-        return "per-head q/k norm, post norms or attention soft-cap"
     if any(d % 32 for d in (c.dim, c.n_heads * c.head_dim, c.ffn_dim)):
         return "a row length that is not a multiple of 32"
-    if model.rope_sliding is not model.rope_full and any(L.sliding for L in model.layers):
-        return "a separate rope for sliding layers"
-    s = model.rope_full.scaling if hasattr(model.rope_full, "scaling") else None
-    if s is not None and s.kind in ("dynamic", "longrope"):
-        return "rope scaling that changes with the sequence length"
+    if c.activation not in _KINDS:
+        return f"activation {c.activation}"
+    for r in (model.rope_full, model.rope_sliding):
+        s = getattr(r, "scaling", None)
+        if s is not None and s.kind in ("dynamic", "longrope"):
+            return "rope scaling that changes with the sequence length"
     for L in model.layers:
-        if L.wqkv is None or L.w_gate is not None or L.q_norm is not None:
-            return "q|k|v or gate|up weights were not joined"
-        for w in (L.wqkv, L.wo, L.w_up, L.w_down):
+        if (L.q_norm is None) != (L.k_norm is None):
+            return "a q norm without a k norm"
+        ws = [L.wqkv] if L.wqkv is not None else [L.wq, L.wk, L.wv]
+        for w in ws + [L.wo, L.w_up, L.w_down] + ([L.w_gate] if L.w_gate is not None else []):
+            if w is None:
+                return "a missing q/k/v weight"
             if w.qtype not in _FUSABLE or not isinstance(w.handle, PackedWeight):
                 return f"{w.name} is {w.qtype.name} (no quantized fused kernel)"
     return None
@@ -267,28 +340,40 @@ _PLANS: "weakref.WeakKeyDictionary[Any, _Plan | None]" = weakref.WeakKeyDictiona
 def decode_layers(model: Any, x: np.ndarray, pos: int, cache: Any, rope: tuple[np.ndarray, float]) -> np.ndarray | None:
     """Run every block of `model` (a models.decoder.Decoder) for one token: x (1, dim)
     float32 at position `pos`, keys/values appended to `cache` (update_and_fetch
-    contract). Returns the new x (1, dim), or None when the model cannot use the fused
-    path (the caller then runs the op-by-op path)."""
+    contract); `rope` is the full-attention layers' (inv_freq, mscale) for this step
+    (sliding layers' comes from `model.rope_sliding`, as the decoder takes it). Returns
+    the new x (1, dim), or None when the model cannot use the fused path (the caller then
+    runs the op-by-op path)."""
     if model not in _PLANS:
         _PLANS[model] = _Plan(model) if why_not_fused(model) is None else None
     p = _PLANS[model]
     if p is None:
         return None
     c = model.config
-    inv_freq, mscale = np.ascontiguousarray(rope[0], dtype=np.float32), np.float32(rope[1])
+    ropes = {False: (np.ascontiguousarray(rope[0], dtype=np.float32), np.float32(rope[1]))}
+    if model.rope_sliding is model.rope_full:
+        ropes[True] = ropes[False]
+    else:
+        r = model.rope_sliding.frequencies(pos + 1)
+        ropes[True] = (np.ascontiguousarray(r[0], dtype=np.float32), np.float32(r[1]))
     xr = np.array(x[0], dtype=np.float32)               # residual stream, updated in place
     eps, scale = np.float32(c.norm_eps), np.float32(model.attn_scale)
+    softcap = np.float32(c.attn_softcap or 0.0)
     full = np.int64(1 << 62)
     window = np.int64(c.sliding_window) if c.sliding_window else full
     nq, nkv, hd = p.nq, p.nkv, c.head_dim
-    for i, (an, wqkv, bqkv, wo, bo, fn, wgu, bgu, wdn, bdn, sliding) in enumerate(p.layers):
-        _attn_in(xr, an, eps, wqkv, bqkv, pos, inv_freq, c.rope_neox, mscale, c.n_heads, c.n_kv_heads, hd,
-                 p.xn, p.xq, p.xd, p.xs, p.qkv)
+    for i, (an, qkv, qn, kn, wo, bo, pan, fn, gu, wdn, bdn, pfn, sliding) in enumerate(p.layers):
+        wq, wk, wv, bq, bk, bv, n0, n1 = qkv
+        inv_freq, mscale = ropes[sliding]
+        _attn_in(xr, an, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, c.rope_neox, mscale,
+                 c.n_heads, c.n_kv_heads, hd, p.xn, p.xq, p.xd, p.xs, p.qkv)
         k = p.qkv[nq:nq + nkv].reshape(1, c.n_kv_heads, hd)
         v = p.qkv[nq + nkv:].reshape(1, c.n_kv_heads, hd)
         k_all, v_all, k_pos = cache.update_and_fetch(i, k, v)
+        wg, wu, bg, bu, split = gu
         _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos, scale,
-                  window if sliding else full, wo, bo, fn, eps, wgu, bgu, p.act, wdn, bdn,
+                  window if sliding else full, softcap, wo, bo, pan, fn, eps, wg, wu, bg, bu, split, p.act,
+                  wdn, bdn, pfn,
                   p.att, p.aq, p.ad, p.as_, p.tmp, p.xn, p.xq, p.xd, p.xs, p.gu, p.h, p.hq, p.hd, p.hs)
     return xr.reshape(1, -1)
 

@@ -10,10 +10,16 @@ offset removed via xs); the K-quants form their scales in-register too. Error vs
 float reference: NMSE ~1e-5..7e-5 from the activation rounding (bound 5e-4; measured on
 random weights in the tests). Int8 was chosen over float32 activations because it is
 1.8-2x faster per weight byte here (float dequant-and-FMA is instruction-bound) at an
-error 10x under the bound. Float weights (F32/F16/BF16) keep float32 activations.
+error 10x under the bound. Float weights (F32/F16/BF16) keep float32 activations and
+run `panel_gemm.py`'s register-tiled kernel (16-row panels, any T).
 
-Every kernel parallelises over output rows (`prange`, static split). For T > 1 (prefill)
-Q8_0/Q4_0 dot each weight row with 4 tokens at once (`rowdot4_*`: the row is
+From MIN_T (64) rows up, quantized weights take `qgemm.py` instead (dequantized panels +
+the float register tile: ~1.2-1.4x the int8 path per core at T = 512, float32 activations;
+its bits differ from the int8 rows', so the runtime's row-invariant linear stays below
+MIN_T rows per call, runtime/batch.py).
+
+Every kernel parallelises over output rows (`prange`, static split). For 1 < T < MIN_T
+Q8_0/Q4_0/Q5_0/Q5_1 dot each weight row with 4 tokens at once (`rowdot4_*`: the row is
 unpacked once per 4 tokens, 4 accumulators), over token blocks whose int8 activations
 fit L1 (~24 KiB), so a block is reused across a task's 16 rows.
 """
@@ -23,9 +29,12 @@ import numpy as np
 from numba import njit, prange
 
 from edgeformer.backends.cpu.common import JIT as _JIT
-from edgeformer.backends.cpu.repack import PackedWeight
-from edgeformer.backends.cpu.simd import bf16_to_f32, f16_to_f32, rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
+from edgeformer.backends.cpu.panel_gemm import linear_bf16, linear_f16, linear_f32
+from edgeformer.backends.cpu.qgemm import MIN_T, linear_dequant
+from edgeformer.backends.cpu.repack import FLOAT, PackedWeight
+from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
 from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0, rowdot4_q4_0, rowdot4_q8_0
+from edgeformer.backends.cpu.simd_rows import rowdot2_q5_0, rowdot2_q5_1, rowdot4_q5_0, rowdot4_q5_1
 from edgeformer.quant.qtypes import QType
 
 
@@ -121,6 +130,47 @@ def _linear_q4_1(x, qs, d, m, bias, out):
 
 
 @njit(parallel=True, **_JIT)
+def _linear_q5_0(x, qs, qh, d, bias, out):
+    # as _linear_q4_0: the 5th bits are ORed into the nibbles inside the row dots
+    xq, xd, xs = quantize_x(x)
+    n, t_ = d.shape[0], x.shape[0]
+    t4 = t_ // 4 * 4
+    tb = _token_block(x.shape[1])
+    for c in prange((n + CH - 1) // CH):
+        for t0 in range(0, t4, tb):
+            for r in range(c * CH, min(n, (c + 1) * CH)):
+                b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+                for t in range(t0, min(t0 + tb, t4), 4):
+                    y = rowdot4_q5_0(qs[r], xq, d[r], xd, xs, qh[r], t)
+                    for j in range(4):
+                        out[t + j, r] = y[j] + b0
+        for r in range(c * CH, min(n, (c + 1) * CH)):
+            b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+            for t in range(t4, t_):
+                out[t, r] = rowdot2_q5_0(qs[r], xq[t], d[r], xd[t], xs[t], qh[r]) + b0
+
+
+@njit(parallel=True, **_JIT)
+def _linear_q5_1(x, qs, qh, d, m, bias, out):
+    xq, xd, xs = quantize_x(x)
+    n, t_ = d.shape[0], x.shape[0]
+    t4 = t_ // 4 * 4
+    tb = _token_block(x.shape[1])
+    for c in prange((n + CH - 1) // CH):
+        for t0 in range(0, t4, tb):
+            for r in range(c * CH, min(n, (c + 1) * CH)):
+                b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+                for t in range(t0, min(t0 + tb, t4), 4):
+                    y = rowdot4_q5_1(qs[r], xq, d[r], xd, xs, m[r], qh[r], t)
+                    for j in range(4):
+                        out[t + j, r] = y[j] + b0
+        for r in range(c * CH, min(n, (c + 1) * CH)):
+            b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+            for t in range(t4, t_):
+                out[t, r] = rowdot2_q5_1(qs[r], xq[t], d[r], xd[t], xs[t], m[r], qh[r]) + b0
+
+
+@njit(parallel=True, **_JIT)
 def _linear_q4_k(x, qs, sc, mn, d, dmin, bias, out):
     xq, xd, xs = quantize_x(x)
     for r in prange(qs.shape[0]):
@@ -147,49 +197,11 @@ def _linear_q6_k(x, ql, qh, sc, d, bias, out):
             out[t, r] = rowdot_q6_k(ql[r], qh[r], sc[r], d[r], xq[t], xd[t]) + b0
 
 
-@njit(parallel=True, **_JIT)
-def _linear_f32(x, w, bias, out):
-    for r in prange(w.shape[0]):
-        wr = w[r]
-        b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-        for t in range(x.shape[0]):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(wr.shape[0]):
-                acc += wr[i] * xt[i]
-            out[t, r] = acc + b0
-
-
-@njit(parallel=True, **_JIT)
-def _linear_f16(x, w, bias, out):
-    for r in prange(w.shape[0]):
-        wr = w[r]
-        b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-        for t in range(x.shape[0]):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(wr.shape[0]):
-                acc += f16_to_f32(wr[i]) * xt[i]
-            out[t, r] = acc + b0
-
-
-@njit(parallel=True, **_JIT)
-def _linear_bf16(x, w, bias, out):
-    for r in prange(w.shape[0]):
-        wr = w[r]
-        b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-        for t in range(x.shape[0]):
-            xt = x[t]
-            acc = np.float32(0.0)
-            for i in range(wr.shape[0]):
-                acc += bf16_to_f32(wr[i]) * xt[i]
-            out[t, r] = acc + b0
-
-
 KERNELS = {
     QType.Q8_0: _linear_q8_0, QType.Q4_0: _linear_q4_0, QType.Q4_1: _linear_q4_1,
+    QType.Q5_0: _linear_q5_0, QType.Q5_1: _linear_q5_1,
     QType.Q4_K: _linear_q4_k, QType.Q5_K: _linear_q5_k, QType.Q6_K: _linear_q6_k,
-    QType.F32: _linear_f32, QType.F16: _linear_f16, QType.BF16: _linear_bf16,
+    QType.F32: linear_f32, QType.F16: linear_f16, QType.BF16: linear_bf16,
 }
 _NO_BIAS = np.zeros(0, np.float32)
 
@@ -203,7 +215,7 @@ def linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np
                          f"do not fit a ({w.n}, {w.k}) weight")
     # decode's hot path: (1, K) float32 rows pass straight through (a few us per call
     # of Python here is ~1 ms per token at 300 calls)
-    if x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous:
+    if x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous and x.shape[0] < MIN_T:
         out = np.empty((x.shape[0], w.n), np.float32)
         w.kernel(x, *w.arrays, _NO_BIAS if bias is None else _f32(bias), out)
         return out
@@ -212,7 +224,12 @@ def linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np
     if x2.dtype != np.float32 or not x2.flags.c_contiguous:
         x2 = np.ascontiguousarray(x2, dtype=np.float32)
     out = np.empty((x2.shape[0], w.n), np.float32)
-    w.kernel(x2, *w.arrays, _NO_BIAS if bias is None else _f32(bias), out)
+    b = _NO_BIAS if bias is None else _f32(bias)
+    if x2.shape[0] >= MIN_T and w.kind not in FLOAT:     # prefill: dequantized panels (qgemm.py)
+        from edgeformer.backends.cpu.block import slot
+        linear_dequant(slot(w), w.n, x2, b, out)
+    else:
+        w.kernel(x2, *w.arrays, b, out)
     return out.reshape(lead + (w.n,))
 
 

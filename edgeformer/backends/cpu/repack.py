@@ -5,10 +5,13 @@ Layout (`PackedWeight.arrays`, every array 2-D with one row per output, C-contig
   Q8_0  qs int8 (N, K),     d f16-bits (N, K/32)
   Q4_0  qs uint8 (N, K/2),  d (N, K/32)                  nibbles in ggml block order
   Q4_1  qs uint8 (N, K/2),  d, m (N, K/32)
+  Q5_0  qs uint8 (N, K/2),  qh uint8 (N, K/8), d (N, K/32)  qh: the block's uint32 bytes (LE)
+  Q5_1  qs uint8 (N, K/2),  qh uint8 (N, K/8), d, m (N, K/32)
   Q4_K  qs uint8 (N, K/2),  sc, mn uint8 (N, K/32), d, dmin f16-bits (N, K/256)
   Q5_K  qs (N, K/2), qh (N, K/8), sc, mn (N, K/32), d, dmin (N, K/256)
   Q6_K  ql (N, K/2), qh (N, K/4), sc int8 (N, K/16), d (N, K/256)
-  F16 / BF16  bits uint16 (N, K);  F32  float32 (N, K)
+  F16 / BF16 / F32  (ceil(N/16), K, 16) panels of uint16 bits / float32: 16 rows
+              interleaved per column, zero rows padded (`panel_gemm.py`'s register tile)
 Scales stay half precision (converted in-register by `simd.f16_to_f32`) so a packed weight
 reads the same bytes per token as the file: Q4_K/Q5_K's 6-bit packed scales are unpacked to
 one byte each (+4 bytes per 256 weights, <3%) to keep bit twiddling out of the hot loop.
@@ -19,12 +22,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgeformer.backends.cpu.panel_gemm import from_panels, to_panels
 from edgeformer.errors import UnsupportedError
 from edgeformer.quant.qtypes import QTensor, QType
 
 # qtypes with a native kernel; others are dequantized to F32 at load (with a warning).
-NATIVE = (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q4_K, QType.Q5_K, QType.Q6_K,
+NATIVE = (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q4_K, QType.Q5_K, QType.Q6_K,
           QType.F16, QType.BF16, QType.F32)
+
+
+FLOAT = (QType.F32, QType.F16, QType.BF16)   # panel layout, `panel_gemm.py` kernels
 
 
 class PackedWeight:
@@ -73,10 +80,9 @@ def repack(qt: QTensor) -> PackedWeight:
     q = qt.qtype
     if q not in NATIVE:
         raise UnsupportedError(f"cpu backend has no packed layout for {q.name}")
-    if q in (QType.F16, QType.BF16):
-        return PackedWeight(q, n, k, (np.ascontiguousarray(qt.data).view(np.uint16).reshape(n, k),))
-    if q == QType.F32:
-        return PackedWeight(q, n, k, (np.ascontiguousarray(qt.data).view(np.float32).reshape(n, k),))
+    if q in FLOAT:
+        rows = np.asarray(qt.data).view(np.float32 if q == QType.F32 else np.uint16).reshape(n, k)
+        return PackedWeight(q, n, k, (to_panels(rows),))
     blocks = np.asarray(qt.data).reshape(n, k // q.block_size, q.type_size)
     f = lambda lo, hi, dt=np.uint8: _field(blocks, lo, hi, dt, n)  # noqa: E731
     if q == QType.Q8_0:
@@ -85,6 +91,10 @@ def repack(qt: QTensor) -> PackedWeight:
         arrays = (f(2, 18), f(0, 2, np.uint16))
     elif q == QType.Q4_1:
         arrays = (f(4, 20), f(0, 2, np.uint16), f(2, 4, np.uint16))
+    elif q == QType.Q5_0:     # block_q5_0: d f16, qh u32, qs[16]
+        arrays = (f(6, 22), f(2, 6), f(0, 2, np.uint16))
+    elif q == QType.Q5_1:     # block_q5_1: d f16, m f16, qh u32, qs[16]
+        arrays = (f(8, 24), f(4, 8), f(0, 2, np.uint16), f(2, 4, np.uint16))
     elif q == QType.Q4_K:
         sc, mn = _k4_scales(blocks[:, :, 4:16], n)
         arrays = (f(16, 144), sc, mn, f(0, 2, np.uint16), f(2, 4, np.uint16))
@@ -102,6 +112,9 @@ def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
     p0 = parts[0]
     if any(p.kind != p0.kind or p.k != p0.k for p in parts):
         raise UnsupportedError("concat_rows: parts differ in qtype or row length")
+    if p0.kind in FLOAT:     # panels hold 16 rows each: re-panel the stacked rows
+        rows = np.concatenate([from_panels(p.arrays[0], p.n) for p in parts])
+        return PackedWeight(p0.kind, rows.shape[0], p0.k, (to_panels(rows),))
     arrays = tuple(np.concatenate([p.arrays[i] for p in parts]) for i in range(len(p0.arrays)))
     return PackedWeight(p0.kind, sum(p.n for p in parts), p0.k, arrays)
 
@@ -113,14 +126,15 @@ def _h(a: np.ndarray) -> np.ndarray:
 def dequantize_rows(w: PackedWeight, ids: np.ndarray) -> np.ndarray:
     """Rows `ids` of a packed weight as float32 (len(ids), K), bit-exact with the
     reference dequantizer (same float32 operation order as gguf-py / ggml)."""
-    a = [x[ids] for x in w.arrays]
     t, k, q = len(ids), w.k, w.kind
-    if q == QType.F32:
-        return a[0].astype(np.float32, copy=True)
-    if q == QType.F16:
-        return a[0].view(np.float16).astype(np.float32)
-    if q == QType.BF16:
-        return (a[0].astype(np.uint32) << 16).view(np.float32)
+    if q in FLOAT:
+        r = from_panels(w.arrays[0], w.n, ids)
+        if q == QType.F32:
+            return r.astype(np.float32, copy=True)
+        if q == QType.F16:
+            return r.view(np.float16).astype(np.float32)
+        return (r.astype(np.uint32) << 16).view(np.float32)
+    a = [x[ids] for x in w.arrays]
     if q == QType.Q8_0:
         return (_h(a[1])[:, :, None] * a[0].reshape(t, -1, 32)).reshape(t, k)
     if q in (QType.Q4_0, QType.Q4_1):
@@ -129,6 +143,14 @@ def dequantize_rows(w: PackedWeight, ids: np.ndarray) -> np.ndarray:
         if q == QType.Q4_0:
             return (_h(a[1])[:, :, None] * (v - 8)).reshape(t, k)
         return (_h(a[1])[:, :, None] * v + _h(a[2])[:, :, None]).reshape(t, k)
+    if q in (QType.Q5_0, QType.Q5_1):
+        qs = a[0].reshape(t, -1, 16)
+        # bit j of a block's little-endian uint32 qh is the 5th bit of weight j
+        qh = a[1].reshape(t, -1, 4, 1) >> np.arange(8, dtype=np.uint8)[None, None, None, :]
+        v = np.concatenate([qs & 15, qs >> 4], axis=-1) | ((qh.reshape(t, -1, 32) & 1) << 4)
+        if q == QType.Q5_0:
+            return (_h(a[2])[:, :, None] * (v.astype(np.float32) - 16)).reshape(t, k)
+        return (_h(a[2])[:, :, None] * v.astype(np.float32) + _h(a[3])[:, :, None]).reshape(t, k)
     if q in (QType.Q4_K, QType.Q5_K):
         qs = a[0].reshape(t, -1, 4, 32)                                   # (t, nsb, chunk, 32)
         v = np.stack([qs & 15, qs >> 4], axis=3).reshape(t, -1, 8, 32)    # sub-block s = 2c + half

@@ -1,4 +1,4 @@
-"""Row dots for Q8_0 / Q4_0 / Q4_1 with every scale formed in registers (`rowdot2_*`,
+"""Row dots for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 with every scale formed in registers (`rowdot2_*`,
 one token; `rowdot4_*`, four tokens per weight-row pass for prefill), in the generic LLVM
 vector IR of `simd.py` (its helpers; see its docstring for why IR).
 
@@ -38,6 +38,23 @@ def _f2(context, builder, ptr, b, half: bool):
     return out
 
 
+_Q5 = ("q5_0", "q5_1")
+_MINS = ("q4_1", "q5_1")          # kinds with a per-block min m_b instead of a zero point
+# zero-point weight per kind: the dot of unsigned quants is corrected by zpw * sum_b d_b xs_b
+# (Q4_0: q - 8, Q5_0: q - 16; Q8_0 on VNNI: (q + 128) - 128); mins kinds add + sum_b m_b xs_b
+_ZPW = {"q4_0": -8.0, "q4_1": 1.0, "q5_0": -16.0, "q5_1": 1.0}
+
+
+def _hibits(builder, hp, b, nblk: int):
+    """<32 nblk x i8>: 16 where the 5th bit of a weight of blocks b..b+nblk-1 is set, else 0.
+    qh holds each block's little-endian uint32 (bit j = weight j; ggml `block_q5_0`)."""
+    n = 32 * nblk
+    h = _vload(builder, hp, builder.mul(b, _c(b, 4)), 4 * nblk)
+    spread = builder.shuffle_vector(h, h, _vec(_I32, n, [4 * (p // 32) + p % 32 // 8 for p in range(n)]))
+    bit = builder.and_(spread, _vec(_I8, n, [(1 << (p % 8)) if p % 8 < 7 else -128 for p in range(n)]))
+    return builder.select(builder.icmp_unsigned("!=", bit, _bsplat(0, n)), _bsplat(16, n), _bsplat(0, n))
+
+
 def _pairdot64(builder, q, x64):
     """Signed <64 x i8> q . x64 -> <16 x float>: lanes 0-7 sum to block (bytes 0-31),
     lanes 8-15 to the next (each block's 16 pair sums folded to 8), `_idot64`'s layout."""
@@ -48,13 +65,16 @@ def _pairdot64(builder, q, x64):
 
 
 def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
-    """kind "q8_0" | "q4_0" | "q4_1": sum_b d_b xd_b (q_b . xq_b) + zero-point term, with q
-    unsigned in the integer dot: Q4 nibbles (zero point 8 / min m_b) and, on VNNI, Q8_0 as
-    q + 128 (one vpdpbusd per 64 weights instead of widening multiplies). The zero-point
-    term is  zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q4_1."""
+    """kind "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1": sum_b d_b xd_b (q_b . xq_b) + zero-point
+    term, with q unsigned in the integer dot: Q4 nibbles (zero point 8 / min m_b), Q5 nibbles
+    with the 5th bit ORed in (0..31; zero point 16 / min m_b) and, on VNNI, Q8_0 as q + 128
+    (one vpdpbusd per 64 weights instead of widening multiplies). The zero-point term is
+    zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q4_1/Q5_1.
+    Arguments: w, xq, d, xd, xs, then m (mins kinds), then qh (Q5 kinds)."""
     ps = _ptrs(context, builder, sig, args)
     wp, xp, dp, xdp, xsp = ps[:5]
-    mp = ps[5] if kind == "q4_1" else None
+    mp = ps[5] if kind in _MINS else None
+    hp = ps[-1] if kind in _Q5 else None
     nb = _len(context, builder, sig.args[2], args[2])
     v2 = ir.VectorType(_F32, 2)
     z = cgutils.alloca_once_value(builder, ir.Constant(v2, None))    # zero-point / mins sums
@@ -82,6 +102,8 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
         else:
             q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
             q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+            if hp is not None:
+                q64 = builder.or_(q64, _hibits(builder, hp, b, 2))
             f = _dot64(context, builder, q64, x64)
         return _fma(builder, f, scales(b), acc)
 
@@ -97,6 +119,8 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
             q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
             q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
                                          _vec(_I32, 32, list(range(32))))
+            if hp is not None:
+                q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
             widen = _vec(_I32, 64, list(range(64)))
             zv = _vec(_I8, 32)
             tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
@@ -111,7 +135,7 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
         builder.store(builder.fadd(builder.load(res), builder.fmul(tail, s)), res)
     zs = builder.load(z)
     zsum = builder.fadd(builder.extract_element(zs, ir.Constant(_I32, 0)), builder.extract_element(zs, ir.Constant(_I32, 1)))
-    zpw = {"q8_0": -128.0 if unsigned8 else 0.0, "q4_0": -8.0, "q4_1": 1.0}[kind]
+    zpw = -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind]
     return builder.fadd(builder.load(res), builder.fmul(zsum, ir.Constant(_F32, zpw)))
 
 
@@ -159,7 +183,8 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
     w, xq, d, xd, xs = args[:5]
     t0 = args[-1]
     wp, dp = _data(context, builder, wty, w), _data(context, builder, dty, d)
-    mp = _data(context, builder, sig.args[5], args[5]) if kind == "q4_1" else None
+    mp = _data(context, builder, sig.args[5], args[5]) if kind in _MINS else None
+    hp = _data(context, builder, sig.args[-2], args[-2]) if kind in _Q5 else None
     xqa = context.make_array(xqty)(context, builder, xq)
     xda = context.make_array(xdty)(context, builder, xd)
     xsa = context.make_array(xsty)(context, builder, xs)
@@ -185,6 +210,8 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
         else:
             q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
             q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+            if hp is not None:
+                q64 = builder.or_(q64, _hibits(builder, hp, b, 2))
         d2 = _f2(context, builder, dp, b, True)
         zw = _f2(context, builder, mp, b, True) if mp is not None else d2
         for j in range(4):
@@ -216,6 +243,8 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
                 q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
                 q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
                                              _vec(_I32, 32, list(range(32))))
+                if hp is not None:
+                    q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
                 widen, zv = _vec(_I32, 64, list(range(64))), _vec(_I8, 32)
                 tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
                                              builder.shuffle_vector(x32, zv, widen)))
@@ -225,7 +254,7 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
                 builder.store(builder.fadd(builder.load(zs[j]), zv2), zs[j])
             s = builder.fmul(dd, builder.load(builder.gep(xdps[j], [b])))
             builder.store(builder.fadd(builder.load(res[j]), builder.fmul(tail, s)), res[j])
-    zpw = ir.Constant(_F32, {"q8_0": -128.0 if unsigned8 else 0.0, "q4_0": -8.0, "q4_1": 1.0}[kind])
+    zpw = ir.Constant(_F32, -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind])
     outs = []
     for j in range(4):
         zv = builder.load(zs[j])
@@ -255,3 +284,37 @@ def rowdot4_q8_0(typingctx, w, xq, d, xd, xs, t0):
 def rowdot4_q4_0(typingctx, w, xq, d, xd, xs, t0):
     """Q4_0 row . 4 tokens, as `rowdot4_q8_0`."""
     return _rowdot4("q4_0", 6)(typingctx, w, xq, d, xd, xs, t0)
+
+
+@intrinsic
+def rowdot2_q5_0(typingctx, w, xq, d, xd, xs, qh):
+    """Q5_0 row: w uint8 (K/2,) nibbles as Q4_0, qh uint8 (K/8,) (each block's uint32 high
+    bits, little-endian), d f16 bits (K/32,) -> sum_b f16(d_b) (xd_b (q_b . xq_b) - 16 xs_b)."""
+    sig = types.float32(w, xq, d, xd, xs, qh)
+
+    def codegen(context, builder, sig, args):
+        return _rowdot_scaled_codegen(context, builder, sig, args, "q5_0")
+    return sig, codegen
+
+
+@intrinsic
+def rowdot2_q5_1(typingctx, w, xq, d, xd, xs, m, qh):
+    """Q5_1 row (layout as Q5_0 plus mins m f16 bits (K/32,))
+    -> sum_b f16(d_b) xd_b (q_b . xq_b) + f16(m_b) xs_b."""
+    sig = types.float32(w, xq, d, xd, xs, m, qh)
+
+    def codegen(context, builder, sig, args):
+        return _rowdot_scaled_codegen(context, builder, sig, args, "q5_1")
+    return sig, codegen
+
+
+@intrinsic
+def rowdot4_q5_0(typingctx, w, xq, d, xd, xs, qh, t0):
+    """Q5_0 row . tokens t0..t0+3, bit-identical per token to `rowdot2_q5_0`."""
+    return _rowdot4("q5_0", 7)(typingctx, w, xq, d, xd, xs, qh, t0)
+
+
+@intrinsic
+def rowdot4_q5_1(typingctx, w, xq, d, xd, xs, m, qh, t0):
+    """Q5_1 row . tokens t0..t0+3 (see `_linear_q5_1` on row invariance)."""
+    return _rowdot4("q5_1", 8)(typingctx, w, xq, d, xd, xs, m, qh, t0)

@@ -134,3 +134,20 @@ def test_shape_mismatches_raise_instead_of_reading_out_of_bounds(be: CpuBackend)
     with pytest.raises(ValueError):
         be.kernels["attention"](np.ones((1, 3, 8), np.float32), np.ones((4, 2, 8), np.float32),
                                 np.ones((4, 2, 8), np.float32), scale=1.0)
+
+
+@pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh", "relu"])
+def test_glu_reads_column_views_of_one_array(kind):
+    """gate and up as column ranges of one joined (T, 2F) output, either order, 3-D, and a
+    strided view that must be copied: same values as the reference on contiguous copies."""
+    from edgeformer.backends.cpu import CpuBackend
+    from edgeformer.kernels.activation import glu_ref
+    glu = CpuBackend().kernels["glu"]
+    rng = np.random.default_rng(4)
+    gu = rng.standard_normal((7, 2 * 37 + 3)).astype(np.float32)
+    cases = [(gu[:, :37], gu[:, 37:74]), (gu[:, 40:77], gu[:, 1:38]),
+             (gu.reshape(1, 7, -1)[..., 2:39], gu.reshape(1, 7, -1)[..., 39:76]),
+             (gu[::2, :37], gu[::2, 37:74])]
+    for g, u in cases:
+        want = glu_ref(np.ascontiguousarray(g), np.ascontiguousarray(u), kind)
+        np.testing.assert_allclose(glu(g, u, kind), want, rtol=2e-6, atol=1e-7)

@@ -7,13 +7,17 @@ Measured (each a loop of at least `min_time` = 0.2 s, because this host's clock 
 - per-op dispatch overhead: a tiny `add` and a tiny `linear` through the `Ops` facade;
 - GEMV (one token) per weight qtype through the real backend, cycling through enough
   distinct weight copies (>= 96 MiB) that they stream from DRAM, as decode does;
-- GEMM (64 tokens) per qtype: the compute side of prefill;
-- attention at decode (1 query over 2048 cached keys, cycled over 16 KV buffers) and at
-  prefill (256 x 256 causal), and rms_norm over DRAM-sized activations.
+- GEMM per qtype over a (K, T) grid (`calib_tables.measure_gemm_grid`): prefill;
+- attention at decode (1 query over 2048 cached keys, cycled over 16 KV buffers) and
+  causal prefill attention at two lengths (`calib_tables.ATTN_LENGTHS`), and rms_norm
+  over DRAM-sized activations;
+- a one-token decode step of a synthetic model at two contexts, through the backend's
+  fused path where it has one (`calib_tables.measure_fused_decode`).
 
 From these, `fit()` builds a `HostModel`: the host DeviceSpec plus one roofline
 `Calibration` per weight qtype (matmul efficiencies differ per kernel) and a default one
-for every other op. Cached as JSON per CPU model + backend in
+for every other op, the GEMM-rate and attention-rate tables prefill is priced from, and
+the fused decode step's per-block overhead and attention rate. Cached as JSON per CPU model + backend in
 `$XDG_CACHE_HOME/edgeformer/calib/`. No model file is used: calibration never sees the
 models `validate` measures.
 """
@@ -32,15 +36,17 @@ import numpy as np
 
 from edgeformer.backends.base import Ops, get_backend
 from edgeformer.errors import ConfigError
+from edgeformer.perf import calib_tables as tables
 from edgeformer.perf.bandwidth import DEFAULT_MIN_TIME, cpu_model, host_slug, host_spec, time_per_call
 from edgeformer.perf.device_spec import DeviceSpec, Figure
-from edgeformer.perf.roofline import (OP_CLASSES, Calibration, OpTime, Prediction, op_class,
-                                      op_time)
+from edgeformer.perf.host_model import HostModel
+from edgeformer.perf.roofline import Calibration, op_class
+
+__all__ = ["HostModel", "calibrate", "fit", "measure", "Measurements", "describe"]
 
 CALIB_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "F16")   # F16: K-quant fallback rows
 GEMV_BYTES = 96 * 2**20        # 3x this host's 32 MiB L3: decode weights come from DRAM
-GEMM_TOKENS = 64
-VERSION = 5                    # bump when the benchmarks change: old caches are ignored
+VERSION = 12                    # bump when the benchmarks change: old caches are ignored
 
 
 def fastest_backend() -> str:
@@ -120,12 +126,14 @@ class Measurements:
     dispatch_linear_s: float = 0.0
     gemv: dict[str, dict[str, float]] = field(default_factory=dict)    # qtype -> {s, bytes, flops}: 2048^2
     gemv_small: dict[str, dict[str, float]] = field(default_factory=dict)   # 512^2
-    gemm: dict[str, dict[str, float]] = field(default_factory=dict)
+    gemv_tall: dict[str, dict[str, float]] = field(default_factory=dict)    # 4096 x 512: short rows
+    gemm_grid: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # qtype -> [{k, t, s, flops}]
     attn_decode: dict[str, float] = field(default_factory=dict)        # {s, bytes, flops}
-    attn_prefill: dict[str, float] = field(default_factory=dict)
+    attn_lengths: list[dict[str, float]] = field(default_factory=list)  # causal prefill [{len, s, flops}]
     norm: dict[str, float] = field(default_factory=dict)
-    gemm_small: dict[str, dict[str, float]] = field(default_factory=dict)   # 64 x 512^2
     ops: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # op -> small/large
+    fused_decode: list[dict[str, Any]] = field(default_factory=list)  # [{model, ctx, s}]: FUSED_MODELS
+    prefill: dict[str, float] = field(default_factory=dict)            # {tokens, s}: prefill_config()
     seconds: float = 0.0
     when: str = ""
     version: int = VERSION
@@ -133,12 +141,18 @@ class Measurements:
 
 def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
             min_time: float = DEFAULT_MIN_TIME, repeats: int = 3,
-            gemv_bytes: int = GEMV_BYTES) -> Measurements:
+            gemv_bytes: int = GEMV_BYTES, fused: bool = True, prefill: bool = True,
+            gemm_grid: tuple[tuple[int, ...], tuple[int, ...]] = (tables.GEMM_KS, tables.GEMM_TS),
+            attn_lengths: tuple[int, ...] = tables.ATTN_LENGTHS) -> Measurements:
     """Run every microbenchmark through `backend` (default `fastest_backend()`), each a
-    loop of >= `min_time` s, best of `repeats`; GEMV cycles >= `gemv_bytes` of weights."""
+    loop of >= `min_time` s, best of `repeats`; GEMV cycles >= `gemv_bytes` of weights.
+    `gemm_grid` (K values, T values) and `attn_lengths` size the rate tables; `fused`:
+    also time the fused decode step (a ~100 MB synthetic model); `prefill`: also time a
+    synthetic model's first prefill (`tables.measure_prefill`)."""
     from edgeformer.kernels import OPS
     from edgeformer.quant import QTensor
     t_start = time.perf_counter()
+    qtypes = tuple(qtypes)
     name = backend or fastest_backend()
     be = get_backend(name)
     ops = Ops(be)
@@ -149,8 +163,8 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     xt = np.ones((1, 32), np.float32)
     m.dispatch_linear_s = _bench(lambda: ops.linear(xt, tiny, None), min_time, repeats)
     for q in qtypes:
-        for size, key in ((512, "gemv_small"), (2048, "gemv")):
-            qt = _random_weight(q, size, size)
+        for (n, size), key in (((512, 512), "gemv_small"), ((2048, 2048), "gemv"), ((4096, 512), "gemv_tall")):
+            qt = _random_weight(q, n, size)
             x1 = np.random.default_rng(1).standard_normal((1, size)).astype(np.float32)
             copies = min(1024, max(1, -(-gemv_bytes // qt.nbytes)))
             ws = [be.prepare_weight(QTensor(qt.data.copy(), qt.qtype, qt.shape), f"w{i}") for i in range(copies)]
@@ -160,20 +174,17 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
                 for w in ws:
                     ops.linear(x1, w, None)
             t = _bench(gemv, min_time, repeats) / copies
-            getattr(m, key)[q] = {"s": t, "bytes": c1.bytes, "flops": c1.flops}
-            if size == 512:
-                xs_ = np.random.default_rng(2).standard_normal((GEMM_TOKENS, size)).astype(np.float32)
-                cs = OPS["linear"].cost(xs_, ws[0], None)
-                ts = _bench(lambda: ops.linear(xs_, ws[0], None), min_time, repeats)
-                m.gemm_small[q] = {"s": ts, "bytes": cs.bytes, "flops": cs.flops}
-        xg = np.random.default_rng(2).standard_normal((GEMM_TOKENS, size)).astype(np.float32)
-        cg = OPS["linear"].cost(xg, ws[0], None)
-        t = _bench(lambda: ops.linear(xg, ws[0], None), min_time, repeats)
-        m.gemm[q] = {"s": t, "bytes": cg.bytes, "flops": cg.flops}
-        del ws
+            getattr(m, key)[q] = {"s": t, "bytes": c1.bytes, "flops": c1.flops, "n": float(n)}
+            del ws
+    m.gemm_grid = tables.measure_gemm_grid(ops, be, qtypes, _bench, min_time, _random_weight, *gemm_grid,
+                                           stream_bytes=gemv_bytes)
     m.ops = _op_benches(ops, min_time, repeats)
     m.attn_decode = _attention_bench(ops, 1, 2048, 16, min_time, repeats)
-    m.attn_prefill = _attention_bench(ops, 256, 256, 1, min_time, repeats)
+    m.attn_lengths = tables.measure_attention_lengths(ops, _bench, min_time, attn_lengths)
+    if fused:
+        m.fused_decode = tables.measure_fused_decode(be, _bench, min_time, _random_weight)
+    if prefill:
+        m.prefill = tables.measure_prefill(be, _random_weight)
     xs = [np.random.default_rng(i).standard_normal((256, 2048)).astype(np.float32) for i in range(32)]
     wn = np.ones(2048, np.float32)
     c = OPS["rms_norm"].cost(xs[0], wn, 1e-5)
@@ -245,33 +256,6 @@ def _attention_bench(ops: Ops, t: int, s: int, n_buf: int, min_time: float, repe
     return {"s": _bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
 
 
-@dataclass(frozen=True)
-class HostModel:
-    """This machine as the roofline sees it: `device` (measured bandwidth and peaks),
-    `calib` for non-matmul ops and unknown qtypes, `by_qtype` matmul calibrations."""
-
-    device: DeviceSpec
-    calib: Calibration
-    by_qtype: dict[str, Calibration]
-    backend: str
-    measurements: Measurements | None = None
-    by_op: dict[str, Calibration] = field(default_factory=dict)
-
-    def calibration_for(self, rec: Any) -> Calibration:
-        """Matmuls: their weight qtype's calibration; other ops: their own if measured;
-        else the default."""
-        q = getattr(rec, "weight_qtype", None) or getattr(rec, "qtype", None)
-        q = getattr(q, "name", q)
-        if q is not None and op_class(rec.op) == "matmul":
-            return self.by_qtype.get(str(q).upper(), self.calib)
-        return self.by_op.get(rec.op, self.calib)
-
-    def predict(self, records: Iterable[Any]) -> Prediction:
-        """Roofline prediction of `records` with each op's calibration (per qtype)."""
-        ops: list[OpTime] = [op_time(r, self.device, self.calibration_for(r)) for r in records]
-        return Prediction(self.device.name, self.device.default_unit, tuple(ops))
-
-
 def _eta(value: float) -> float:
     """Efficiencies in (0, 1]; a measurement that beats the roof is capped at 1 (it means
     the roof, a BLAS or streaming-read figure, is itself below the true peak)."""
@@ -280,8 +264,9 @@ def _eta(value: float) -> float:
 
 def fit(m: Measurements, device: DeviceSpec) -> HostModel:
     """Fit efficiencies: t_op = max(flops / (eta_c peak), bytes / (eta_m bw)) + dispatch.
-    Dispatch comes from the tiny ops; GEMV fixes matmul eta_mem per qtype, GEMM its
-    eta_compute; the attention and norm benchmarks fix the other classes."""
+    Dispatch comes from the tiny ops; GEMV fixes matmul eta_mem per qtype; the GEMM grid
+    and attention lengths are kept as rate tables (`host_model`); the norm and per-op
+    benchmarks fix the other classes; the fused decode step its two terms (`_fit_fused`)."""
     bw = device.mem_bw.si
     peak = device.peak("fp32") or 1.0
     # a tiny op's time is all overhead; never let it exceed half of a real op's time
@@ -289,8 +274,9 @@ def fit(m: Measurements, device: DeviceSpec) -> HostModel:
     d_lin = min(m.dispatch_linear_s, 0.5 * min(g["s"] for g in m.gemv.values()))
     d_el = min(m.dispatch_add_s, 0.5 * m.norm["s"])
     # gemm can beat BLAS's square-matmul figure: raise the host's fp32 roof to the best seen
-    best = max([peak] + [g["flops"] / g["s"] for g in m.gemm.values()]
-               + [m.attn_prefill["flops"] / m.attn_prefill["s"]])
+    rates = [p["flops"] / p["s"] for pts in m.gemm_grid.values() for p in pts]
+    rates += [p["flops"] / p["s"] for p in m.attn_lengths]
+    best = max([peak] + rates)
     if best > peak:
         fig = device.peak_flops[("cpu", "fp32")]
         note = f"raised from BLAS {peak / 1e9:.1f} GFLOPS to the best calibrated kernel"
@@ -305,27 +291,32 @@ def fit(m: Measurements, device: DeviceSpec) -> HostModel:
         device = replace(device, mem_bw=Figure(max(reads) / 1e9, "GB/s", device.mem_bw.source, note=note))
         bw = max(reads)
     dispatch = {"matmul": d_lin, "attention": d_el, "gather": d_el, "elementwise": d_el}
-    ad, ap = m.attn_decode, m.attn_prefill
-    base_c = {"matmul": 0.5, "attention": _eta(ap["flops"] / (max(ap["s"] - d_el, 1e-9) * peak)),
+    ad = m.attn_decode
+    ap = min(m.attn_lengths, key=lambda p: p["len"]) if m.attn_lengths else None
+    base_c = {"matmul": 0.5, "attention": _eta(ap["flops"] / (max(ap["s"] - d_el, 1e-9) * peak)) if ap else 0.5,
               "gather": 0.5, "elementwise": 0.5}
     base_m = {"matmul": 0.5, "attention": _eta(ad["bytes"] / (max(ad["s"] - d_el, 1e-9) * bw)),
               "gather": _eta(m.norm["bytes"] / (max(m.norm["s"] - d_el, 1e-9) * bw)),
               "elementwise": _eta(m.norm["bytes"] / (max(m.norm["s"] - d_el, 1e-9) * bw))}
     by_q: dict[str, Calibration] = {}
+    row_s: dict[str, float] = {}
     for q, g in m.gemv.items():
         # two GEMV sizes: t = d_q + bytes / (eta_m bw) gives the kernel's own per-call
         # overhead d_q (parallel-region start-up) and its streaming efficiency
-        sm, gm = m.gemv_small.get(q, g), m.gemm[q]
+        sm = m.gemv_small.get(q, g)
         db = g["bytes"] - sm["bytes"]
         slope = (g["s"] - sm["s"]) / db if db > 0 else 0.0
         d_q = min(max(sm["s"] - slope * sm["bytes"], 0.0), 0.9 * sm["s"]) if slope > 0 else d_lin
         em = _eta(g["bytes"] / (max(g["s"] - d_q, 1e-9) * bw))
-        ec = _eta(gm["flops"] / (max(gm["s"] - d_q, 1e-9) * peak))
-        if q in m.gemm_small:   # matrices from 512 to 2048 wide: geometric mean of both
-            gs = m.gemm_small[q]
-            ec = _eta(math.sqrt(ec * _eta(gs["flops"] / (max(gs["s"] - d_q, 1e-9) * peak))))
-        # the GEMV itself ran at least this fast: a GEMM loop slowed by a busy machine must
-        # not make the compute roof bind below the GEMV it was measured with
+        rows = _gemv_three_point(sm, g, m.gemv_tall.get(q))
+        if rows is not None:   # t = d + n * row + bytes / (eta bw): short rows cost more per byte
+            d_q, row_s[q], beta = rows
+            em = _eta(1.0 / (beta * bw))
+        # eta_compute for records without shapes (hand-built op lists): the grid's
+        # geometric-mean rate; traced records use the grid itself
+        grid = m.gemm_grid.get(q, [])
+        ec = _eta(math.exp(float(np.mean([math.log(p["flops"] / p["s"]) for p in grid]))) / peak) if grid else 0.5
+        # the GEMV itself ran at least this fast: the compute roof must not bind below it
         ec = max(ec, _eta(g["flops"] / (max(g["s"] - d_q, 1e-9) * peak)))
         by_q[q] = Calibration({**base_c, "matmul": ec}, {**base_m, "matmul": em}, {**dispatch, "matmul": d_q},
                               source=f"calibrated {m.backend} {q} on {m.cpu} ({m.when})")
@@ -339,7 +330,69 @@ def fit(m: Measurements, device: DeviceSpec) -> HostModel:
         d, em = _two_point(pts["small"], pts["large"], bw, math.inf)
         by_op[op] = Calibration(base_c, {**base_m, cls: em}, {**dispatch, cls: d},
                                 source=f"calibrated {m.backend} {op} on {m.cpu} ({m.when})")
-    return HostModel(device, calib, by_q, m.backend, m, by_op)
+    host = HostModel(device, calib, by_q, m.backend, m, by_op, dict(m.gemm_grid), list(m.attn_lengths),
+                     gemv_row_s=row_s)
+    return replace(host, fused=_fit_fused(host, m), prefill_s_per_layer_token=_fit_prefill(host, m))
+
+
+def _fit_prefill(host: HostModel, m: Measurements) -> float:
+    """Seconds per layer and token a prefill costs beyond the sum of its ops (the model's
+    Python glue and copies between ops, first-touch page faults of fresh activation
+    buffers, operands cold from the previous op), from `m.prefill` against the trace of
+    the same synthetic model; >= 0. Per layer-token rather than per byte: the measured
+    gap barely changes with the model's width."""
+    if not m.prefill:
+        return 0.0
+    from edgeformer.config import DecoderConfig
+    from edgeformer.perf.trace_model import trace_decoder
+    cfg = DecoderConfig(**tables.prefill_config())
+    n = int(m.prefill["tokens"])
+    tr = trace_decoder(cfg, prompt_len=n, context_len=0, qtype=tables.FUSED_QTYPE, max_seq_len=n + 1,
+                       backend=m.backend)
+    ops_s = host.predict(tr.prefill).total_s
+    return max(0.0, (m.prefill["s"] - ops_s) / (cfg.n_layers * n))
+
+
+def _gemv_three_point(a: dict[str, float], b: dict[str, float], c: dict[str, float] | None
+                      ) -> tuple[float, float, float] | None:
+    """(per call d, per row r, per byte beta) solving t = d + n r + bytes beta exactly
+    through three GEMV shapes; None when a shape is missing, the system is singular or
+    a term comes out negative (the two-point fit is kept then)."""
+    if c is None or "n" not in a:
+        return None
+    mat = np.array([[1.0, p["n"], p["bytes"]] for p in (a, b, c)])
+    try:
+        d, r, beta = np.linalg.solve(mat, np.array([p["s"] for p in (a, b, c)]))
+    except np.linalg.LinAlgError:
+        return None
+    if min(d, r) < 0 or beta <= 0:
+        return None
+    return float(d), float(r), float(beta)
+
+
+def _fit_fused(host: HostModel, m: Measurements) -> tables.FusedDecode | None:
+    """The fused decode terms from `m.fused_decode`: each measured step against the trace
+    of the same synthetic model priced as the fused path runs (`tables.fit_fused`)."""
+    if len(m.fused_decode) < 3:
+        return None
+    from edgeformer.config import DecoderConfig
+    from edgeformer.perf.trace_model import trace_decoder
+
+    def parts(key: str, ctx: int) -> tuple[float, float, float, int]:
+        cfg = DecoderConfig(**tables.FUSED_MODELS[key])
+        tr = trace_decoder(cfg, prompt_len=1, context_len=ctx, qtype=tables.FUSED_QTYPE,
+                           max_seq_len=cfg.max_seq_len, backend=m.backend)
+        other = gemv = attn = 0.0
+        for r in tr.decode:
+            inside = r.layer is not None
+            if inside and r.op == "attention":
+                attn += r.cost.flops
+            elif inside and r.op == "linear":
+                gemv += host.op_time(r, True).t
+            else:
+                other += host.op_time(r, inside).t
+        return other, gemv, attn, cfg.n_layers
+    return tables.fit_fused(m.fused_decode, parts)
 
 
 def _replace_peak(device: DeviceSpec, fig: Figure) -> DeviceSpec:
@@ -409,7 +462,7 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
         except (OSError, ValueError, TypeError, ConfigError):
             pass   # stale or unreadable: measure again
     if verbose:
-        print(f"calibrating backend {name!r} on {cpu_model()} (about 30 s)...", flush=True)
+        print(f"calibrating backend {name!r} on {cpu_model()} (about a minute)...", flush=True)
     m = measure(name, min_time=min_time)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -429,11 +482,22 @@ def describe(host: HostModel) -> list[tuple[str, str]]:
         rows += [("dispatch add / linear", f"{m.dispatch_add_s * 1e6:.1f} / {m.dispatch_linear_s * 1e6:.1f} us"),
                  ("benchmark time", f"{m.seconds:.1f} s")]
     for q, c in host.by_qtype.items():
-        rows.append((f"{q} matmul eta_mem / eta_compute / per-call",
+        rows.append((f"{q} matmul eta_mem / eta_compute / per-call / per-row (GEMV)",
                      f"{c.eta_mem['matmul']:.3f} / {c.eta_compute['matmul']:.3f} / "
-                     f"{c.dispatch_s['matmul'] * 1e6:.1f} us"))
+                     f"{c.dispatch_s['matmul'] * 1e6:.1f} us / {host.gemv_row_s.get(q, 0.0) * 1e9:.1f} ns"))
     for op, c in host.by_op.items():
         cls = op_class(op)
         rows.append((f"{op} eta_mem / per-call", f"{c.eta_mem[cls]:.3f} / {c.dispatch_s[cls] * 1e6:.1f} us"))
-    rows.append(("attention eta_compute (prefill)", f"{host.calib.eta_compute['attention']:.3f}"))
+    for q, pts in host.gemm_grid.items():
+        mid = sorted({p["k"] for p in pts})[len({p["k"] for p in pts}) // 2]
+        row = [p for p in pts if p["k"] == mid]
+        rows.append((f"{q} GEMM GFLOP/s at K = {int(mid)}, T = " + " / ".join(str(int(p["t"])) for p in row),
+                     " / ".join(f"{p['flops'] / p['s'] / 1e9:.1f}" for p in row)))
+    for p in host.attn_lengths:
+        rows.append((f"causal attention {int(p['len'])} tokens", f"{p['flops'] / p['s'] / 1e9:.2f} GFLOP/s"))
+    rows.append(("prefill: between ops per layer-token", f"{host.prefill_s_per_layer_token * 1e6:.2f} us"))
+    if host.fused is not None:
+        rows.append(("fused decode: per block / GEMV time scale / attention",
+                     f"{host.fused.block_s * 1e6:.1f} us / {host.fused.gemv_scale:.3f} / "
+                     f"{host.fused.attn_flops_s / 1e9:.2f} GFLOP/s"))
     return rows

@@ -201,6 +201,78 @@ class ModelTrace:
     weight_bytes: int          # every stored tensor, as the file holds it
     kv_bytes: int              # KV cache allocation after the decode step
     weight_bytes_by_qtype: dict[str, int] = field(default_factory=dict)   # qtype name -> bytes
+    fused_decode: bool = False   # the backend runs the decode step through its fused `decode_layers`
+
+    @property
+    def decode_dram_bytes(self) -> float:
+        """Bytes of model state one decode step reads: `dram_bytes` summed over the step
+        (every weight as stored, once; a tied embedding once, as the output head; one
+        embedding row; norm vectors and biases; rope frequencies; the K/V attention
+        reads, the step's own position included)."""
+        return sum(dram_bytes(r) for r in self.decode)
+
+
+def _act_operand_bytes(rec: OpRecord) -> float:
+    """Bytes of a record's float32 activation operands (inputs only): everything but the
+    weight / bias of a linear, the embedding table, norm vectors and attention's K/V."""
+    s = rec.shapes
+    n = lambda i: int(np.prod(s[i])) if len(s) > i and s[i] is not None else 0   # noqa: E731
+    if rec.op in ("linear", "attention"):
+        return 4.0 * n(0)
+    if rec.op == "embed":
+        return 0.0
+    if rec.op in ("add", "mul", "glu"):
+        return 4.0 * (n(0) + n(1))
+    return 4.0 * n(0)
+
+
+def dram_bytes(rec: OpRecord) -> float:
+    """The part of a record's traced bytes (`cost.bytes_read + bytes_written`, from the
+    op's own cost function) that is model state in memory: weights, biases, norm vectors,
+    embedding rows, cached K/V. The rest, float32 activations each op reads from the one
+    before it and writes for the next (a few KiB per op at one token), stays in L1/L2
+    and, on the cpu backend's fused decode path, in registers: outputs (activations, or
+    the K/V append, which `update_and_fetch` does outside the op list) are not counted."""
+    return max(0.0, float(rec.cost.bytes_read) - _act_operand_bytes(rec) - _ids_bytes(rec))
+
+
+def _ids_bytes(rec: OpRecord) -> float:
+    # embed reads its int64 token ids (8 bytes each) besides the table rows
+    return 8.0 * int(np.prod(rec.shapes[1])) if rec.op == "embed" and len(rec.shapes) > 1 and rec.shapes[1] else 0.0
+
+
+def fused_decode(model: Any, backend: str | None) -> bool:
+    """Whether `backend` would run one-token steps of `model` (a Decoder, typically on
+    the null backend, weight fusion mirrored) through its fused `decode_layers`: asks the
+    cpu backend's own `why_not_fused` about a view of the model whose weights carry the
+    handle type and qtype `prepare_weight` would give them (block.py's contract)."""
+    from edgeformer.backends.base import _BACKENDS
+    if backend is None:
+        from edgeformer.perf.calibrate import fastest_backend
+        backend = fastest_backend()
+    if backend != "cpu" or not hasattr(_BACKENDS.get(backend), "decode_layers"):
+        return False
+    from edgeformer.backends.cpu.block import why_not_fused
+    return why_not_fused(_PackedView(model)) is None
+
+
+class _PackedView:
+    """A Decoder seen as the cpu backend holds it: each Weight's handle a data-less
+    `PackedWeight`, qtypes without a native kernel as F32 (dequantized at load)."""
+
+    def __init__(self, model: Any) -> None:
+        from dataclasses import fields, is_dataclass
+
+        from edgeformer.backends.cpu.repack import NATIVE, PackedWeight
+
+        def packed(w: Any) -> Any:
+            if not isinstance(w, Weight):
+                return w
+            q = w.qtype if w.qtype in NATIVE else QType.F32
+            return replace(w, qtype=q, handle=PackedWeight(q, w.shape[0], w.shape[-1], ()))
+        self.config, self.rope_full, self.rope_sliding = model.config, model.rope_full, model.rope_sliding
+        self.layers = [replace(L, **{f.name: packed(getattr(L, f.name)) for f in fields(L)})
+                       if is_dataclass(L) else L for L in model.layers]
 
 
 def backend_fuses(backend: str | None) -> bool:
@@ -234,10 +306,13 @@ def _cache(model: Any, max_seq_len: int, kv_dtype: str) -> Any:
 def trace_decoder(source: DecoderConfig | str | os.PathLike | Checkpoint, prompt_len: int = 128,
                   context_len: int | None = None, qtype: QType | str = QType.Q4_0,
                   kv_dtype: str = "f32", max_seq_len: int | None = None,
-                  last_only: bool = True, backend: str | None = None, **kw: Any) -> ModelTrace:
+                  last_only: bool = True, backend: str | None = None, batch: int = 1,
+                  **kw: Any) -> ModelTrace:
     """Trace prefill (`prompt_len` tokens into an empty cache, logits of the last token
     only when `last_only`, as generation runs it) and one decode step after
     `context_len` cached tokens (default `prompt_len`) on the null backend.
+    `batch` > 1: the decode step is `Decoder.forward_batch` over `batch` sequences, each
+    with its own cache of `context_len` positions (`kv_bytes` is then all caches').
     `kv_dtype` is "f32" (the runtime's cache), "f16" or "int8" (priced only).
     `max_seq_len` sizes the cache (default: Decoder.make_cache's default, raised to fit).
     `backend`: whose op list to trace (weight fusion differs; default the fastest
@@ -262,19 +337,26 @@ def trace_decoder(source: DecoderConfig | str | os.PathLike | Checkpoint, prompt
     with tracer.attach(model.ops):
         model.forward(np.zeros(prompt_len, np.int64), cache, last_only=last_only)
     prefill = tracer.records
-    cache = _cache(model, max_seq_len, kv_dtype)
-    if ctx:   # fill the cache as a prefill would (same lengths and allocation), untraced
-        kz = np.zeros((ctx, c.n_kv_heads, c.head_dim), cache.dtype)
-        for i in range(c.n_layers):
-            cache.update_and_fetch(i, kz, kz)
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    caches = [_cache(model, max_seq_len, kv_dtype) for _ in range(batch)]
+    if ctx:   # fill the caches as a prefill would (same lengths and allocation), untraced
+        kz = np.zeros((ctx, c.n_kv_heads, c.head_dim), caches[0].dtype)
+        for cache in caches:
+            for i in range(c.n_layers):
+                cache.update_and_fetch(i, kz, kz)
     tracer = Tracer()
     with tracer.attach(model.ops):
-        model.forward(np.zeros(1, np.int64), cache, last_only=True)
-    kv = sum(k.nbytes + v.nbytes for k, v in zip(cache.keys, cache.values))
+        if batch == 1:
+            model.forward(np.zeros(1, np.int64), caches[0], last_only=True)
+        else:
+            model.forward_batch([(np.zeros(1, np.int64), cache) for cache in caches], last_only=True)
+    kv = sum(k.nbytes + v.nbytes for cache in caches for k, v in zip(cache.keys, cache.values))
     by_q: dict[str, int] = {}
     for t in ckpt.tensors.values():
         by_q[t.qtype.name] = by_q.get(t.qtype.name, 0) + t.nbytes
-    return ModelTrace(c, prompt_len, ctx, prefill, tracer.records, kv_dtype, sum(by_q.values()), kv, by_q)
+    return ModelTrace(c, prompt_len, ctx, prefill, tracer.records, kv_dtype, sum(by_q.values()), kv, by_q,
+                      batch == 1 and kv_dtype == "f32" and fused_decode(model, backend))
 
 
 def kv_capacity(appends: Sequence[int], max_seq_len: int, initial: int = KV_INITIAL) -> int:

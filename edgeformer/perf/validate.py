@@ -12,8 +12,9 @@ Grid models: the real SmolLM2-135M-Instruct Q4_1 file, and random-weight GGUFs a
 SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B dimensions in Q8_0 / Q4_0 / Q4_K (written
 once into the cache by `codesign.build.write_random_gguf`). A prefill whose predicted
 time exceeds the budget is not run: its cache is filled directly and only decode and
-memory are compared (the row says so). Batch 8 needs batched decode, which the
-single-sequence Decoder does not have yet: batch is 1.
+memory are compared (the row says so). Batch-8 rows time `Decoder.forward_batch` over
+8 sequences of `context` cached positions each (the continuous-batching engine's step;
+decode and memory only) against the trace of that batched step.
 """
 from __future__ import annotations
 
@@ -100,11 +101,13 @@ def model_path(name: str, qtype: str) -> Path:
 # ------------------------------------------------------------------ measuring (worker)
 
 def measure_worker(path: str, backend: str, context: int, max_seq_len: int, run_prefill: bool,
-                   min_time: float = 0.2) -> dict[str, Any]:
+                   min_time: float = 0.2, batch: int = 1) -> dict[str, Any]:
     """In a fresh process: load, warm up, prefill `context` tokens (or fill the cache
     with random K/V when not `run_prefill`), then decode until >= `min_time` s and >= 5
     steps (at most N_DECODE_MAX). Returns TTFT, the median decode step, steps and peak
-    RSS. Times use the clock named by $EDGEFORMER_PERF_CLOCK (`calibrate.set_clock`)."""
+    RSS. Times use the clock named by $EDGEFORMER_PERF_CLOCK (`calibrate.set_clock`).
+    `batch` > 1: `batch` caches of `context` random positions, each step one
+    `forward_batch` over all of them, truncated back to `context` after it."""
     import numpy as np
 
     from edgeformer.backends import get_backend
@@ -123,8 +126,15 @@ def measure_worker(path: str, backend: str, context: int, max_seq_len: int, run_
     warm = model.make_cache(64)
     model.forward(np.arange(4) % c.vocab_size, warm, last_only=True)   # compile / page in
     model.forward(np.array([1]), warm, last_only=True)
+    if run_prefill and context >= 48:
+        # a longer prompt takes other kernels (the cpu backend's dequantized-panel GEMM
+        # from 64 rows): load those too, so TTFT is not the first call's JIT-cache load
+        model.forward(np.arange(min(context, 96)) % c.vocab_size, model.make_cache(128), last_only=True)
     del warm
     rng = np.random.default_rng(0)
+    if batch > 1:
+        return _measure_batch(model, rng, context, max_seq_len, batch, min_time, clock,
+                              {"rss_backend": rss_backend, "rss_loaded": rss_loaded})
     cache = model.make_cache(max_seq_len)
     out: dict[str, Any] = {"ttft_s": None}
     if run_prefill:
@@ -155,12 +165,39 @@ def measure_worker(path: str, backend: str, context: int, max_seq_len: int, run_
     return out
 
 
+def _measure_batch(model: Any, rng: Any, context: int, max_seq_len: int, batch: int, min_time: float,
+                   clock: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """`measure_worker`'s batched decode: median seconds of one `forward_batch` step."""
+    import numpy as np
+
+    from edgeformer.perf.memory import peak_rss_bytes
+    c = model.config
+    caches = [model.make_cache(max_seq_len) for _ in range(batch)]
+    k = rng.standard_normal((context, c.n_kv_heads, c.head_dim)).astype(np.float32) * 0.1
+    for cache in caches:
+        for i in range(c.n_layers):
+            cache.update_and_fetch(i, k, k)
+    toks = [np.array([1 + j]) for j in range(batch)]
+    per_step, t0 = [], time.perf_counter()
+    while len(per_step) < N_DECODE_MAX:
+        t1 = clock()
+        model.forward_batch([(t, cache) for t, cache in zip(toks, caches)], last_only=True)
+        per_step.append(clock() - t1)
+        for cache in caches:
+            cache.truncate(context)
+        if len(per_step) >= 5 and time.perf_counter() - t0 >= min_time:
+            break
+    return {**out, "ttft_s": None, "decode_s": float(np.median(per_step)), "steps": len(per_step),
+            "peak_rss": peak_rss_bytes()}
+
+
 def _run_worker(path: Path, backend: str, context: int, max_seq_len: int, run_prefill: bool,
-                timeout: float) -> dict[str, Any]:
+                timeout: float, batch: int = 1) -> dict[str, Any]:
     code = ("import json,sys; from edgeformer.perf.validate import measure_worker as m; "
-            "a=sys.argv; print('RESULT', json.dumps(m(a[1], a[2], int(a[3]), int(a[4]), a[5] == '1')))")
+            "a=sys.argv; print('RESULT', json.dumps(m(a[1], a[2], int(a[3]), int(a[4]), a[5] == '1', "
+            "batch=int(a[6]))))")
     r = subprocess.run([sys.executable, "-c", code, str(path), backend, str(context), str(max_seq_len),
-                        "1" if run_prefill else "0"], capture_output=True, text=True, timeout=timeout,
+                        "1" if run_prefill else "0", str(batch)], capture_output=True, text=True, timeout=timeout,
                        env=_env())
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     if r.returncode or not line:
@@ -171,41 +208,50 @@ def _run_worker(path: Path, backend: str, context: int, max_seq_len: int, run_pr
 # ------------------------------------------------------------------ predicting + grid
 
 def predict_row(path: Path, context: int, max_seq_len: int, host: Any, mem: Any, backend: str,
-                steps: int, run_prefill: bool) -> dict[str, Any]:
+                steps: int, run_prefill: bool, batch: int = 1) -> dict[str, Any]:
     """Predicted TTFT, prefill and decode tok/s (decode priced at the mean context of
-    the measured steps) and peak memory of one grid point."""
-    from edgeformer.perf.memory import estimate
-    from edgeformer.perf.trace_model import trace_decoder
-    tr = trace_decoder(path, prompt_len=context, context_len=context + steps // 2, max_seq_len=max_seq_len,
-                       backend=backend)
-    # the measured run ends with context + steps positions cached
-    from edgeformer.perf.trace_model import kv_cache_bytes
-    pre, dec = host.predict(tr.prefill), host.predict(tr.decode)
-    # memory at the end of the measured run: its KV allocation; without a prefill, only
-    # decode activations were ever live
+    the measured steps; a batch step at `context`, as measured) and peak memory of one
+    grid point."""
     from dataclasses import replace
-    at_end = replace(tr, kv_bytes=kv_cache_bytes(tr.config, [context] + [1] * steps, max_seq_len))
+
+    from edgeformer.perf.memory import estimate
+    from edgeformer.perf.trace_model import kv_cache_bytes, trace_decoder
+    ctx = context if batch > 1 else context + steps // 2
+    tr = trace_decoder(path, prompt_len=context, context_len=ctx, max_seq_len=max_seq_len,
+                       backend=backend, batch=batch)
+    pre, dec = host.predict(tr.prefill), host.predict_decode(tr)
+    # memory at the end of the measured run: its KV allocation (a batch run's caches are
+    # the trace's); without a prefill, only decode activations were ever live
+    at_end = tr if batch > 1 else replace(tr, kv_bytes=kv_cache_bytes(tr.config, [context] + [1] * steps,
+                                                                      max_seq_len))
     if not run_prefill:
         at_end = replace(at_end, prefill=[])
     peak = estimate(at_end, backend, mem).total
-    return {"ttft": pre.total_s, "prefill": context / pre.total_s, "decode": 1.0 / dec.total_s,
+    return {"ttft": pre.total_s, "prefill": context / pre.total_s, "decode": batch / dec.total_s,
             "peak": peak, "bound": dec.bound}
 
 
-def grid(quick: bool) -> list[tuple[str, str, int]]:
-    """(model, qtype, context) points: quick = 4 points on the smallest models."""
+BATCH = 8
+
+
+def grid(quick: bool) -> list[tuple[str, str, int, int]]:
+    """(model, qtype, context, batch) points: quick = 5 points on the smallest models;
+    full = every model x qtype x context at batch 1, and each model at batch 8 in its
+    first qtype (Q4_1 for the real file, Q8_0 for the random ones) at both contexts."""
     if quick:
-        return [(REAL, "Q4_1", 128), ("smollm2-135m", "Q8_0", 128), ("smollm2-135m", "Q4_K", 128),
-                (REAL, "Q4_1", 2048)]
-    pts = [(REAL, "Q4_1", c) for c in (128, 2048)]
+        return [(REAL, "Q4_1", 128, 1), ("smollm2-135m", "Q8_0", 128, 1), ("smollm2-135m", "Q4_K", 128, 1),
+                (REAL, "Q4_1", 2048, 1), (REAL, "Q4_1", 128, BATCH)]
+    pts = [(REAL, "Q4_1", c, 1) for c in (128, 2048)]
     for name in DIMS:
         for q in QTYPES:
-            pts += [(name, q, c) for c in (128, 2048)]
+            pts += [(name, q, c, 1) for c in (128, 2048)]
+    pts += [(REAL, "Q4_1", c, BATCH) for c in (128, 2048)]
+    pts += [(name, QTYPES[0], c, BATCH) for name in DIMS for c in (128, 2048)]
     return pts
 
 
 def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: float = 90.0,
-             points: list[tuple[str, str, int]] | None = None, out_json: Path | None = None,
+             points: list[tuple[str, str, int, int]] | None = None, out_json: Path | None = None,
              echo: Any = print) -> list[Row]:
     """Calibrate (cached), then measure and predict every grid point, echoing each row."""
     from edgeformer.perf.calibrate import calibrate, fastest_backend
@@ -214,16 +260,16 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
     host = calibrate(backend, verbose=True)
     mem = calibrate_memory(backend)
     rows: list[Row] = []
-    for name, q, ctx in points or grid(quick):
+    for name, q, ctx, batch in points or grid(quick):
         path = model_path(name, q)
         max_seq = ctx + 64
-        probe = predict_row(path, ctx, max_seq, host, mem, backend, 3, True)
-        run_prefill = probe["ttft"] <= prefill_budget_s
-        budget = 60 + 3 * (probe["ttft"] if run_prefill else 0) + 20 * N_DECODE_MAX / probe["decode"]
-        m = _run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget))
-        p = predict_row(path, ctx, max_seq, host, mem, backend, m["steps"], run_prefill)
-        row = Row(name, q, ctx, 1, p["ttft"], p["prefill"], p["decode"], p["peak"], m["ttft_s"],
-                  ctx / m["ttft_s"] if m["ttft_s"] else None, 1.0 / m["decode_s"], m["peak_rss"],
+        probe = predict_row(path, ctx, max_seq, host, mem, backend, 3, True, batch)
+        run_prefill = batch == 1 and probe["ttft"] <= prefill_budget_s
+        budget = 60 + 3 * (probe["ttft"] if run_prefill else 0) + 20 * N_DECODE_MAX * batch / probe["decode"]
+        m = _run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget), batch=batch)
+        p = predict_row(path, ctx, max_seq, host, mem, backend, m["steps"], run_prefill, batch)
+        row = Row(name, q, ctx, batch, p["ttft"], p["prefill"], p["decode"], p["peak"], m["ttft_s"],
+                  ctx / m["ttft_s"] if m["ttft_s"] else None, batch / m["decode_s"], m["peak_rss"],
                   m["steps"], p["bound"])
         rows.append(row)
         echo(format_row(row))
@@ -243,7 +289,7 @@ def repredict(rows_json: Path, backend: str | None = None, echo: Any = print) ->
     for raw in json.loads(Path(rows_json).read_text()):
         r = Row(**raw)
         p = predict_row(model_path(r.model, r.qtype), r.context, r.context + 64, host, mem, backend,
-                        r.decode_steps, r.ttft_s is not None)
+                        r.decode_steps, r.ttft_s is not None, r.batch)
         r = Row(**{**raw, "pred_ttft_s": p["ttft"], "pred_prefill_tok_s": p["prefill"],
                    "pred_decode_tok_s": p["decode"], "pred_peak_bytes": p["peak"], "bound": p["bound"]})
         echo(format_row(r))
@@ -254,21 +300,31 @@ def repredict(rows_json: Path, backend: str | None = None, echo: Any = print) ->
 def format_row(r: Row) -> str:
     """One row as a line: predicted/measured TTFT, prefill, decode, peak memory, bound."""
     f = lambda v, fmt: "-" if v is None else format(v, fmt)   # noqa: E731
-    return (f"{r.model:22s} {r.qtype:5s} ctx {r.context:5d}  TTFT {r.pred_ttft_s:8.3f}/{f(r.ttft_s, '8.3f')} s  "
+    return (f"{r.model:22s} {r.qtype:5s} ctx {r.context:5d} b{r.batch}  TTFT {r.pred_ttft_s:8.3f}/{f(r.ttft_s, '8.3f')} s  "
             f"prefill {r.pred_prefill_tok_s:7.1f}/{f(r.prefill_tok_s, '7.1f')} tok/s  "
             f"decode {r.pred_decode_tok_s:6.2f}/{r.decode_tok_s:6.2f} tok/s  "
             f"peak {r.pred_peak_bytes / 2**20:7.0f}/{r.peak_bytes / 2**20:7.0f} MiB  ({r.bound})")
 
 
-def error_summary(rows: list[Row]) -> dict[str, tuple[float, float, int]]:
-    """what -> (median APE %, p90 APE %, n) over rows where it was measured."""
+def error_summary(rows: list[Row], by_batch: bool = False) -> dict[str, tuple[float, float, int]]:
+    """what -> (median APE %, p90 APE %, n) over rows where it was measured; with
+    `by_batch` also "decode b<N>" per batch size when rows have more than one."""
     out = {}
     for what in ("ttft", "prefill", "decode", "memory"):
         errs = sorted(e for e in (r.ape(what) for r in rows) if e is not None)
         if errs:
-            p90 = errs[min(len(errs) - 1, int(round(0.9 * (len(errs) - 1))))]
-            out[what] = (statistics.median(errs), p90, len(errs))
+            out[what] = _med_p90(errs)
+    batches = sorted({r.batch for r in rows})
+    if by_batch and len(batches) > 1:
+        for b in batches:
+            out[f"decode b{b}"] = _med_p90(sorted(e for r in rows if r.batch == b
+                                                  for e in [r.ape("decode")] if e is not None))
     return out
+
+
+def _med_p90(errs: list[float]) -> tuple[float, float, int]:
+    p90 = errs[min(len(errs) - 1, int(round(0.9 * (len(errs) - 1))))]
+    return statistics.median(errs), p90, len(errs)
 
 
 TARGETS = {"decode": 10.0, "prefill": 15.0, "ttft": 15.0, "memory": 5.0}
@@ -277,16 +333,16 @@ TARGETS = {"decode": 10.0, "prefill": 15.0, "ttft": 15.0, "memory": 5.0}
 def markdown(rows: list[Row]) -> str:
     """The rows and the error summary as Markdown tables (for BENCHMARKS.md)."""
     f = lambda v, fmt: "—" if v is None else format(v, fmt)   # noqa: E731
-    lines = ["| model | qtype | ctx | TTFT s pred / meas | prefill tok/s pred / meas | decode tok/s pred / meas"
-             " | peak MiB pred / meas | decode bound |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | qtype | ctx | batch | TTFT s pred / meas | prefill tok/s pred / meas"
+             " | decode tok/s pred / meas | peak MiB pred / meas | decode bound |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.model} | {r.qtype} | {r.context} | {r.pred_ttft_s:.3f} / {f(r.ttft_s, '.3f')} | "
+        lines.append(f"| {r.model} | {r.qtype} | {r.context} | {r.batch} | {r.pred_ttft_s:.3f} / {f(r.ttft_s, '.3f')} | "
                      f"{r.pred_prefill_tok_s:.1f} / {f(r.prefill_tok_s, '.1f')} | "
                      f"{r.pred_decode_tok_s:.2f} / {r.decode_tok_s:.2f} | "
                      f"{r.pred_peak_bytes / 2**20:.0f} / {r.peak_bytes / 2**20:.0f} | {r.bound} |")
     lines += ["", "| metric | median APE % | p90 APE % | n | target (median) |", "|---|---|---|---|---|"]
-    for what, (med, p90, n) in error_summary(rows).items():
-        lines.append(f"| {what} | {med:.1f} | {p90:.1f} | {n} | ≤ {TARGETS[what]:.0f} % |")
+    for what, (med, p90, n) in error_summary(rows, by_batch=True).items():
+        lines.append(f"| {what} | {med:.1f} | {p90:.1f} | {n} | ≤ {TARGETS[what.split()[0]]:.0f} % |")
     return "\n".join(lines)
 
 

@@ -87,6 +87,13 @@ def test_shipped_smollm2_trace_and_decode_bytes():
     # ops): 1.6 % at this context, bounded here at 2 %
     traced = sum(r.cost.bytes_read for r in tr.decode)
     assert 0 < (traced - w_kv) / expect < 0.02, (traced, expect)
+    # the part of the traced bytes that is model state in memory (`dram_bytes`: the
+    # activation operands excluded): within 1 % of every tensor in the file (the tied
+    # embedding read once, as the output head) plus the cached K/V
+    tensors = sum(nbytes(*infos[n]) for n in infos)
+    state = tensors + kv_bytes_read(tr.config, 10)
+    assert abs(tr.decode_dram_bytes - state) / state < 0.01, (tr.decode_dram_bytes, state)
+    assert tr.decode_dram_bytes < traced
 
 
 def _weight_kv_bytes(r) -> float:
@@ -128,3 +135,21 @@ def test_trace_rejects_context_past_model():
     from edgeformer.errors import InputError
     with pytest.raises(InputError):
         trace_decoder(CONFIGS["qwen2_bias"], prompt_len=600)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_batched_decode_trace_equals_executed(tmp_path, backend):
+    if get_backend(backend).available() is not None:
+        pytest.skip(f"backend {backend} unavailable")
+    cfg = CONFIGS["qwen2_bias"]
+    path = write_random_gguf(cfg, tmp_path / "m.gguf", "Q8_0")
+    model = Decoder(load_checkpoint(path), get_backend(backend))
+    caches = [model.make_cache() for _ in range(3)]
+    for j, cache in enumerate(caches):
+        model.forward(np.arange(5) + j, cache, last_only=True)
+    dec = trace_forward(lambda: model.forward_batch([(np.array([j + 1]), c) for j, c in enumerate(caches)]),
+                        model.ops)
+    tr = trace_decoder(path, prompt_len=5, context_len=5, batch=3, backend=backend)
+    assert [_key(r) for r in tr.decode] == [_key(r) for r in dec]
+    assert tr.kv_bytes == sum(k.nbytes + v.nbytes for c in caches for k, v in zip(c.keys, c.values))
+    assert not tr.fused_decode     # forward_batch never takes the fused one-token path

@@ -49,23 +49,38 @@ class SearchResult:
         return [s for s in self.scored if s.feasible]
 
 
-def pricer(device: str) -> Callable[[list], Any]:
-    """records -> Prediction on `device` ("host": the calibrated HostModel)."""
-    if device.strip().lower() == "host":
-        from edgeformer.perf.calibrate import calibrate
-        host = calibrate()
-        return host.predict
-    from edgeformer.perf.device_spec import get_device
-    dev = get_device(device)
-    return lambda recs: predict(recs, dev, DEFAULT_CALIBRATION)
+class Pricer:
+    """`price(records)` -> Prediction on a device; `price.decode(trace)` prices a trace's
+    decode step as it runs there (on "host", the calibrated HostModel prices the cpu
+    backend's fused decode step when the trace says it is fused)."""
+
+    def __init__(self, device: str) -> None:
+        self.host = None
+        if device.strip().lower() == "host":
+            from edgeformer.perf.calibrate import calibrate
+            self.host = calibrate()
+        else:
+            from edgeformer.perf.device_spec import get_device
+            self.dev = get_device(device)
+
+    def __call__(self, records: list) -> Any:
+        return self.host.predict(records) if self.host else predict(records, self.dev, DEFAULT_CALIBRATION)
+
+    def decode(self, trace: Any) -> Any:
+        return self.host.predict_decode(trace) if self.host else self(trace.decode)
 
 
-def score(c: Candidate, price: Callable[[list], Any], device_spec: Any, prompt_len: int,
+def pricer(device: str) -> Pricer:
+    """The Pricer of `device` (a catalog name, or "host")."""
+    return Pricer(device)
+
+
+def score(c: Candidate, price: Pricer, device_spec: Any, prompt_len: int,
           context_len: int, train_tokens: float = DEFAULT_TRAIN_TOKENS) -> Scored:
     """Price one candidate (decode at `context_len`, prefill of `prompt_len`)."""
     tr = trace_decoder_repeated(c.config(max(8192, context_len + 1)), prompt_len, context_len,
                                 qtype=c.qtype, kv_dtype=c.kv_dtype)
-    pre, dec = price(tr.prefill), price(tr.decode)
+    pre, dec = price(tr.prefill), price.decode(tr)
     e = energy_per_token(dec, device_spec, 1).power_j if device_spec is not None else None
     return Scored(c, dec.total_s, pre.total_s, estimate(tr).total, e,
                   predicted_loss(c, train_tokens), dec.bound)

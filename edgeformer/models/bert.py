@@ -19,11 +19,15 @@ import numpy as np
 
 from edgeformer.backends.base import Backend, Ops
 from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
-from edgeformer.models.encoder import (EncoderConfig, Norm, TensorSource, encoder_forward, hf_activation,
-                                       load_encoder_layers, load_linear, load_norm)
+from edgeformer.models.encoder import (EncoderConfig, EncoderLayer, Norm, TensorSource, encoder_forward,
+                                       hf_activation, linear, load_encoder_layers, load_linear, load_norm, mlp,
+                                       norm)
 from edgeformer.quant.qtypes import QTensor
 
 BERT_MODEL_TYPES = ("bert",)
+# tokens per packed encoder pass in `TextEmbedder.embed_ids`: big enough that the linears
+# see GEMM-sized inputs, small enough to bound activation memory (~4096 x ffn_dim floats)
+BATCH_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -120,25 +124,63 @@ class Bert:
         """ids (T,) token ids of one sequence (with its [CLS]/[SEP]); token_types (T,) or
         None (all 0). Returns (T, dim) float32 last hidden states. InputError for an empty
         sequence, one over `max_positions`, or ids out of range."""
+        ids = self._check_ids(ids)
+        x = self._embed(ids, self._check_types(token_types, ids.size), np.arange(ids.size))
+        return encoder_forward(self.ops, self.config.encoder, self.layers, x)
+
+    def forward_packed(self, batch: Sequence[Sequence[int] | np.ndarray],
+                       token_types: Sequence[Sequence[int] | np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Several sequences in one pass: [(T_i,) ids] (token_types: one entry per sequence
+        or None) -> [(T_i, dim) float32], equal to `forward` on each. The sequences are
+        packed end to end into one (sum T_i, dim) activation, so every linear, norm and
+        MLP runs once on all their tokens, and attention runs per sequence (no padding,
+        hence no mask). InputError as `forward`, or for an empty batch."""
+        if len(batch) == 0:
+            raise InputError("no sequences to encode")
+        if token_types is not None and len(token_types) != len(batch):
+            raise InputError(f"token_types has {len(token_types)} entries for {len(batch)} sequences")
+        seqs = [self._check_ids(ids) for ids in batch]
+        types = [self._check_types(None if token_types is None else token_types[i], a.size)
+                 for i, a in enumerate(seqs)]
+        ends = np.cumsum([a.size for a in seqs])
+        segs = list(zip([0, *ends[:-1].tolist()], ends.tolist()))           # [(start, end)] rows
+        x = self._embed(np.concatenate(seqs), None if types[0] is None else np.concatenate(types),
+                        np.concatenate([np.arange(a.size) for a in seqs]))  # (sum T, dim)
+        e = self.config.encoder
+        for il, lyr in enumerate(self.layers):
+            x = _packed_post_ln_layer(self.ops, e, lyr, x, segs, il)
+        return [x[a:b] for a, b in segs]
+
+    def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        t = ids.size
         c = self.config
-        if t == 0:
+        if ids.size == 0:
             raise InputError("BERT input is empty")
-        if t > c.max_positions:
-            raise InputError(f"BERT input has {t} tokens, the model takes at most {c.max_positions}")
+        if ids.size > c.max_positions:
+            raise InputError(f"BERT input has {ids.size} tokens, the model takes at most {c.max_positions}")
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise InputError(f"token id out of range [0, {c.vocab_size})")
+        return ids
+
+    def _check_types(self, token_types: Sequence[int] | np.ndarray | None, t: int) -> np.ndarray | None:
+        """(T,) int64 token types (zeros when None), or None if the model has no type table."""
+        if self.type_embd is None:
+            return None
+        c = self.config
+        tt = np.zeros(t, np.int64) if token_types is None else np.asarray(token_types, np.int64).reshape(-1)
+        if tt.size != t or tt.min() < 0 or tt.max() >= c.type_vocab_size:
+            raise InputError(f"token_types must be {t} ints in [0, {c.type_vocab_size})")
+        return tt
+
+    def _embed(self, ids: np.ndarray, types: np.ndarray | None, pos: np.ndarray) -> np.ndarray:
+        """LayerNorm(word + token type + position embeddings) -> (T, dim)."""
         ops = self.ops
         x = ops.embed(self.tok_embd, ids, name="token_embd")
-        if self.type_embd is not None:
-            tt = np.zeros(t, np.int64) if token_types is None else np.asarray(token_types, np.int64).reshape(-1)
-            if tt.size != t or tt.min() < 0 or tt.max() >= c.type_vocab_size:
-                raise InputError(f"token_types must be {t} ints in [0, {c.type_vocab_size})")
-            x = ops.add(x, ops.embed(self.type_embd, tt, name="token_types"), name="embd_types")
-        x = ops.add(x, ops.embed(self.pos_embd, np.arange(t), name="position_embd"), name="embd_pos")
-        x = ops.layer_norm(x, self.embd_norm.w, self.embd_norm.b, c.encoder.norm_eps, name="token_embd_norm")
-        return encoder_forward(ops, c.encoder, self.layers, x)
+        if types is not None:
+            x = ops.add(x, ops.embed(self.type_embd, types, name="token_types"), name="embd_types")
+        x = ops.add(x, ops.embed(self.pos_embd, pos, name="position_embd"), name="embd_pos")
+        return ops.layer_norm(x, self.embd_norm.w, self.embd_norm.b, self.config.encoder.norm_eps,
+                              name="token_embd_norm")
 
     def pooled(self, hidden: np.ndarray) -> np.ndarray:
         """BertPooler: tanh(dense(hidden[0])) -> (dim,). UnsupportedError if the checkpoint
@@ -147,6 +189,22 @@ class Bert:
             raise UnsupportedError("this BERT checkpoint has no pooler weights")
         y = self.ops.linear(hidden[:1], self.pooler.w, self.pooler.b, name="pooler")
         return self.ops.softcap(y, 1.0, name="pooler_tanh")[0]     # softcap with cap 1 is tanh
+
+
+def _packed_post_ln_layer(ops: Ops, cfg: EncoderConfig, lyr: EncoderLayer, x: np.ndarray,
+                          segs: list[tuple[int, int]], il: int) -> np.ndarray:
+    """`encoder.encoder_layer` (post-LN, BERT) on packed sequences x (sum T, dim): rows
+    [a, b) of each seg attend only to each other; everything else is per token."""
+    n, hd = cfg.n_heads, cfg.hd
+    q = linear(ops, x, lyr.q, "attn_q", il).reshape(-1, n, hd)              # (sum T, H, hd)
+    k = linear(ops, x, lyr.k, "attn_k", il).reshape(-1, n, hd)
+    v = linear(ops, x, lyr.v, "attn_v", il).reshape(-1, n, hd)
+    a = np.concatenate([ops.attention(q[s0:s1], k[s0:s1], v[s0:s1], scale=hd ** -0.5, causal=False,
+                                      name="attn", layer=il) for s0, s1 in segs])   # (sum T, H, hd)
+    h = linear(ops, a.reshape(-1, n * hd), lyr.o, "attn_output", il)
+    x = norm(ops, ops.add(x, h, name="attn_residual", layer=il), lyr.attn_norm, cfg.norm_eps, "attn_norm", il)
+    h = mlp(ops, x, lyr.up, lyr.down, lyr.gate, cfg.act, il)
+    return norm(ops, ops.add(x, h, name="ffn_residual", layer=il), lyr.ffn_norm, cfg.norm_eps, "ffn_norm", il)
 
 
 def pool(hidden: np.ndarray, mode: str) -> np.ndarray:
@@ -201,12 +259,28 @@ class TextEmbedder:
             texts = [texts]
         if not texts:
             raise InputError("no texts to embed")
+        return self.embed_ids([self.encode_ids(text) for text in texts])
+
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """(N, dim) float32 embeddings of N token-id sequences (each with its [CLS]/[SEP],
+        at most `max_len` ids), equal to embedding each alone. Sequences go through the
+        encoder packed together (`Bert.forward_packed`), up to `BATCH_TOKENS` tokens per
+        pass. InputError for no sequences or bad ids."""
+        if len(batch) == 0:
+            raise InputError("no texts to embed")
         out = []
-        for text in texts:
-            v = pool(self.model.forward(self.encode_ids(text)), self.pooling)
-            if self.normalize:
-                v = v / max(float(np.linalg.norm(v)), 1e-12)   # torch F.normalize's eps
-            out.append(v.astype(np.float32))
+        i = 0
+        while i < len(batch):                    # greedy chunks of <= BATCH_TOKENS tokens
+            j, n_tok = i, 0
+            while j < len(batch) and (j == i or n_tok + len(batch[j]) <= BATCH_TOKENS):
+                n_tok += len(batch[j])
+                j += 1
+            for h in self.model.forward_packed(batch[i:j]):
+                v = pool(h, self.pooling)
+                if self.normalize:
+                    v = v / max(float(np.linalg.norm(v)), 1e-12)   # torch F.normalize's eps
+                out.append(v.astype(np.float32))
+            i = j
         return np.stack(out)
 
 

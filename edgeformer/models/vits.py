@@ -222,8 +222,8 @@ class AttnLayer:
     bk: np.ndarray
     bv: np.ndarray
     bo: np.ndarray
-    rel_k: np.ndarray | None        # (2 window + 1, head_dim)
-    rel_v: np.ndarray | None
+    rel_k: Weight | None            # emb_rel_k (2 window + 1, head_dim) as a linear weight
+    rel_v: Weight | None            # emb_rel_v transposed: (head_dim, 2 window + 1)
     norm1: tuple[np.ndarray, np.ndarray]
     ffn1: tuple[np.ndarray, np.ndarray]
     ffn2: tuple[np.ndarray, np.ndarray]
@@ -266,10 +266,11 @@ def load_text_encoder(cfg: VitsConfig, src: TensorSource) -> TextEncoder:
     for i in range(cfg.n_layers):
         p = f"enc_p.encoder.attn_layers.{i}"
         rel = (lambda n: conv_weight(src, f"{p}.emb_rel_{n}", (1, w, cfg.head_dim))[0]) if cfg.window_size else None
+        lin = lambda a, n: src.backend.prepare_weight(QTensor.from_array(np.ascontiguousarray(a)), n)  # noqa: E731
         enc.layers.append(AttnLayer(
             *(pointwise(src, f"{p}.conv_{n}", d, d) for n in "qkvo"),
             *(src.vector(f"{p}.conv_{n}.bias", d) for n in "qkvo"),
-            rel("k") if rel else None, rel("v") if rel else None,
+            lin(rel("k"), f"{p}.emb_rel_k") if rel else None, lin(rel("v").T, f"{p}.emb_rel_v") if rel else None,
             norm1=ln(1, i),
             ffn1=(conv_weight(src, f"enc_p.encoder.ffn_layers.{i}.conv_1.weight", (f, d, k)),
                   src.vector(f"enc_p.encoder.ffn_layers.{i}.conv_1.bias", f)),
@@ -282,38 +283,51 @@ def load_text_encoder(cfg: VitsConfig, src: TensorSource) -> TextEncoder:
     return enc
 
 
-def _diag(t: int, o: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows i and columns i + o of the (T, T) diagonal at offset o."""
-    i = np.arange(max(0, -o), min(t, t - o))
-    return i, i + o
+REL_BLOCK = 64   # queries per attention call in `rel_attention`: B + 2w one-hot slots each
 
 
 def rel_attention(ops: Ops, cfg: VitsConfig, lyr: AttnLayer, x: np.ndarray, il: int) -> np.ndarray:
     """Multi-head self-attention over x (T, dim) with VITS' windowed relative positions:
     score[i, j] += q_i . emb_rel_k[j - i + w] and out_i += sum_j p[i, j] emb_rel_v[j - i + w]
-    for |j - i| <= w. Returns (T, dim)."""
+    for |j - i| <= w. Returns (T, dim).
+
+    The attention op has no score bias, so the bias rides on extra dimensions, exactly:
+    per block of B queries from i0, keys j in [i0 - w, i0 + B + w) get a one-hot slot
+    e_(j - i0 + w) appended to k_j and v_j, and query i gets, in slot j - i0 + w, its bias
+    q_i . emb_rel_k[j - i + w] (0 in slots out of its window). So q'.k' = q.k + bias (one
+    nonzero product; the op scales both by hd^-0.5, as VITS scales q before both), and
+    the value slots return p[i, j] for the window, which meets emb_rel_v here."""
     t, h, hd, w = x.shape[0], cfg.n_heads, cfg.head_dim, cfg.window_size
-    q = ops.linear(x, lyr.q, lyr.bq, name="attn_q", layer=il)
-    k = ops.linear(x, lyr.k, lyr.bk, name="attn_k", layer=il).reshape(t, h, hd).transpose(1, 0, 2)   # (H, T, hd)
-    v = ops.linear(x, lyr.v, lyr.bv, name="attn_v", layer=il).reshape(t, h, hd).transpose(1, 0, 2)   # (H, T, hd)
-    q = ops.mul(q, hd ** -0.5, name="attn_q_scale", layer=il).reshape(t, h, hd).transpose(1, 0, 2)     # (H, T, hd)
-    # plain numpy: the attention op has no relative-position bias, so scores are built here
-    scores = np.matmul(q, k.transpose(0, 2, 1))                                                       # (H, T, T)
-    if w:
-        rel = np.matmul(q, lyr.rel_k.T)                                                               # (H, T, 2w+1)
-        for o in range(-w, w + 1):
-            i, j = _diag(t, o)
-            scores[:, i, j] += rel[:, i, o + w]
-    p = ops.softmax(scores, name="attn_probs", layer=il)
-    out = np.matmul(p, v)                                                                             # (H, T, hd)
-    if w:
-        pw = np.zeros((h, t, 2 * w + 1), dtype=np.float32)
-        for o in range(-w, w + 1):
-            i, j = _diag(t, o)
-            pw[:, i, o + w] = p[:, i, j]
-        out = out + np.matmul(pw, lyr.rel_v)
-    out = out.transpose(1, 0, 2).reshape(t, h * hd)                                                   # (T, dim)
-    return ops.linear(out, lyr.o, lyr.bo, name="attn_output", layer=il)
+    q = ops.linear(x, lyr.q, lyr.bq, name="attn_q", layer=il).reshape(t, h, hd)   # (T, H, hd)
+    k = ops.linear(x, lyr.k, lyr.bk, name="attn_k", layer=il).reshape(t, h, hd)
+    v = ops.linear(x, lyr.v, lyr.bv, name="attn_v", layer=il).reshape(t, h, hd)
+    if not w:
+        a = ops.attention(q, k, v, scale=hd ** -0.5, causal=False, name="attn", layer=il)
+        return ops.linear(a.reshape(t, h * hd), lyr.o, lyr.bo, name="attn_output", layer=il)
+    bias = ops.linear(q.reshape(t * h, hd), lyr.rel_k, name="attn_rel_k", layer=il).reshape(t, h, 2 * w + 1)
+    # plain numpy: the one-hot layout and the window gathers
+    out = np.empty((t, h, hd), np.float32)
+    offs = np.arange(2 * w + 1)
+    for i0 in range(0, t, REL_BLOCK):
+        nb = min(REL_BLOCK, t - i0)
+        m = nb + 2 * w                                   # slot s <-> key i0 - w + s
+        rows = np.arange(nb)
+        qa = np.zeros((nb, h, hd + m), np.float32)
+        qa[:, :, :hd] = q[i0:i0 + nb]
+        # query i0 + r, offset o = j - i + w: key j = i0 + r + o - w sits in slot r + o
+        qa[rows[:, None], :, hd + rows[:, None] + offs] = bias[i0:i0 + nb].transpose(0, 2, 1)
+        j0, j1 = max(0, i0 - w), min(t, i0 + nb + w)     # keys that own a slot
+        ka = np.zeros((t, h, hd + m), np.float32)
+        va = np.zeros((t, h, hd + m), np.float32)
+        ka[:, :, :hd], va[:, :, :hd] = k, v
+        keys = np.arange(j0, j1)
+        ka[keys, :, hd + keys - (i0 - w)] = 1.0
+        va[keys, :, hd + keys - (i0 - w)] = 1.0
+        a = ops.attention(qa, ka, va, scale=hd ** -0.5, causal=False, name="attn", layer=il)  # (nb, H, hd+m)
+        pw = a[rows[:, None], :, hd + rows[:, None] + offs].transpose(0, 2, 1)      # (nb, H, 2w+1): p[i, i+o-w]
+        rv = ops.linear(pw.reshape(nb * h, 2 * w + 1), lyr.rel_v, name="attn_rel_v", layer=il)    # (nb H, hd)
+        out[i0:i0 + nb] = ops.add(a[:, :, :hd], rv.reshape(nb, h, hd), name="attn_rel_out", layer=il)
+    return ops.linear(out.reshape(t, h * hd), lyr.o, lyr.bo, name="attn_output", layer=il)
 
 
 def text_encoder_forward(ops: Ops, cfg: VitsConfig, enc: TextEncoder,

@@ -61,6 +61,35 @@ def test_bert_matches_transformers(act):
         assert rel_err(b.pooled(hidden), out.pooler_output[0].numpy()) <= 1e-4
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_bert_packed_batch_matches_transformers_padded(backend):
+    """forward_packed on sequences of different lengths == transformers on the padded
+    batch with an attention mask (rows past each length ignored) == forward one by one."""
+    m = tiny_bert(5)
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    b = Bert(BertConfig.from_hf(m.config.to_dict()), bert_tensors_from_hf(sd), get_backend(backend))
+    rng = np.random.default_rng(6)
+    lens = [9, 1, 33, 17, 2]
+    seqs = [rng.integers(0, 97, n) for n in lens]
+    types = [rng.integers(0, 2, n) for n in lens]
+    ids, tt, mask = (torch.zeros(len(lens), max(lens), dtype=torch.long) for _ in range(3))
+    for i, (s_, t_) in enumerate(zip(seqs, types)):
+        ids[i, :s_.size], tt[i, :s_.size], mask[i, :s_.size] = torch.tensor(s_), torch.tensor(t_), 1
+    with torch.no_grad():
+        ref = m(ids, token_type_ids=tt, attention_mask=mask).last_hidden_state.numpy()
+    got = b.forward_packed(seqs, types)
+    assert [g.shape for g in got] == [(n, 72) for n in lens]
+    for i, n in enumerate(lens):
+        assert rel_err(got[i], ref[i, :n]) <= 1e-4
+        assert rel_err(got[i], b.forward(seqs[i], types[i])) <= 1e-5
+    with pytest.raises(InputError):
+        b.forward_packed([])
+    with pytest.raises(InputError):
+        b.forward_packed([[1, 2], []])
+    with pytest.raises(InputError):
+        b.forward_packed([[1, 2]], [[0, 1], [0]])
+
+
 def test_bert_bad_input():
     b = ours(tiny_bert(3))
     with pytest.raises(InputError):
@@ -122,6 +151,19 @@ def test_minilm_embeddings_match_transformers(minilm_dir):
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.9999, cos
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_batched_embeddings_equal_one_by_one(minilm_dir, monkeypatch):
+    """Packed chunks (a tiny token budget forces several) give each text's embedding alone."""
+    import edgeformer.models.bert as bert
+    emb = TextEmbedder(minilm_dir, get_backend("cpu"))
+    texts = SENTENCES * 3
+    alone = np.stack([emb.embed([t])[0] for t in texts])
+    monkeypatch.setattr(bert, "BATCH_TOKENS", 40)
+    chunked = emb.embed(texts)
+    monkeypatch.setattr(bert, "BATCH_TOKENS", 4096)
+    whole = emb.embed(texts)
+    assert np.abs(chunked - alone).max() <= 1e-5 and np.abs(whole - alone).max() <= 1e-5
 
 
 def test_embed_cli_prints_json(minilm_dir, capsys):

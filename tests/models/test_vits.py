@@ -114,6 +114,22 @@ def test_other_shapes_match_transformers(monkeypatch):
     assert got.shape == want.shape and _rel_err(got, want) <= 1e-4
 
 
+@pytest.mark.parametrize("backend,window", [("cpu", 2), ("numpy", 3)])
+def test_long_input_matches_transformers(monkeypatch, backend, window):
+    """150 ids: relative-position attention runs in several query blocks (REL_BLOCK=64,
+    the last one partial), each block's one-hot window slots at its own offset."""
+    from edgeformer.models import vits
+    assert 150 > 2 * vits.REL_BLOCK
+    hf = _hf_model(11, window_size=window)
+    ids = np.random.default_rng(11).integers(0, TINY["vocab_size"], 150)
+    noise = _RecordedNoise(monkeypatch, 11)
+    with torch.no_grad():
+        want = hf(torch.from_numpy(ids)[None]).waveform[0].numpy()
+    model = VitsModel(VitsConfig.from_hf(hf.config), vits_tensors_from_hf(hf.state_dict()), get_backend(backend))
+    got = model.synthesize_ids(ids, noise_scale=hf.noise_scale, noise_w=hf.noise_scale_duration, noise=noise)
+    assert got.shape == want.shape and _rel_err(got, want) <= 1e-4
+
+
 def test_bad_inputs_raise():
     model = _ours(_hf_model(0))
     with pytest.raises(InputError):
@@ -150,6 +166,6 @@ def test_trace_prices_the_conv_ops():
     from edgeformer.backends.trace import trace_forward
     model = _ours(_hf_model(0))
     rec = trace_forward(lambda: model.synthesize_ids([1, 2, 3], seed=0), model.ops)
-    assert {"conv1d", "conv_transpose1d", "linear", "layer_norm", "softmax"} <= {r.op for r in rec}
+    assert {"conv1d", "conv_transpose1d", "linear", "layer_norm", "attention"} <= {r.op for r in rec}
     ups = [r for r in rec if r.op == "conv_transpose1d"]
     assert len(ups) == len(TINY["upsample_rates"]) and all(r.cost.flops > 0 for r in ups)

@@ -68,6 +68,24 @@ def test_deterministic_waveform_matches_onnxruntime(joe_voice):
     assert _rel(got, want) <= REL_TOL
 
 
+def test_long_input_on_cpu_backend_matches_onnxruntime(joe_voice):
+    """The cpu backend on ~170 ids: relative attention over several query blocks of the
+    blocked attention kernel, Numba convs, the whole decoder."""
+    from edgeformer.backends import get_backend
+    from edgeformer.models import vits
+    from edgeformer.tts.piper import load_piper_voice
+    from edgeformer.tts.phonemize import phoneme_ids
+    ids = phoneme_ids(PHONEMES * 6, joe_voice.phoneme_id_map)
+    assert len(ids) > 2 * vits.REL_BLOCK
+    sess, _ = _ort_session(joe_voice.path, with_noise_inputs=False)
+    want = sess.run(None, {"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
+                           "scales": np.array([0.0, 1.0, 0.0], np.float32)})[0].reshape(-1)
+    voice = load_piper_voice(joe_voice.path, backend=get_backend("cpu"))
+    got = voice.model.synthesize_ids(ids, noise_scale=0.0, length_scale=1.0, noise_w=0.0)
+    assert got.shape == want.shape
+    assert _rel(got, want) <= REL_TOL
+
+
 def test_noisy_waveform_matches_onnxruntime_with_the_same_noise(joe_voice):
     ids = _ids(joe_voice)
     draws = []

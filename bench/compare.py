@@ -120,6 +120,7 @@ def _child(args: argparse.Namespace) -> int:
         import numba
         numba.set_num_threads(args.threads)
         r = _run_ours(args.path, args.n_prompt, args.n_gen, args.repetitions)
+        r["omp_wait"] = os.environ.get("OMP_WAIT_POLICY") or f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
     elif args.engine == "llama.cpp":
         r = _run_llama(args.path, args.n_prompt, args.n_gen, args.repetitions, args.threads)
     else:

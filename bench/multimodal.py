@@ -17,7 +17,7 @@ people use for them, on the same weights and the same inputs?
   LayerNorm output that tests/models/test_onnx_weights.py compares; the saliency decoder
   is cut away with onnx.utils.Extractor so onnxruntime does not pay for it).
 - Embeddings: the shipped all-MiniLM-L6-v2: sentences/s of edgeformer's TextEmbedder
-  (numpy, cpu; one sentence per forward) vs transformers BertModel + mean pooling +
+  (numpy, cpu; sentences packed into one forward) vs transformers BertModel + mean pooling +
   L2-normalize (sentence-transformers' recipe; it is not installed: it needs scipy), both
   batched (all sentences, padded) and one sentence per call.
 

@@ -123,9 +123,9 @@ def _embedding_inputs(inp: Any) -> list[str | list[int]]:
 
 
 def _embed_all(emb: Any, items: list[str | list[int]]) -> tuple[np.ndarray, int]:
-    """(N, dim) embeddings and the total prompt tokens."""
-    from edgeformer.models.bert import pool
-    vecs, n_tok = [], 0
+    """(N, dim) embeddings and the total prompt tokens; every input is checked before any
+    is encoded, then all go through the encoder packed (`TextEmbedder.embed_ids`)."""
+    batch = []
     vocab = emb.config.vocab_size
     for it in items:
         ids = emb.encode_ids(it) if isinstance(it, str) else list(it)
@@ -134,12 +134,8 @@ def _embed_all(emb: Any, items: list[str | list[int]]) -> tuple[np.ndarray, int]
                 raise bad(f"token ids must be in [0, {vocab})", "input")
             if len(ids) > emb.max_len:
                 raise bad(f"an input has {len(ids)} tokens; this model takes at most {emb.max_len}", "input")
-        n_tok += len(ids)
-        v = pool(emb.model.forward(ids), emb.pooling)
-        if emb.normalize:
-            v = v / max(float(np.linalg.norm(v)), 1e-12)      # torch F.normalize's eps, as TextEmbedder
-        vecs.append(np.asarray(v, dtype=np.float32))
-    return np.stack(vecs), n_tok
+        batch.append(ids)
+    return emb.embed_ids(batch), sum(len(ids) for ids in batch)
 
 
 async def embeddings(request: Request, m: AudioModels) -> Response:

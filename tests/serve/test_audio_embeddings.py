@@ -43,7 +43,7 @@ def live(tiny_engine):
     if shutil.which("espeak-ng") is None:
         pytest.skip("needs espeak-ng (Piper's phonemizer)")
     try:
-        models = AudioModels(embedder=TextEmbedder(shipped_minilm_dir(), get_backend("numpy")),
+        models = AudioModels(embedder=TextEmbedder(shipped_minilm_dir(), get_backend("cpu")),   # row-invariant: exact batch checks
                              asr=load_whisper(backend=get_backend("numpy")),
                              voice=load_piper_voice(backend=get_backend("cpu")))
     except InputError as e:

@@ -59,6 +59,30 @@ def _cache_warm() -> bool:
     return any(any(r.rglob("block._attn_out-*.nbi")) for r in roots if r.is_dir())
 
 
+SPINCOUNT = 20000   # GNU OpenMP busy-wait spins before a pool thread sleeps (when idle cores)
+
+
+def _choose_wait_policy() -> None:
+    """How Numba's OpenMP pool threads wait between parallel regions, read once when the
+    pool starts. A decode step runs ~100 short regions: a sleeping pool (PASSIVE) pays a
+    ~10-50 us wake-up per region (SmolLM2-135M Q8_0 decode measured ~95 tok/s vs ~160-220
+    with brief spinning, 2 threads, idle host); but spinning threads starve the working
+    one when other processes hold the cores (GNU's default 300k spins: 1.7 tok/s beside two
+    busy loops). So: brief spinning (GOMP_SPINCOUNT=SPINCOUNT) when the 1-minute load
+    average leaves a core per thread idle, else PASSIVE. A user's OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT wins."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    try:
+        busy = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
+    except OSError:
+        busy = True
+    if busy:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        os.environ["GOMP_SPINCOUNT"] = str(SPINCOUNT)
+
+
 class CpuBackend(Backend):
     name = "cpu"
     # a linear row's bits do not depend on the other rows in calls of up to this many rows
@@ -66,12 +90,7 @@ class CpuBackend(Backend):
     row_invariant_rows = 63
 
     def __init__(self) -> None:
-        # GNU OpenMP's default (spin-waiting) pool collapses when the machine has more runnable
-        # threads than cores: a 2-thread 32x32 linear measured 16-30 ms per call on a loaded
-        # 2-core box (spinning workers starve the one doing the work), 26 us with PASSIVE.
-        # Read once, when Numba first starts its OpenMP pool; set OMP_WAIT_POLICY=ACTIVE to
-        # trade that safety for ~a few us less wake-up latency per call on an idle machine.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _choose_wait_policy()
         if not _cache_warm():
             print("edgeformer: compiling the CPU kernels (first run only, ~10-30 s; cached afterwards)",
                   file=sys.stderr, flush=True)

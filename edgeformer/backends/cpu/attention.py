@@ -7,7 +7,8 @@ Two kernels:
   each key/value row is read once per task. Exact softmax (max, exp, sum) over a per-task
   score scratch. Decode (T=1) parallelises over kv heads.
 - `_flash` (prefill, encoders: many queries): FlashAttention-style blocking. One task per
-  (kv head, block of BQ queries); its BQ*G query rows meet the keys BK at a time: a
+  (kv head, block of BQ queries, halved while that leaves under two tasks per thread);
+  the block's BQ*G query rows meet the keys BK at a time: a
   register-tiled Q.K^T micro-kernel (`_qk_tile`: ROWS rows x 32 keys of <16 x float>
   accumulators) fills a (rows, BK) score tile, masking/soft-cap/online softmax run on it
   (running max and sum per row, `fast_exp`), and `_pv_tile` adds P.V into the output rows.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -102,6 +103,7 @@ _attn_ser, _attn_par = jit_pair(_attn_rows)
 # ---------------------------------------------------------------- blocked (flash) prefill
 
 BQ = 64      # queries per task (x G heads = score-tile rows); 64 rows x BK keys = 16 KiB of L1
+BQ_MIN = 16  # smaller blocks when there are too few tasks to feed every thread
 BK = 64      # keys per block (a multiple of 32: the micro-kernels' key tile)
 ROWS = 4     # rows per micro-kernel call: ROWS x 2 <16 x float> accumulators (8 FMA chains
 #              cover the FMA latency x throughput of 2-pipe x86 cores)
@@ -199,7 +201,7 @@ def _softmax_step(row, orow, m, den, r, bk, full, tq, kpb, causal, window, softc
             orow[i] *= alpha
 
 
-def _flash(q, kt, vp, qp, kp, s_, scale, causal, window, softcap, out):
+def _flash(q, kt, vp, qp, kp, s_, bq, scale, causal, window, softcap, out):
     t_, hq, d = q.shape
     hkv, sp, dvp = vp.shape
     dv = out.shape[2]
@@ -208,14 +210,14 @@ def _flash(q, kt, vp, qp, kp, s_, scale, causal, window, softcap, out):
     for j in range(1, s_):
         if kp[j] < kp[j - 1]:
             ksorted = False
-    nqb = (t_ + BQ - 1) // BQ
+    nqb = (t_ + bq - 1) // bq
     for task in prange(hkv * nqb):
         h = task // nqb
         b = task - h * nqb
         # zigzag 0, n-1, 1, n-2, ...: causal blocks grow with b, and prange hands each thread
         # a contiguous run of tasks; pairing big with small evens the threads' work out
-        t0 = (b // 2 if b % 2 == 0 else nqb - 1 - b // 2) * BQ
-        t1 = min(t_, t0 + BQ)
+        t0 = (b // 2 if b % 2 == 0 else nqb - 1 - b // 2) * bq
+        t1 = min(t_, t0 + bq)
         r_ = (t1 - t0) * g_
         rp = (r_ + ROWS - 1) // ROWS * ROWS
         qs = np.zeros((rp, d), np.float32)               # row r = query t0 + r // G, head h*G + r % G
@@ -265,7 +267,7 @@ def _flash(q, kt, vp, qp, kp, s_, scale, causal, window, softcap, out):
                 out[t0 + tt, hh, i] = o[r, i] * inv
 
 
-_pack_par = njit(parallel=True, **JIT)(_pack_kv)
+_pack_ser, _pack_par = jit_pair(_pack_kv)
 _flash_ser, _flash_par = jit_pair(_flash)
 # fewer queries or (query, key) pairs: packing K/V per call costs more than blocking saves
 # (measured, 1 thread: causal GQA T=S=16 exact 25 us vs blocked 41; T=S=32 74 vs 70;
@@ -280,8 +282,11 @@ def _flash_attention(q, k, v, qp, kp, scale, causal, window, softcap, out, paral
     dvp = (dv + 15) // 16 * 16
     kt = np.zeros((hkv, d, sp), np.float32)
     vp = np.zeros((hkv, sp, dvp), np.float32)
-    _pack_par(k, v, sp, dvp, kt, vp)
-    (_flash_par if parallel else _flash_ser)(q, kt, vp, qp, kp, s, scale, causal, window, softcap, out)
+    (_pack_par if parallel else _pack_ser)(k, v, sp, dvp, kt, vp)
+    bq = BQ
+    while parallel and bq > BQ_MIN and hkv * -(-q.shape[0] // bq) < 2 * get_num_threads():
+        bq //= 2                                         # e.g. a 64-token chunk of an MQA model
+    (_flash_par if parallel else _flash_ser)(q, kt, vp, qp, kp, s, bq, scale, causal, window, softcap, out)
 
 
 _NO_WINDOW = 1 << 62   # "no window": every diff is below it

@@ -68,19 +68,45 @@ def _choose_wait_policy() -> None:
     ~10-50 us wake-up per region (SmolLM2-135M Q8_0 decode measured ~95 tok/s vs ~160-220
     with brief spinning, 2 threads, idle host); but spinning threads starve the working
     one when other processes hold the cores (GNU's default 300k spins: 1.7 tok/s beside two
-    busy loops). So: brief spinning (GOMP_SPINCOUNT=SPINCOUNT) when the 1-minute load
-    average leaves a core per thread idle, else PASSIVE. A user's OMP_WAIT_POLICY or
-    GOMP_SPINCOUNT wins."""
+    busy loops). So: brief spinning (GOMP_SPINCOUNT=SPINCOUNT) when, right now, other
+    processes leave at least half the cores idle, else PASSIVE. A user's OMP_WAIT_POLICY
+    or GOMP_SPINCOUNT wins."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
-    try:
-        busy = os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
-    except OSError:
-        busy = True
-    if busy:
+    if _others_running() > 0.5 * (os.cpu_count() or 1):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
         os.environ["GOMP_SPINCOUNT"] = str(SPINCOUNT)
+
+
+def _others_running(samples: int = 5) -> float:
+    """Runnable tasks of other processes now: the fewest /proc/loadavg's running count
+    shows over a few ms (a process that keeps a core busy is in every sample, a transient
+    one is not), minus this process's own running threads. Not the 1-minute load average:
+    it lags by a minute and still counts a benchmark's previous process. That average
+    where /proc is missing."""
+    import glob
+    import time
+    try:
+        least = 1 << 30
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                total = int(f.read().split()[3].split("/")[0])
+            mine = 0
+            for st in glob.glob("/proc/self/task/*/stat"):
+                try:
+                    with open(st) as f:
+                        mine += f.read().rsplit(")", 1)[1].split()[0] == "R"
+                except OSError:
+                    pass
+            least = min(least, total - mine)
+            time.sleep(0.002)
+        return least
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return float("inf")
 
 
 class CpuBackend(Backend):

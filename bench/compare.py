@@ -261,9 +261,10 @@ engines run the same protocol in separate processes (`bench/compare.py`), edgefo
 `cpu` backend (Numba). "% of BW" = tok/s x bytes per decode token (the tracer's prices of one step)
 / the streaming-read bandwidth measured at the start of the run; on a loaded machine that
 measurement is low, so the fraction can read high. llama.cpp's worker threads spin while
-waiting: when other processes occupy the cores its 2-thread figures collapse (edgeformer's
-OpenMP pool sleeps, `OMP_WAIT_POLICY=PASSIVE`), so ratios from a loaded run flatter
-edgeformer. Per-op breakdown: `edgeformer profile MODEL`; single-model figures with ceilings:
+waiting: when other processes occupy the cores its 2-thread figures collapse. edgeformer's
+OpenMP pool spins briefly (`GOMP_SPINCOUNT=20000`) when other processes leave half the
+cores idle at start-up and sleeps (`OMP_WAIT_POLICY=PASSIVE`) otherwise (column
+`omp_wait` in the JSON); ratios from a loaded run flatter edgeformer. Per-op breakdown: `edgeformer profile MODEL`; single-model figures with ceilings:
 `edgeformer bench MODEL`.
 
 Optimisation log (prediction -> measurement; CPU time per token, 1 thread, SmolLM2-135M Q8_0
@@ -280,6 +281,18 @@ llama.cpp on the same file: 7.15 ms decode, 479 tok/s pp512):
 | prefill: token blocks sized to L1 (~24 KiB of int8 activations) | activations stop streaming from L2 per row | 338 tok/s |
 | prefill attention: visible key range only | causal: half the exp/PV work | 359 tok/s |
 | tried, reverted: keys transposed per head; BLAS attention; small GEMVs single-threaded in the fused step | 2-3x attention; fewer pool wake-ups | 215 tok/s; no gain (1 BLAS thread) / collapse (2 spinning BLAS threads on a loaded box); no change |
+
+Session 3 (2026-11-29; pp512 in tokens per CPU-second at 1 thread, robust on the loaded box;
+2-thread wall figures from quiet runs of this script):
+
+| change | predicted | measured |
+|---|---|---|
+| quantized prefill >= 64 rows: dequantize 64-row x 512-column blocks into float32 panels + a 4x6 register tile of FMAs | FMA-bound: ~240 GFLOP/s per core vs the int8 row dots' ~150-180 | kernel 210-220 vs 150-170 GFLOP/s per core; pp512 Q4_0 431 -> 553 tok per CPU-s |
+| same tile on bfloat16 pairs with vdpbf16ps (AVX512-BF16 only) | 2x the products per instruction | kernel 330-350 GFLOP/s per core; pp512 Q4_0 593 -> 720, Q8_0 -> 789 tok per CPU-s (llama.cpp 1 thread: 874 / 547) |
+| glu reads the joined gate\|up output in place, one loop per activation | two copies of (T, F) gone; the old loop did not vectorise (1.45 ns/element) | 3.6 -> 0.8 ns/element (incl. the output's allocation) |
+| flash-style blocked prefill attention (helper's work, see the Multimodal section) | SmolLM2 causal 512: O(T^2) work was 14% of pp512 | 15.2 -> 3.2 ms per layer (1 thread) |
+| glibc keeps freed blocks <= 64 MiB (mallopt) | prefill's fresh activations were page-faulted 4 KiB at a time | pp512 SmolLM2 Q4_0 902 -> 1361 tok/s (2 threads), same peak RSS |
+| OpenMP pool spins 20000 times before sleeping when cores are idle | ~100 parallel regions per decode step at ~10-50 us wake-up each | SmolLM2 Q8_0 tg 86-96 -> 160-227 tok/s; beside two busy loops 50 (PASSIVE) vs 88 |
 """
 
 

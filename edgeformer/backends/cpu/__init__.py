@@ -54,8 +54,8 @@ def _release_file_pages(a: Any) -> None:
 def _cache_warm() -> bool:
     """Whether Numba's on-disk cache holds the fused decode kernel (the last one a first run
     compiles): next to the sources, or under NUMBA_CACHE_DIR."""
-    here = Path(__file__).parent / "__pycache__"
-    roots = [here] + [Path(d) for d in [os.environ.get("NUMBA_CACHE_DIR")] if d]
+    env = os.environ.get("NUMBA_CACHE_DIR")      # when set, Numba caches only there
+    roots = [Path(env)] if env else [Path(__file__).parent / "__pycache__"]
     return any(any(r.rglob("block._attn_out-*.nbi")) for r in roots if r.is_dir())
 
 

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.common import JIT
-from edgeformer.backends.cpu.simd import _F32, _I32, _V16F, _data, _features, _fma, _fsplat, _is_x86, _native_half
+from edgeformer.backends.cpu.simd import _I32, _V16F, _data, _features, _fma, _fsplat, _is_x86, _native_half
 
 P = 16          # rows per panel (one <16 x float>)
 KC = 512        # columns per K block: a 4-panel block is 128 KiB of F32
@@ -169,14 +169,20 @@ def _make_tile(kind: str):
 _TILE_F32, _TILE_F16, _TILE_BF16 = (_make_tile(kind) for kind in ("f32", "f16", "bf16"))
 
 
-@intrinsic
-def _panels_per_tile(typingctx):
-    """RV of the target this compiles for."""
-    sig = types.int64()
+def target_constant(fn):
+    """An intrinsic `f()` returning the int64 fn(context): a fact about the target the
+    calling kernel is compiled for (ISA features), folded into its machine code."""
+    @intrinsic
+    def const(typingctx):
+        sig = types.int64()
 
-    def codegen(context, builder, sig, args):
-        return ir.Constant(ir.IntType(64), _rv(context))
-    return sig, codegen
+        def codegen(context, builder, sig, args):
+            return ir.Constant(ir.IntType(64), int(fn(context)))
+        return sig, codegen
+    return const
+
+
+_panels_per_tile = target_constant(_rv)     # RV of the target
 
 
 @njit(**JIT)

@@ -20,26 +20,18 @@ hands the cpu backend at most MIN_T - 1 rows per call.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from edgeformer.backends.cpu.common import JIT
-from edgeformer.backends.cpu.panel_gemm import KC, P, TT, _make_tile, _panels_per_tile, _tile, has_bf16_dot
+from edgeformer.backends.cpu.panel_gemm import (KC, P, TT, _make_tile, _panels_per_tile, _tile, has_bf16_dot,
+                                                target_constant)
 from edgeformer.backends.cpu.simd import f16_to_f32
 
 MIN_T = 64      # rows from which `linear` dequantizes to panels instead of int8 row dots
 _TILE_BF16PAIR = _make_tile("bf16pair")
 
 
-@intrinsic
-def _bf16_dot(typingctx):
-    """Whether the target this compiles for has vdpbf16ps."""
-    sig = types.boolean()
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(ir.IntType(1), has_bf16_dot(context))
-    return sig, codegen
+_bf16_dot = target_constant(has_bf16_dot)     # 1 where the target has vdpbf16ps
 
 
 @njit(**JIT)

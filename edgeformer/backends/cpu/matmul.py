@@ -19,7 +19,7 @@ its bits differ from the int8 rows', so the runtime's row-invariant linear stays
 MIN_T rows per call, runtime/batch.py).
 
 Every kernel parallelises over output rows (`prange`, static split). For 1 < T < MIN_T
-Q8_0/Q4_0/Q5_0/Q5_1 dot each weight row with 4 tokens at once (`rowdot4_*`: the row is
+Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 dot each weight row with 4 tokens at once (`rowdot4_*`: the row is
 unpacked once per 4 tokens, 4 accumulators), over token blocks whose int8 activations
 fit L1 (~24 KiB), so a block is reused across a task's 16 rows.
 """
@@ -33,7 +33,8 @@ from edgeformer.backends.cpu.panel_gemm import linear_bf16, linear_f16, linear_f
 from edgeformer.backends.cpu.qgemm import MIN_T, linear_dequant
 from edgeformer.backends.cpu.repack import FLOAT, PackedWeight
 from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
-from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0, rowdot4_q4_0, rowdot4_q8_0
+from edgeformer.backends.cpu.simd_rows import (rowdot2_q4_0, rowdot2_q4_1, rowdot2_q8_0, rowdot4_q4_0, rowdot4_q4_1,
+                                               rowdot4_q8_0)
 from edgeformer.backends.cpu.simd_rows import rowdot2_q5_0, rowdot2_q5_1, rowdot4_q5_0, rowdot4_q5_1
 from edgeformer.quant.qtypes import QType
 
@@ -120,13 +121,23 @@ def _linear_q4_0(x, qs, d, bias, out):
 
 @njit(parallel=True, **_JIT)
 def _linear_q4_1(x, qs, d, m, bias, out):
-    # one token at a time: the 4-token row dot's Q4_1 results differed from the 1-token
-    # one in the last bit (the mins term), which would break row invariance (runtime/batch.py)
+    # as _linear_q4_0 (rowdot4_q4_1 gives each token the bits rowdot2_q4_1 gives it alone)
     xq, xd, xs = quantize_x(x)
-    for r in prange(d.shape[0]):
-        b0 = bias[r] if bias.shape[0] else np.float32(0.0)
-        for t in range(x.shape[0]):
-            out[t, r] = rowdot2_q4_1(qs[r], xq[t], d[r], xd[t], xs[t], m[r]) + b0
+    n, t_ = d.shape[0], x.shape[0]
+    t4 = t_ // 4 * 4
+    tb = _token_block(x.shape[1])
+    for c in prange((n + CH - 1) // CH):
+        for t0 in range(0, t4, tb):
+            for r in range(c * CH, min(n, (c + 1) * CH)):
+                b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+                for t in range(t0, min(t0 + tb, t4), 4):
+                    y = rowdot4_q4_1(qs[r], xq, d[r], xd, xs, m[r], t)
+                    for j in range(4):
+                        out[t + j, r] = y[j] + b0
+        for r in range(c * CH, min(n, (c + 1) * CH)):
+            b0 = bias[r] if bias.shape[0] else np.float32(0.0)
+            for t in range(t4, t_):
+                out[t, r] = rowdot2_q4_1(qs[r], xq[t], d[r], xd[t], xs[t], m[r]) + b0
 
 
 @njit(parallel=True, **_JIT)

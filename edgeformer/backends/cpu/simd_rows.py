@@ -287,6 +287,12 @@ def rowdot4_q4_0(typingctx, w, xq, d, xd, xs, t0):
 
 
 @intrinsic
+def rowdot4_q4_1(typingctx, w, xq, d, xd, xs, m, t0):
+    """Q4_1 row . tokens t0..t0+3, bit-identical per token to `rowdot2_q4_1`."""
+    return _rowdot4("q4_1", 7)(typingctx, w, xq, d, xd, xs, m, t0)
+
+
+@intrinsic
 def rowdot2_q5_0(typingctx, w, xq, d, xd, xs, qh):
     """Q5_0 row: w uint8 (K/2,) nibbles as Q4_0, qh uint8 (K/8,) (each block's uint32 high
     bits, little-endian), d f16 bits (K/32,) -> sum_b f16(d_b) (xd_b (q_b . xq_b) - 16 xs_b)."""

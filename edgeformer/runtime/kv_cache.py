@@ -38,6 +38,10 @@ _ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int8": 1}
 
 # ---- storage conversions ---------------------------------------------------------------
 
+# float32 value of every float16 bit pattern (numpy's own cast, so identical bits, NaNs too)
+_F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def _to_bf16(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     # round to nearest even on the 16 dropped bits (NaN payloads are not preserved)
@@ -162,6 +166,8 @@ class BlockPool:
             return k * ks[..., None], v * vs[..., None]
         if self.dtype == "bf16":
             return _from_bf16(k), _from_bf16(v)
+        if self.dtype == "f16":    # exact, through a 65536-entry table: 2x numpy's f16 cast
+            return np.take(_F16_TABLE, k.view(np.uint16)), np.take(_F16_TABLE, v.view(np.uint16))
         return k.astype(np.float32), v.astype(np.float32)
 
     def copy_page(self, src: int, dst: int) -> None:

@@ -33,18 +33,8 @@ WINDOW_S = 1.0
 
 def _windows(unit, tokens_per_unit: int, reps: int) -> list[float]:
     """`reps` rates (tok/s), each from whole `unit()` calls repeated for >= WINDOW_S."""
-    unit()                                         # warm-up (JIT, page-in)
-    rates = []
-    for _ in range(reps):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            unit()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= WINDOW_S:
-                break
-        rates.append(n * tokens_per_unit / dt)
-    return rates
+    from edgeformer.perf.bandwidth import timed_windows
+    return [n * tokens_per_unit / wall for wall, _, n in timed_windows(unit, reps, WINDOW_S)]
 
 
 def _run_ours(path: str, p: int, n: int, reps: int) -> dict:

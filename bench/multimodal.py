@@ -70,20 +70,10 @@ def timed(fn: Callable[[], object], runs: int, min_time: float) -> float:
     """Median wall seconds per call over `runs` windows of >= min_time s each (one warm-up
     call). Also leaves the median CPU seconds per call in _LAST_CPU: on a shared machine it
     moves less than wall time, but it counts spin-waiting thread pools as work."""
-    fn()
-    per_call, cpu = [], []
-    for _ in range(runs):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_time:
-                break
-        per_call.append(dt / n)
-        cpu.append((time.process_time() - c0) / n)
-    _LAST_CPU[0] = statistics.median(cpu)
-    return statistics.median(per_call)
+    from edgeformer.perf.bandwidth import timed_windows
+    w = timed_windows(fn, runs, min_time)
+    _LAST_CPU[0] = statistics.median(cpu / n for _, cpu, n in w)
+    return statistics.median(wall / n for wall, _, n in w)
 
 
 def _row(task: str, system: str, t: float, **figures: object) -> dict:

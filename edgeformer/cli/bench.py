@@ -72,11 +72,8 @@ def bench_model(model: Any, n_prompt: int = 512, n_gen: int = 128, reps: int = 5
     {"pp": {...tok/s stats, "fraction"}, "tg": {...}, "bytes_per_token", "flops_per_token",
     "bandwidth", "peak_flops"}; a test with 0 tokens is skipped."""
     from edgeformer.backends.trace import summarize, trace_forward
-    if bandwidth is None or peak_flops is None:
-        from edgeformer.perf.bandwidth import host_spec
-        spec = host_spec()
-        bandwidth = bandwidth or spec.mem_bw.value * 1e9
-        peak_flops = peak_flops or spec.peak_flops[("cpu", "fp32")].value * 1e9
+    from edgeformer.perf.bandwidth import host_ceilings
+    bandwidth, peak_flops = host_ceilings(bandwidth, peak_flops)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)
     cache = model.make_cache(max(n_prompt, n_gen) + 1)
@@ -159,9 +156,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the model's context ({model.config.max_seq_len}) is shorter than the test")
     bw = peak = None
     if args.measure_ceilings:
-        from edgeformer.perf.bandwidth import host_spec
-        spec = host_spec(refresh=True)
-        bw, peak = spec.mem_bw.value * 1e9, spec.peak_flops[("cpu", "fp32")].value * 1e9
+        from edgeformer.perf.bandwidth import host_ceilings
+        bw, peak = host_ceilings(refresh=True)
     r = bench_model(model, args.n_prompt, args.n_gen, args.repetitions, bandwidth=bw, peak_flops=peak)
     threads = numba.get_num_threads()
     if args.json:

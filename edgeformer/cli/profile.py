@@ -34,9 +34,8 @@ def run(args: argparse.Namespace) -> int:
     model, backend = load_model(args.model, args.backend, args.threads)
     bw = peak = None
     if args.measure_ceilings:
-        from edgeformer.perf.bandwidth import host_spec
-        spec = host_spec(refresh=True)
-        bw, peak = spec.mem_bw.value * 1e9, spec.peak_flops[("cpu", "fp32")].value * 1e9
+        from edgeformer.perf.bandwidth import host_ceilings
+        bw, peak = host_ceilings(refresh=True)
     prof = profile_decoder(model, n_ctx=args.ctx, tokens=args.tokens, min_time=args.min_time,
                            bandwidth=bw, peak_flops=peak)
     print(json.dumps(profile_dict(prof), indent=1) if args.json else format_profile(prof))

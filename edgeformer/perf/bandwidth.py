@@ -25,22 +25,29 @@ DEFAULT_READ_BYTES = 256 * 2**20   # well past any last-level cache a host here 
 DEFAULT_MIN_TIME = 0.2
 
 
-def time_per_call(fn: Callable[[], object], min_time: float = DEFAULT_MIN_TIME,
-                  repeats: int = 3) -> float:
-    """Best-of-`repeats` mean seconds per call of `fn`, each trial looping until at least
-    `min_time` seconds elapsed. One untimed warm-up call first (JIT, page faults)."""
+def timed_windows(fn: Callable[[], object], windows: int, min_time: float) -> list[tuple[float, float, int]]:
+    """`windows` timing windows of whole `fn()` calls, each looping until at least
+    `min_time` wall seconds elapsed (clocks may tick in 4-12 ms steps: never time one
+    call), after one untimed warm-up call (JIT, page faults). Per window: (wall seconds,
+    process CPU seconds, calls)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
+    out = []
+    for _ in range(windows):
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while True:
             fn()
             n += 1
             elapsed = time.perf_counter() - t0
             if elapsed >= min_time:
                 break
-        best = min(best, elapsed / n)
-    return best
+        out.append((elapsed, time.process_time() - c0, n))
+    return out
+
+
+def time_per_call(fn: Callable[[], object], min_time: float = DEFAULT_MIN_TIME,
+                  repeats: int = 3) -> float:
+    """Best-of-`repeats` mean seconds per call of `fn` (`timed_windows` of >= `min_time`)."""
+    return min(wall / n for wall, _, n in timed_windows(fn, repeats, min_time))
 
 
 _PSUM = None
@@ -171,6 +178,17 @@ def _spec_from_measurement(m: dict) -> DeviceSpec:
                       mem_bw=mem_bw, mem_bytes=mem_bytes, caches=caches,
                       display_name=m["model"], default_unit="cpu", origin="measured",
                       notes="power unknown: energy estimates are unavailable for the host")
+
+
+def host_ceilings(bandwidth: float | None = None, peak_flops: float | None = None,
+                  refresh: bool = False) -> tuple[float, float]:
+    """(read bandwidth in B/s, FP32 peak in FLOP/s) of this host from `host_spec`; a figure
+    passed in is kept. `refresh=True` re-measures."""
+    if bandwidth is None or peak_flops is None:
+        spec = host_spec(refresh=refresh)
+        bandwidth = bandwidth or spec.mem_bw.value * 1e9
+        peak_flops = peak_flops or spec.peak_flops[("cpu", "fp32")].value * 1e9
+    return bandwidth, peak_flops
 
 
 def host_spec(refresh: bool = False, cache_dir: str | Path | None = None,

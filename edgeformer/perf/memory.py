@@ -164,27 +164,29 @@ def estimate(trace: ModelTrace, backend: str | None = None,
     return est
 
 
-def current_rss_bytes() -> int:
-    """This process's resident set size now (VmRSS), in bytes; 0 where unreadable."""
+def _status_bytes(field: str) -> int | None:
+    """A "<field>: <n> kB" line of /proc/self/status in bytes; None where unreadable."""
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (VmRSS), in bytes; 0 where unreadable."""
+    return _status_bytes("VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:
     """This process's peak resident set size in bytes: VmHWM of /proc/self/status.
     Not ru_maxrss: Linux carries that over from the parent across fork + exec, so a
     worker started by a big process reports the parent's peak."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 

@@ -115,11 +115,8 @@ def profile_decoder(model: Any, n_ctx: int = 64, tokens: int = 1, min_time: floa
     import numba
     if threads is not None:
         numba.set_num_threads(threads)
-    if bandwidth is None or peak_flops is None:
-        from edgeformer.perf.bandwidth import host_spec
-        spec = host_spec()
-        bandwidth = bandwidth or spec.mem_bw.value * 1e9
-        peak_flops = peak_flops or spec.peak_flops[("cpu", "fp32")].value * 1e9
+    from edgeformer.perf.bandwidth import host_ceilings
+    bandwidth, peak_flops = host_ceilings(bandwidth, peak_flops)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)
     cache = model.make_cache(n_ctx + tokens + 1)

@@ -209,26 +209,26 @@ def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
         out.update({f"{dst}_q.weight": wq, f"{dst}_q.bias": bq, f"{dst}_k.weight": wk,
                     f"{dst}_v.weight": wv, f"{dst}_v.bias": bv})
 
+    def self_attn_and_ffn(d: str, s: str) -> None:     # what encoder and decoder layers share
+        ln(f"{d}.attn_norm", f"{s}/self_attention/layer_norm")
+        qkv(f"{d}.attn", f"{s}/self_attention/linear_0")
+        lin(f"{d}.attn_output", f"{s}/self_attention/linear_1")
+        ln(f"{d}.ffn_norm", f"{s}/ffn/layer_norm")
+        lin(f"{d}.ffn_up", f"{s}/ffn/linear_0")
+        lin(f"{d}.ffn_down", f"{s}/ffn/linear_1")
+
     try:
         for i in (1, 2):
             lin(f"enc.conv{i}", f"encoder/conv{i}")
         out["enc.position_embd.weight"] = v["encoder/position_encodings/encodings"]
         for i in range(_layer_count(m, "encoder")):
-            s, d = f"encoder/layer_{i}", f"enc.blk.{i}"
-            ln(f"{d}.attn_norm", f"{s}/self_attention/layer_norm")
-            qkv(f"{d}.attn", f"{s}/self_attention/linear_0")
-            lin(f"{d}.attn_output", f"{s}/self_attention/linear_1")
-            ln(f"{d}.ffn_norm", f"{s}/ffn/layer_norm")
-            lin(f"{d}.ffn_up", f"{s}/ffn/linear_0")
-            lin(f"{d}.ffn_down", f"{s}/ffn/linear_1")
+            self_attn_and_ffn(f"enc.blk.{i}", f"encoder/layer_{i}")
         ln("enc.output_norm", "encoder/layer_norm")
         out["dec.token_embd.weight"] = _float(m, "decoder/embeddings/weight")
         out["dec.position_embd.weight"] = v["decoder/position_encodings/encodings"]
         for i in range(_layer_count(m, "decoder")):
             s, d = f"decoder/layer_{i}", f"dec.blk.{i}"
-            ln(f"{d}.attn_norm", f"{s}/self_attention/layer_norm")
-            qkv(f"{d}.attn", f"{s}/self_attention/linear_0")
-            lin(f"{d}.attn_output", f"{s}/self_attention/linear_1")
+            self_attn_and_ffn(d, s)
             ln(f"{d}.cross_attn_norm", f"{s}/attention/layer_norm")
             lin(f"{d}.cross_attn_q", f"{s}/attention/linear_0")
             wk, wv = _split_rows(_float(m, f"{s}/attention/linear_1/weight"), 2)
@@ -236,9 +236,6 @@ def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
             out.update({f"{d}.cross_attn_k.weight": wk, f"{d}.cross_attn_v.weight": wv,
                         f"{d}.cross_attn_v.bias": bv})
             lin(f"{d}.cross_attn_output", f"{s}/attention/linear_2")
-            ln(f"{d}.ffn_norm", f"{s}/ffn/layer_norm")
-            lin(f"{d}.ffn_up", f"{s}/ffn/linear_0")
-            lin(f"{d}.ffn_down", f"{s}/ffn/linear_1")
         ln("dec.output_norm", "decoder/layer_norm")
         if "decoder/projection/weight" in v:
             out["dec.output.weight"] = _float(m, "decoder/projection/weight")

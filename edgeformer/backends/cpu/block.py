@@ -32,9 +32,11 @@ import numpy as np
 from numba import njit, prange
 
 from edgeformer.backends.cpu.activation import _KINDS, _act
+from edgeformer.backends.cpu.attention import _attn_ser
 from edgeformer.backends.cpu.common import JIT
+from edgeformer.backends.cpu.rope import cos_sin, rotate
 from edgeformer.backends.cpu.repack import PackedWeight
-from edgeformer.backends.cpu.simd import fast_exp, rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
+from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
 from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q5_0, rowdot2_q5_1, rowdot2_q8_0
 from edgeformer.quant.qtypes import QType
 
@@ -149,25 +151,12 @@ def _rms_inplace(v, o, n, w, eps):
 def _rope_heads(v, h0, nh, hd, pos, inv_freq, neox, mscale):
     """`rope._rope_rows` on heads h0..h0+nh of the flat row v (one token), in place."""
     half = inv_freq.shape[0]
-    p = np.float32(pos)
     cs = np.empty(half, np.float32)
     sn = np.empty(half, np.float32)
-    for i in range(half):
-        a = p * inv_freq[i]
-        cs[i] = np.cos(a) * mscale
-        sn[i] = np.sin(a) * mscale
+    cos_sin(np.float32(pos), inv_freq, mscale, cs, sn)
     for h in range(h0, h0 + nh):
-        o = h * hd
-        if neox:
-            for i in range(half):
-                x1, x2 = v[o + i], v[o + i + half]
-                v[o + i] = x1 * cs[i] - x2 * sn[i]
-                v[o + i + half] = x2 * cs[i] + x1 * sn[i]
-        else:
-            for i in range(half):
-                x1, x2 = v[o + 2 * i], v[o + 2 * i + 1]
-                v[o + 2 * i] = x1 * cs[i] - x2 * sn[i]
-                v[o + 2 * i + 1] = x2 * cs[i] + x1 * sn[i]
+        head = v[h * hd:(h + 1) * hd]
+        rotate(head, head, cs, sn, neox)
 
 
 @njit(**JIT)
@@ -192,49 +181,14 @@ def _attn_in(x, norm_w, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_fr
 
 @njit(**JIT)
 def _attend(q, k, v, kpos, pos, scale, window, softcap, out):
-    """`attention._attn_rows` for one query token: q (Hq*D,), k/v (S, Hkv, D) -> out (Hq*D,);
-    scores soft-capped (tanh(s / cap) * cap) when softcap > 0."""
-    s_, hkv, d = k.shape
+    """`attention._attn_rows` (serial) for one query token: q (Hq*D,), k/v (S, Hkv, D) ->
+    out (Hq*D,), causal by position, soft-capped when softcap > 0."""
+    d = k.shape[2]
     hq = q.shape[0] // d
-    g_ = hq // hkv
-    sc = np.empty(s_, np.float32)
-    for h in range(hq):
-        kh = h // g_
-        qr = q[h * d:(h + 1) * d]
-        m = np.float32(-np.inf)
-        for j in range(s_):
-            diff = pos - kpos[j]
-            if diff >= 0 and diff < window:
-                kr = k[j, kh]
-                acc = np.float32(0.0)
-                for i in range(d):
-                    acc += qr[i] * kr[i]
-                sj = acc * scale
-                if softcap > 0:
-                    sj = np.tanh(sj / softcap) * softcap
-                sc[j] = sj
-                m = max(m, sj)
-            else:
-                sc[j] = -np.inf
-        mg = m if m != -np.inf else np.float32(0.0)
-        den = np.float32(0.0)
-        for j in range(s_):
-            e = fast_exp(sc[j] - mg)
-            sc[j] = e
-            den += e
-        o = out[h * d:(h + 1) * d]
-        o[:] = 0.0
-        for j in range(s_):
-            diff = pos - kpos[j]
-            if diff >= 0 and diff < window:
-                p = sc[j]
-                vr = v[j, kh]
-                for i in range(d):
-                    o[i] += p * vr[i]
-        if den > 0:
-            inv = np.float32(1.0) / den
-            for i in range(d):
-                o[i] *= inv
+    qp = np.empty(1, np.int64)
+    qp[0] = pos
+    _attn_ser(q.reshape((1, hq, d)), k, v, qp, kpos, scale, True, window, softcap,
+              out.reshape((1, hq, v.shape[2])))
 
 
 @njit(**JIT)

@@ -6,36 +6,49 @@ heads of the token."""
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from edgeformer.backends.cpu.common import PARALLEL_MIN, jit_pair
+from edgeformer.backends.cpu.common import JIT, PARALLEL_MIN, jit_pair
+
+
+@njit(inline="always", **JIT)
+def cos_sin(p, inv_freq, mscale, cs, sn):
+    """cs[i], sn[i] = mscale * cos / sin(p * inv_freq[i]) for position p (float32)."""
+    for i in range(inv_freq.shape[0]):
+        a = p * inv_freq[i]
+        cs[i] = np.cos(a) * mscale
+        sn[i] = np.sin(a) * mscale
+
+
+@njit(inline="always", **JIT)
+def rotate(xr, o, cs, sn, neox):
+    """The first 2 * len(cs) dims of one head xr rotated into o (o may be xr): pairs
+    (i, i + half) when neox, else (2i, 2i + 1). The rest of o is left alone."""
+    half = cs.shape[0]
+    if neox:
+        for i in range(half):
+            x1, x2 = xr[i], xr[i + half]
+            o[i] = x1 * cs[i] - x2 * sn[i]
+            o[i + half] = x2 * cs[i] + x1 * sn[i]
+    else:
+        for i in range(half):
+            x1, x2 = xr[2 * i], xr[2 * i + 1]
+            o[2 * i] = x1 * cs[i] - x2 * sn[i]
+            o[2 * i + 1] = x2 * cs[i] + x1 * sn[i]
 
 
 def _rope_rows(x, pos, inv_freq, neox, mscale, out):
     t_, h_, d_ = x.shape
     half = inv_freq.shape[0]
     for t in prange(t_):
-        p = np.float32(pos[t])
         cs = np.empty(half, np.float32)
         sn = np.empty(half, np.float32)
-        for i in range(half):
-            a = p * inv_freq[i]
-            cs[i] = np.cos(a) * mscale
-            sn[i] = np.sin(a) * mscale
+        cos_sin(np.float32(pos[t]), inv_freq, mscale, cs, sn)
         for h in range(h_):
             xr, o = x[t, h], out[t, h]
             for i in range(2 * half, d_):
                 o[i] = xr[i]
-            if neox:
-                for i in range(half):
-                    x1, x2 = xr[i], xr[i + half]
-                    o[i] = x1 * cs[i] - x2 * sn[i]
-                    o[i + half] = x2 * cs[i] + x1 * sn[i]
-            else:
-                for i in range(half):
-                    x1, x2 = xr[2 * i], xr[2 * i + 1]
-                    o[2 * i] = x1 * cs[i] - x2 * sn[i]
-                    o[2 * i + 1] = x2 * cs[i] + x1 * sn[i]
+            rotate(xr, o, cs, sn, neox)
 
 
 _rope_ser, _rope_par = jit_pair(_rope_rows)

@@ -64,6 +64,29 @@ def _pairdot64(builder, q, x64):
                         builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(1, 16, 2)) + list(range(17, 32, 2)))))
 
 
+def _add_tail(context, builder, kind: str, wp, hp, mp, b, d, xp, xdp, xsp, res, z) -> None:
+    """The last block b of an odd block count, for one token: res += d xd_b (q_b . x_b) and
+    the zero-point / mins term into z (lane 0), as the paired loop does for two blocks.
+    d: the block's weight scale (float); xp/xdp/xsp: the token's xq / xd / xs pointers."""
+    x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
+    if kind == "q8_0":       # signed pair products, exact on every target; no zero point
+        tail = _hsum(builder, _pairdot(builder, _vload(builder, wp, builder.mul(b, _c(b, 32)), 32), x32))
+    else:
+        q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
+        q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
+                                     _vec(_I32, 32, list(range(32))))
+        if hp is not None:
+            q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
+        widen, zv = _vec(_I32, 64, list(range(64))), _vec(_I8, 32)
+        tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
+                                     builder.shuffle_vector(x32, zv, widen)))
+        zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else d, builder.load(builder.gep(xsp, [b])))
+        zv2 = builder.insert_element(ir.Constant(ir.VectorType(_F32, 2), None), zt, ir.Constant(_I32, 0))
+        builder.store(builder.fadd(builder.load(z), zv2), z)
+    s = builder.fmul(d, builder.load(builder.gep(xdp, [b])))
+    builder.store(builder.fadd(builder.load(res), builder.fmul(tail, s)), res)
+
+
 def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     """kind "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1": sum_b d_b xd_b (q_b . xq_b) + zero-point
     term, with q unsigned in the integer dot: Q4 nibbles (zero point 8 / min m_b), Q5 nibbles
@@ -110,29 +133,7 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     res = cgutils.alloca_once_value(builder, _loop2(builder, builder.ashr(nb, _c(nb, 1)), body))
     with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
         b = builder.sub(nb, _c(nb, 1))           # odd count: the last block alone
-        x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
-        if kind == "q8_0":
-            q = _vload(builder, wp, builder.mul(b, _c(b, 32)), 32)
-            t = _pairdot(builder, q, x32)       # exact for signed quants on every target
-            tail = _hsum(builder, t)
-        else:
-            q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
-            q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
-                                         _vec(_I32, 32, list(range(32))))
-            if hp is not None:
-                q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
-            widen = _vec(_I32, 64, list(range(64)))
-            zv = _vec(_I8, 32)
-            tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
-                                         builder.shuffle_vector(x32, zv, widen)))
-        d = _f16(context, builder, dp, b)
-        if kind != "q8_0":      # the signed Q8_0 tail has no zero point to remove
-            zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else d,
-                              builder.load(builder.gep(xsp, [b])))
-            zv2 = builder.insert_element(ir.Constant(v2, None), zt, ir.Constant(_I32, 0))
-            builder.store(builder.fadd(builder.load(z), zv2), z)
-        s = builder.fmul(d, builder.load(builder.gep(xdp, [b])))
-        builder.store(builder.fadd(builder.load(res), builder.fmul(tail, s)), res)
+        _add_tail(context, builder, kind, wp, hp, mp, b, _f16(context, builder, dp, b), xp, xdp, xsp, res, z)
     zs = builder.load(z)
     zsum = builder.fadd(builder.extract_element(zs, ir.Constant(_I32, 0)), builder.extract_element(zs, ir.Constant(_I32, 1)))
     zpw = -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind]
@@ -236,24 +237,7 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
         b = builder.sub(nb, _c(nb, 1))
         dd = _f16(context, builder, dp, b)
         for j in range(4):
-            x32 = _vload(builder, xps[j], builder.mul(b, _c(b, 32)), 32)
-            if kind == "q8_0":       # signed tail: no zero point
-                tail = _hsum(builder, _pairdot(builder, _vload(builder, wp, builder.mul(b, _c(b, 32)), 32), x32))
-            else:
-                q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
-                q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
-                                             _vec(_I32, 32, list(range(32))))
-                if hp is not None:
-                    q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
-                widen, zv = _vec(_I32, 64, list(range(64))), _vec(_I8, 32)
-                tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
-                                             builder.shuffle_vector(x32, zv, widen)))
-                zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else dd,
-                                  builder.load(builder.gep(xsps[j], [b])))
-                zv2 = builder.insert_element(ir.Constant(v2, None), zt, ir.Constant(_I32, 0))
-                builder.store(builder.fadd(builder.load(zs[j]), zv2), zs[j])
-            s = builder.fmul(dd, builder.load(builder.gep(xdps[j], [b])))
-            builder.store(builder.fadd(builder.load(res[j]), builder.fmul(tail, s)), res[j])
+            _add_tail(context, builder, kind, wp, hp, mp, b, dd, xps[j], xdps[j], xsps[j], res[j], zs[j])
     zpw = ir.Constant(_F32, -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind])
     outs = []
     for j in range(4):

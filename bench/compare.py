@@ -13,6 +13,7 @@ steps) and gives tokens / elapsed; `-r` such windows, medians reported. Each eng
 in its own subprocess (no OpenMP runtimes shared), one at a time, with T threads.
 
     python bench/compare.py [-r 3] [-t 2] [-p 512] [-n 128] [--hf-gen 32] [--skip-hf]
+                            [--activations auto|int16|int8|f32] [--models smollm2,Q4_1]
 Writes bench/results/compare.json and a markdown table (stdout; `--write-md` puts it in
 BENCHMARKS.md's "CPU decode and prefill" section).
 """
@@ -37,14 +38,14 @@ def _windows(unit, tokens_per_unit: int, reps: int) -> list[float]:
     return [n * tokens_per_unit / wall for wall, _, n in timed_windows(unit, reps, WINDOW_S)]
 
 
-def _run_ours(path: str, p: int, n: int, reps: int) -> dict:
+def _run_ours(path: str, p: int, n: int, reps: int, activations: str = "auto") -> dict:
     import numpy as np
 
     from edgeformer.backends import get_backend
     from edgeformer.backends.trace import summarize, trace_forward
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.decoder import Decoder
-    m = Decoder(load_checkpoint(path), get_backend("cpu"))
+    m = Decoder(load_checkpoint(path), get_backend("cpu", activations))
     cache = m.make_cache(max(p, n) + 2)
     prompt = np.random.default_rng(0).integers(0, m.config.vocab_size, p)
     tok = np.array([1])
@@ -106,10 +107,10 @@ def _child(args: argparse.Namespace) -> int:
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.engine == "ours":
         from edgeformer.backends.cpu import CpuBackend
-        CpuBackend()              # sets the OpenMP wait policy before Numba's pool starts
+        CpuBackend(args.activations)   # sets the OpenMP wait policy before Numba's pool starts
         import numba
         numba.set_num_threads(args.threads)
-        r = _run_ours(args.path, args.n_prompt, args.n_gen, args.repetitions)
+        r = _run_ours(args.path, args.n_prompt, args.n_gen, args.repetitions, args.activations)
         r["omp_wait"] = os.environ.get("OMP_WAIT_POLICY") or f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}"
     elif args.engine == "llama.cpp":
         r = _run_llama(args.path, args.n_prompt, args.n_gen, args.repetitions, args.threads)
@@ -121,7 +122,7 @@ def _child(args: argparse.Namespace) -> int:
 
 def _spawn(engine: str, path: str, args: argparse.Namespace, n_gen: int) -> dict:
     cmd = [sys.executable, __file__, "--child", engine, path, "-r", str(args.repetitions), "-t", str(args.threads),
-           "-p", str(args.n_prompt), "-n", str(n_gen)]
+           "-p", str(args.n_prompt), "-n", str(n_gen), "--activations", args.activations]
     env = {**os.environ, "NUMBA_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -215,6 +216,9 @@ def main() -> int:
     ap.add_argument("-n", "--n-gen", type=int, default=128)
     ap.add_argument("--hf-gen", type=int, default=32, help="tg length for transformers (slow; default 32)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--activations", default="auto", choices=["auto", "int16", "int8", "f32"],
+                    help="edgeformer's cpu activation setting (default: auto = int16)")
+    ap.add_argument("--models", default=None, help="comma-separated substrings: only rows whose model/qtype match")
     ap.add_argument("--write-md", action="store_true", help="update BENCHMARKS.md's section")
     args = ap.parse_args()
     if args.child:
@@ -227,6 +231,8 @@ def main() -> int:
     res = {"when": t_start, "args": vars(args) | {"child": None}, "bandwidth": bandwidth, "load_start": load0,
            "cpu_bf16": _has_bf16(), "rows": [], "hf": {}}
     for row in _models():
+        if args.models and not any(m in f"{row['model']} {row['qtype']}" for m in args.models.split(",")):
+            continue
         print(f"{row['model']} {row['qtype']}", file=sys.stderr)
         row["ours"] = _spawn("ours", row["path"], args, args.n_gen)
         row["llama.cpp"] = _spawn("llama.cpp", row["path"], args, args.n_gen)

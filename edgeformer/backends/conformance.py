@@ -14,6 +14,16 @@ and the op's numpy reference on the same inputs, and passes when
   non-finite exactly where the reference's is: the NaN neither vanishes nor spreads to
   rows the math keeps it out of (e.g. a masked attention key).
 
+"rows" cases check batch/chunk invariance instead of accuracy alone: output row t of a
+T-row call must equal, bit for bit, the same row computed alone and in chunks of 1, 7, 63
+and 64 rows, for awkward T (1, 5, 70, 130), because `BatchEngine` relies on a request's
+bits not depending on its batch mates. The case judges what the runtime runs:
+`runtime.batch.row_invariant_linear` over the backend, which is the backend's own
+`linear` in calls of up to its `row_invariant_rows` (so a backend declaring row invariance
+has its kernels' claim tested directly) and, for a backend declaring none (numpy: BLAS
+picks kernels by row count), fixed zero-padded 8-row blocks. Its nmse is the rows-alone
+output's, against the reference.
+
 An op the backend reports through `unsupported(op, **attrs)` (attrs: the call's keyword
 attributes plus `qtype` of a weight operand) is not run: it is a "fallback" in the
 coverage table, as the runtime would use the reference for it.
@@ -86,7 +96,8 @@ def with_nan(qt: QTensor, row: int) -> QTensor:
 @dataclass(frozen=True)
 class Case:
     """One conformance case: `build(rng) -> (args, attrs)` makes the op's inputs.
-    `check` is "nmse" or "nonfinite"; `dtype` picks the `max_nmse` entry."""
+    `check` is "nmse", "nonfinite" or "rows" (row invariance, see the module docstring);
+    `dtype` picks the `max_nmse` entry."""
 
     op: str
     name: str
@@ -144,6 +155,28 @@ def _linear_cases() -> list[Case]:
              dtype="F32", check="nonfinite"),
     ]
     return cases
+
+
+# row counts of a whole call, and chunk sizes its rows are also computed in (1 = alone);
+# 63/64 straddle the row count where kernels classically switch to a prefill path
+ROWS_T = (1, 5, 70, 130)
+ROWS_CHUNKS = (1, 7, 63, 64)
+
+
+def _linear_rows_cases() -> list[Case]:
+    """Row invariance of `linear` for every weight qtype (odd N, K not a power of two)."""
+    cases = []
+    for qt in WEIGHT_QTYPES:
+        k = {1: 65, 32: 96, 256: 512}[qt.block_size]
+        cases.append(Case("linear", f"rows_{qt.name}_n33_k{k}",
+                          lambda r, k=k, qt=qt: ((_randn(r, max(ROWS_T), k), random_qtensor(qt, (33, k), r, 0.1)), {}),
+                          dtype=qt.name, check="rows", quick=qt == QType.Q4_0))
+    return cases
+
+
+# Batch/chunk invariance of attention (a query's output alone vs with other queries, and
+# prefill in chunks vs whole, at the same positions) belongs here as `_attention_rows_cases`,
+# judged by a "rows"-style check of its own; it is another change's work and not added yet.
 
 
 def _embed_cases() -> list[Case]:
@@ -314,7 +347,7 @@ def _conv_cases() -> list[Case]:
 
 def all_cases() -> list[Case]:
     """Every case of every op, in OPS order; each op in OPS has at least one."""
-    cases = _linear_cases() + _embed_cases() + _norm_cases() + _rope_cases() + _attention_cases() + _pointwise_cases()
+    cases = _linear_cases() + _linear_rows_cases() + _embed_cases() + _norm_cases() + _rope_cases() + _attention_cases() + _pointwise_cases()
     cases += _conv_cases()
     order = {name: i for i, name in enumerate(OPS)}
     return sorted(cases, key=lambda c: order[c.op])
@@ -395,6 +428,8 @@ def run_case(backend: Backend, case: Case, seed: int = 0) -> CaseResult:
         res.status, res.message = "fail", f"unsupported() is empty but there is no {case.op!r} kernel"
         return res
     ref = OPS[case.op].reference(*args, **attrs)
+    if case.check == "rows":
+        return _run_rows(backend, args, ref, res)
     to_device = getattr(backend, "to_device", None)   # not in the Backend base yet: optional
     to_host = getattr(backend, "to_host", None)
     try:
@@ -413,6 +448,51 @@ def run_case(backend: Backend, case: Case, seed: int = 0) -> CaseResult:
     if changed:
         res.status = "fail"
         res.message = "; ".join(filter(None, [res.message, f"kernel modified input(s) {changed}"]))
+    return res
+
+
+def _run_rows(backend: Backend, args: tuple, ref: np.ndarray, res: CaseResult) -> CaseResult:
+    """A "rows" case of `linear`: every prefix x[:T] (T in ROWS_T) computed whole and in
+    ROWS_CHUNKS-row chunks must give each row exactly the bits it gets alone; the rows-alone
+    output is also held to the nmse bound (module docstring)."""
+    # what BatchEngine runs; imported here (the one place backends/ reaches up to runtime/):
+    # the suite judges the runtime's use of a backend that declares no row invariance
+    from edgeformer.backends.base import Ops
+    from edgeformer.runtime.batch import row_invariant_linear
+    x, qt = args[0], args[1]
+    declared = getattr(backend, "row_invariant_rows", 0)
+    if not declared:
+        res.message = "backend declares no row_invariant_rows: judged through runtime/batch.py's fixed row blocks"
+    try:
+        w = backend.prepare_weight(qt, f"{res.op}-{res.case}.w")
+        lin = row_invariant_linear(Ops(backend))
+        before = x.copy()
+
+        def run(rows: np.ndarray, chunk: int) -> np.ndarray:
+            return np.concatenate([np.asarray(lin(rows[i:i + chunk], w)) for i in range(0, rows.shape[0], chunk)])
+        alone = run(x, 1)
+        bad = []
+        for t in ROWS_T:
+            for chunk in sorted({t, *(c for c in ROWS_CHUNKS if 1 < c < t)}):
+                got = run(x[:t], chunk)
+                if got.shape != alone[:t].shape or not np.array_equal(got, alone[:t], equal_nan=True):
+                    diff = np.argwhere(got != alone[:t]) if got.shape == alone[:t].shape else None
+                    where = f" (rows {sorted({int(i) for i in diff[:, 0]})[:5]}...)" if diff is not None and diff.size else ""
+                    bad.append(f"T={t} in {'one call' if chunk == t else f'{chunk}-row chunks'}{where}")
+    except Exception as e:                            # noqa: BLE001 - reported, not raised
+        res.status, res.message = "error", f"{type(e).__name__}: {e}"
+        return res
+    problems = [f"rows differ from the rows computed alone: {'; '.join(bad)}"] if bad else []
+    if alone.shape != ref.shape or alone.dtype != ref.dtype:
+        problems.append(f"output {alone.dtype}{alone.shape} != reference {ref.dtype}{ref.shape}")
+    else:
+        res.nmse = nmse(alone, ref)
+        if not (res.nmse <= res.bound):
+            problems.append(f"nmse {res.nmse:.3g} > {res.bound:.3g}")
+    if not np.array_equal(x, before):
+        problems.append("kernel modified its input")
+    if problems:
+        res.status, res.message = "fail", "; ".join(problems)
     return res
 
 

@@ -10,6 +10,8 @@ the measured FP32 peak (`perf.bandwidth.host_spec`, measured once per CPU and ca
 """
 from __future__ import annotations
 
+from edgeformer.cli.run import add_activations_arg
+
 import argparse
 import json
 import statistics
@@ -32,7 +34,8 @@ def default_backend() -> str:
     return "numpy"
 
 
-def load_model(model: str | None, backend: str | None = None, threads: int | None = None) -> tuple[Any, Any]:
+def load_model(model: str | None, backend: str | None = None, threads: int | None = None,
+               activations: str | None = None) -> tuple[Any, Any]:
     """(Decoder, Backend) for a GGUF file / HF directory / shipped name; sets Numba's
     thread count when `threads` is given (InputError if above what Numba started with)."""
     from edgeformer.backends import get_backend
@@ -40,7 +43,7 @@ def load_model(model: str | None, backend: str | None = None, threads: int | Non
     from edgeformer.models.decoder import Decoder
     from edgeformer.models.shipped import default_model, resolve_model
     # the backend first: it sets the OpenMP wait policy, read when the thread pool starts
-    be = get_backend(backend or default_backend())
+    be = get_backend(backend or default_backend(), activations)
     if threads is not None:
         import numba
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
@@ -141,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: %(default)s)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all Numba threads)")
     p.add_argument("--backend", default=None, help="default: cpu when available, else numpy")
+    add_activations_arg(p)
     p.add_argument("--measure-ceilings", action="store_true",
                    help="re-measure bandwidth and peak FLOP/s now (default: the cached host figures)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     import numba
     if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1:
         raise InputError("-p and -n must be >= 0 and -r >= 1")
-    model, be = load_model(args.model, args.backend, args.threads)
+    model, be = load_model(args.model, args.backend, args.threads, args.activations)
     if model.config.max_seq_len < max(args.n_prompt, args.n_gen) + 1:
         raise InputError(f"the model's context ({model.config.max_seq_len}) is shorter than the test")
     bw = peak = None

@@ -34,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     report = run_suite(backend, op=args.op, quick=args.quick)
 
     console = Console(file=sys.stdout)
-    table = Table(title=f"conformance: {backend.name}" + (" (quick)" if args.quick else ""))
+    title = f"conformance: {backend.name}" + (" (quick)" if args.quick else "")
+    if backend.name == "cpu":               # which SIMD path was checked (EDGEFORMER_CPU_ISA forces one)
+        from edgeformer.backends.cpu import isa
+        title += f", SIMD path {isa.describe()}"
+    table = Table(title=title)
     for col, just in (("op", "left"), ("case", "left"), ("nmse", "right"), ("bound", "right"), ("ok", "left")):
         table.add_column(col, justify=just)
     for r in report.results:

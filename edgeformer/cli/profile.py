@@ -6,6 +6,8 @@ roofline (bytes / measured bandwidth, FLOPs / measured peak), then checks that t
 per-op sum matches the measured step time."""
 from __future__ import annotations
 
+from edgeformer.cli.run import add_activations_arg
+
 import argparse
 import json
 
@@ -15,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, help="GGUF file, HF directory or shipped model name")
     p.add_argument("--backend", default=None, help="default: cpu when available, else numpy")
+    add_activations_arg(p)
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: Numba's)")
     p.add_argument("--ctx", type=int, default=64, help="cached positions before the step (default: %(default)s)")
     p.add_argument("-T", "--tokens", type=int, default=1, help="tokens in the step: 1 = decode (default)")
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeformer.perf.profile import format_profile, profile_decoder, profile_dict
     if args.tokens < 1 or args.ctx < 0 or args.min_time <= 0 or (args.threads is not None and args.threads < 1):
         raise InputError("--tokens >= 1, --ctx >= 0, --min-time > 0 and --threads >= 1 are required")
-    model, backend = load_model(args.model, args.backend, args.threads)
+    model, backend = load_model(args.model, args.backend, args.threads, args.activations)
     bw = peak = None
     if args.measure_ceilings:
         from edgeformer.perf.bandwidth import host_ceilings

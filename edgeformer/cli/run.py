@@ -32,8 +32,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
     p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
+    add_activations_arg(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length in tokens, prompt + output (default: min(model max, 4096))")
+
+
+def add_activations_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--activations", default="auto", choices=["auto", "int16", "int8", "f32"],
+                   help="cpu backend: how activations meet quantized weights: int16 per 32-block (auto; "
+                        "KLD ~1e-7 vs the float reference), int8 (llama.cpp's scheme, bit-for-bit its "
+                        "rounding), f32 (dequantized weights; slowest decode) (default: %(default)s)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +89,7 @@ def resolve_backend(name: str) -> str:
 
 def load_engine(args: argparse.Namespace):
     from edgeformer.api import load
-    return load(args.model, backend=resolve_backend(args.backend), n_ctx=args.n_ctx)
+    return load(args.model, backend=resolve_backend(args.backend), n_ctx=args.n_ctx, activations=args.activations)
 
 
 def read_prompt_file(path: str) -> str:

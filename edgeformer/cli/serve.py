@@ -7,6 +7,8 @@ SSE streaming, /v1/models, /health, /metrics) run by uvicorn.
 """
 from __future__ import annotations
 
+from edgeformer.cli.run import add_activations_arg
+
 import argparse
 import re
 from pathlib import Path
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
     p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
+    add_activations_arg(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length per request, prompt + output (default: min(model max, 4096))")
     p.add_argument("--host", default=DEFAULTS["host"], help="default: %(default)s")
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     ("--prefill-chunk", args.prefill_chunk)):
         if v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
-    engine = load(args.model, backend=args.backend, n_ctx=args.n_ctx)
+    engine = load(args.model, backend=args.backend, n_ctx=args.n_ctx, activations=args.activations)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
                      prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)

@@ -263,13 +263,15 @@ class _PackedView:
     def __init__(self, model: Any) -> None:
         from dataclasses import fields, is_dataclass
 
+        from edgeformer.backends.cpu.act_quant import DEFAULT, DTYPES
         from edgeformer.backends.cpu.repack import NATIVE, PackedWeight
+        act = np.zeros(0, DTYPES[DEFAULT])      # the cpu backend's default activations
 
         def packed(w: Any) -> Any:
             if not isinstance(w, Weight):
                 return w
             q = w.qtype if w.qtype in NATIVE else QType.F32
-            return replace(w, qtype=q, handle=PackedWeight(q, w.shape[0], w.shape[-1], ()))
+            return replace(w, qtype=q, handle=PackedWeight(q, w.shape[0], w.shape[-1], (), act=act))
         self.config, self.rope_full, self.rope_sliding = model.config, model.rope_full, model.rope_sliding
         self.layers = [replace(L, **{f.name: packed(getattr(L, f.name)) for f in fields(L)})
                        if is_dataclass(L) else L for L in model.layers]

@@ -11,9 +11,8 @@ per block of exactly ROW_BLOCK rows. The price: one decode row costs a ROW_BLOCK
 (the weights are still read once per block).
 
 The cpu (Numba) backend's linear kernels compute each (row, output) dot product in a
-fixed order independent of the row count up to `row_invariant_rows` rows per call (from
-there quantized weights switch to a faster prefill kernel with other rounding), so they
-run in chunks of that many rows, unpadded.
+fixed order independent of the row count (`row_invariant_rows` is unbounded there), so
+they run unpadded and unchunked.
 """
 from __future__ import annotations
 

@@ -126,3 +126,31 @@ def test_cli_check_backend(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
     assert main(["check-backend", "numpy", "--op", "no_such_op"]) == 1
     assert main(["check-backend", "no_such_backend"]) == 1
+
+
+def _linear_switches_at_64(x, w, b=None):
+    # row by row (so row-invariant: BLAS on many rows is not), but a "prefill kernel" from 64
+    # rows on whose rounding differs by one ulp: far inside the nmse bound, yet a row's bits
+    # then depend on its batch mates
+    out = np.concatenate([linear_ref(x[i:i + 1], w, b) for i in range(x.shape[0])])
+    return np.nextafter(out, np.float32(np.inf)) if x.shape[0] >= 64 else out
+
+
+@pytest.mark.parametrize("rows", [1 << 30, 63])
+def test_rows_case_catches_a_row_count_dependent_kernel(rows):
+    """A backend declaring row invariance is judged by its own kernel: one whose bits change
+    at 64 rows fails the rows case when it claims invariance past 63 rows, and passes when
+    it claims only 63 (the runtime then never calls it with more)."""
+    cls = type("RowMutant", (NumpyBackend,), {"name": "rowmutant", "row_invariant_rows": rows,
+                                              "kernels": {**NumpyBackend.kernels, "linear": _linear_switches_at_64}})
+    r = run_case(cls(), CASES["linear-rows_Q4_0_n33_k96"])
+    assert r.status == ("fail" if rows > 63 else "ok"), r
+    if rows > 63:
+        assert "T=70" in r.message and "T=5" not in r.message
+
+
+def test_rows_case_judges_undeclared_backends_through_the_runtime_blocks():
+    """numpy declares no row invariance (its BLAS picks kernels by row count): the rows case
+    runs it through runtime/batch.py's fixed blocks, and says so."""
+    r = run_case(NumpyBackend(), CASES["linear-rows_F32_n33_k65"])
+    assert r.status == "ok" and "row_invariant_rows" in r.message

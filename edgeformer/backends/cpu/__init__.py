@@ -21,8 +21,13 @@ from typing import Any
 import numpy as np
 
 from edgeformer.backends.base import Backend, Weight
+from edgeformer.backends.cpu import isa
 from edgeformer.errors import UnsupportedError
 from edgeformer.quant.qtypes import QTensor
+
+# EDGEFORMER_CPU_ISA=avx2 -> NUMBA_CPU_NAME/FEATURES/CACHE_DIR, before any kernel module imports
+# numba (isa.py); a request that comes too late is raised when a backend is built
+isa.apply_env()
 
 
 def _release_file_pages(a: Any) -> None:
@@ -54,9 +59,11 @@ def _release_file_pages(a: Any) -> None:
 def _cache_warm() -> bool:
     """Whether Numba's on-disk cache holds the fused decode kernel (the last one a first run
     compiles): next to the sources, or under NUMBA_CACHE_DIR."""
-    env = os.environ.get("NUMBA_CACHE_DIR")      # when set, Numba caches only there
-    roots = [Path(env)] if env else [Path(__file__).parent / "__pycache__"]
-    return any(any(r.rglob("block._attn_out-*.nbi")) for r in roots if r.is_dir())
+    env = os.environ.get("NUMBA_CACHE_DIR")      # when set, Numba caches only there (in subdirectories)
+    if env:
+        return Path(env).is_dir() and any(Path(env).rglob("block._attn_out-*.nbi"))
+    # directly in __pycache__: its isa-avx2/ subdirectory is another ISA's cache (isa.py)
+    return any((Path(__file__).parent / "__pycache__").glob("block._attn_out-*.nbi"))
 
 
 SPINCOUNT = 20000   # GNU OpenMP busy-wait spins before a pool thread sleeps (when idle cores)
@@ -128,17 +135,29 @@ def _others_running(samples: int = 5) -> float:
 
 class CpuBackend(Backend):
     name = "cpu"
-    # a linear row's bits do not depend on the other rows in calls of up to this many rows
-    # (qgemm.MIN_T - 1; runtime/batch.py)
-    row_invariant_rows = 63
+    # a linear row's bits never depend on the other rows of the call (runtime/batch.py):
+    # every kernel computes a row the same way for any row count
+    row_invariant_rows = 1 << 30
 
-    def __init__(self) -> None:
+    def __init__(self, activations: str = "auto") -> None:
+        """activations: how quantized weights meet activations (`act_quant.py`): "int16"
+        (what "auto" means), "int8" (llama.cpp's scheme) or "f32" (dequantized weights,
+        float32 activations). Float weights always take float32 activations."""
+        from edgeformer.backends.cpu.act_quant import DTYPES, resolve
+        try:
+            self.activations = resolve(activations)
+        except ValueError as e:
+            raise UnsupportedError(f"cpu backend: {e}") from None
+        dt = DTYPES[self.activations]
+        self._act = None if dt is None else np.zeros(0, dt)
+        isa.ensure()
         _choose_wait_policy()
         _keep_freed_memory()
         if not _cache_warm():
             print("edgeformer: compiling the CPU kernels (first run only, ~10-30 s; cached afterwards)",
                   file=sys.stderr, flush=True)
         from edgeformer.backends.cpu import activation, attention, embed, matmul, norm, rope
+        isa.verify()        # Numba compiles for what EDGEFORMER_CPU_ISA asked
         from edgeformer.kernels.elementwise import add_ref, mul_ref
         self.kernels: dict[str, Callable[..., Any]] = {
             "linear": matmul.linear, "embed": embed.embed,
@@ -153,6 +172,7 @@ class CpuBackend(Backend):
 
     @classmethod
     def available(cls) -> str | None:
+        isa.ensure()        # a bad or too-late EDGEFORMER_CPU_ISA is an error, not a quiet fallback
         try:
             import numba  # noqa: F401
         except ImportError as e:
@@ -177,7 +197,7 @@ class CpuBackend(Backend):
                               RuntimeWarning, stacklevel=2)
             qt = QTensor.from_array(dequantize(qt).astype("float32").reshape(qt.shape))
         packed = repack(qt)
-        packed.kernel = self._linear_kernels[packed.kind]
+        packed.kernel, packed.act = self._linear_kernels[packed.kind], self._act
         _release_file_pages(qt.data)
         return Weight(name, qt.qtype, qt.shape, qt.nbytes, packed, None)
 
@@ -191,7 +211,7 @@ class CpuBackend(Backend):
                               for w in ws):
             return None
         packed = concat_rows([w.handle for w in ws])
-        packed.kernel = self._linear_kernels[packed.kind]
+        packed.kernel, packed.act = self._linear_kernels[packed.kind], self._act
         n = sum(w.shape[0] for w in ws)
         return Weight(name, ws[0].qtype, (n,) + tuple(ws[0].shape[1:]), sum(w.nbytes for w in ws), packed, None)
 

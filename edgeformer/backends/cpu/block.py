@@ -4,7 +4,7 @@ A decode step through the `Ops` facade makes ~16 Python-level op calls per block
 ~4 us of facade + wrapper + Numba dispatch: ~2 ms per token for a 30-block model, as
 much as its weights take to stream. Here each block is two Numba calls:
 
-  `_attn_in`:  rms_norm fused into the int8 quantization of its output -> one GEMV over
+  `_attn_in`:  rms_norm fused into the integer quantization of its output -> one GEMV over
                the joined q|k|v weight (+ bias; three when the parts' qtypes differ, as
                in llama.cpp's mixed Q4_K_M files) -> per-head q/k rms norm (Qwen3,
                Gemma 3) -> rope on q and k (the layer's rope: Gemma 3's sliding layers
@@ -20,7 +20,9 @@ All scratch buffers are allocated once per model. The math is the unfused path's
 op (same kernels' row dots, same quantization, same rope/attention formulas), so the
 tracer, which prices the unfused op list (the decoder takes that path while an observer
 is attached), prices this work; `tests/backends/cpu/test_cpu_block.py` checks the two
-paths agree. Used only where every block's weights have a quantized kernel, row lengths
+paths agree bit for bit (the rms_norm, rope, glu and attention rows are the op path's own
+exact functions: `norm.rms_row`, `rope.cos_sin`/`rotate`, `activation.glu_row`,
+`attention.attend_one`). Used only where every block's weights have a quantized kernel, row lengths
 are multiples of 32 and no rope changes with the sequence length (`why_not_fused`).
 """
 from __future__ import annotations
@@ -31,9 +33,11 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from edgeformer.backends.cpu.activation import _KINDS, _act
-from edgeformer.backends.cpu.attention import _attn_ser
-from edgeformer.backends.cpu.common import JIT
+from edgeformer.backends.cpu.act_quant import quant_row
+from edgeformer.backends.cpu.activation import _KINDS, glu_row
+from edgeformer.backends.cpu.attention import attend_one
+from edgeformer.backends.cpu.common import EXACT, JIT
+from edgeformer.backends.cpu.norm import rms_row
 from edgeformer.backends.cpu.rope import cos_sin, rotate
 from edgeformer.backends.cpu.repack import PackedWeight
 from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
@@ -104,52 +108,23 @@ def _gemv(w, xq, xd, xs, bias, out):
 
 
 @njit(**JIT)
-def _quant_row(v, xq, xd, xs):
-    """`matmul.quantize_x` for one row (int8 per 32, scale xd, scaled sum xs; NaN-safe)."""
-    for bk in range(v.shape[0] // 32):
-        o = bk * 32
-        amax = np.float32(0.0)
-        chk = np.float32(0.0)
-        for i in range(32):
-            amax = max(amax, abs(v[o + i]))
-            chk += v[o + i] * np.float32(0.0)
-        d = amax / np.float32(127.0)
-        inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
-        s = 0
-        for i in range(32):
-            qi = np.int32(np.rint(v[o + i] * inv)) if chk == 0 else 0
-            xq[o + i] = qi
-            s += qi
-        xd[bk] = d if chk == 0 else np.nan
-        xs[bk] = d * np.float32(s) if chk == 0 else np.nan
-
-
-@njit(**JIT)
 def _norm_quant(x, w, eps, xn, xq, xd, xs):
-    """xn = rms_norm(x) * w (as `norm._rms_rows`), then its int8 quantization."""
-    ss = np.float32(0.0)
-    for i in range(x.shape[0]):
-        ss += x[i] * x[i]
-    inv = np.float32(1.0) / np.sqrt(ss / np.float32(x.shape[0]) + eps)
-    for i in range(x.shape[0]):
-        xn[i] = x[i] * inv * w[i]
-    _quant_row(xn, xq, xd, xs)
+    """xn = rms_norm(x) * w (`norm.rms_row`, as the op path), then its integer quantization."""
+    rms_row(x, w, eps, xn)
+    quant_row(xn, xq, xd, xs)
 
 
 @njit(**JIT)
 def _rms_inplace(v, o, n, w, eps):
-    """v[o:o+n] = rms_norm(v[o:o+n]) * w in place (`norm._rms_rows` on one row)."""
-    ss = np.float32(0.0)
-    for i in range(n):
-        ss += v[o + i] * v[o + i]
-    inv = np.float32(1.0) / np.sqrt(ss / np.float32(n) + eps)
-    for i in range(n):
-        v[o + i] = v[o + i] * inv * w[i]
+    """v[o:o+n] = rms_norm(v[o:o+n]) * w in place (`norm.rms_row`, as the op path)."""
+    seg = v[o:o + n]
+    rms_row(seg, w, eps, seg)
 
 
-@njit(**JIT)
+@njit(**EXACT)
 def _rope_heads(v, h0, nh, hd, pos, inv_freq, neox, mscale):
-    """`rope._rope_rows` on heads h0..h0+nh of the flat row v (one token), in place."""
+    """`rope._rope_rows` on heads h0..h0+nh of the flat row v (one token), in place; exact
+    flags, as `_rope_rows`, so the bits are the op path's."""
     half = inv_freq.shape[0]
     cs = np.empty(half, np.float32)
     sn = np.empty(half, np.float32)
@@ -181,14 +156,12 @@ def _attn_in(x, norm_w, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_fr
 
 @njit(**JIT)
 def _attend(q, k, v, kpos, pos, scale, window, softcap, out):
-    """`attention._attn_rows` (serial) for one query token: q (Hq*D,), k/v (S, Hkv, D) ->
-    out (Hq*D,), causal by position, soft-capped when softcap > 0."""
+    """`attention.attend_one` for one query token: q (Hq*D,), k/v (S, Hkv, D) -> out
+    (Hq*D,), causal by position, soft-capped when softcap > 0; the bits the op path's
+    `attention` gives this token in any call (prefill, chunk, batch, decode)."""
     d = k.shape[2]
     hq = q.shape[0] // d
-    qp = np.empty(1, np.int64)
-    qp[0] = pos
-    _attn_ser(q.reshape((1, hq, d)), k, v, qp, kpos, scale, True, window, softcap,
-              out.reshape((1, hq, v.shape[2])))
+    attend_one(q.reshape((1, hq, d)), k, v, kpos, pos, scale, window, softcap, out.reshape((1, hq, v.shape[2])))
 
 
 @njit(**JIT)
@@ -198,7 +171,7 @@ def _attn_out(x, q, k, v, kpos, pos, scale, window, softcap, wo, bo, pan, ffn_w,
     one token. Post norms run where pan/pfn are non-empty; gate|up is wg alone (joined)
     or, with `split`, wg then wu."""
     _attend(q, k, v, kpos, pos, scale, window, softcap, att)
-    _quant_row(att, aq, ad, as_)
+    quant_row(att, aq, ad, as_)
     _gemv(wo, aq, ad, as_, bo, tmp)
     d_ = x.shape[0]
     if pan.shape[0]:
@@ -212,9 +185,8 @@ def _attn_out(x, q, k, v, kpos, pos, scale, window, softcap, wo, bo, pan, ffn_w,
         _gemv(wu, xq, xd, xs, bu, gu[f:])
     else:
         _gemv(wg, xq, xd, xs, bg, gu)
-    for i in range(f):
-        h[i] = _act(gu[i], act) * gu[f + i]
-    _quant_row(h, hq, hd_, hs)
+    glu_row(gu, 0, gu, f, f, act, h)                # h = act(gate) * up, as the op path's glu
+    quant_row(h, hq, hd_, hs)
     _gemv(wdn, hq, hd_, hs, bdn, tmp)
     if pfn.shape[0]:
         _rms_inplace(tmp, 0, d_, pfn, eps)
@@ -247,11 +219,12 @@ class _Plan:
                                 _b(L.post_attn_norm), L.ffn_norm, gu, slot(L.w_down.handle), _b(L.b_down),
                                 _b(L.post_ffn_norm), L.sliding))
         e = lambda n, dt=np.float32: np.zeros(n, dt)  # noqa: E731
-        self.xn, self.xq, self.xd, self.xs = e(c.dim), e(c.dim, np.int8), e(c.dim // 32), e(c.dim // 32)
+        it = model.layers[0].wo.handle.act.dtype       # the activations' integer type
+        self.xn, self.xq, self.xd, self.xs = e(c.dim), e(c.dim, it), e(c.dim // 32), e(c.dim // 32)
         self.qkv, self.att, self.tmp = e(nq + 2 * nkv), e(nq), e(c.dim)
-        self.aq, self.ad, self.as_ = e(nq, np.int8), e(nq // 32), e(nq // 32)
+        self.aq, self.ad, self.as_ = e(nq, it), e(nq // 32), e(nq // 32)
         self.gu, self.h = e(2 * c.ffn_dim), e(c.ffn_dim)
-        self.hq, self.hd, self.hs = e(c.ffn_dim, np.int8), e(c.ffn_dim // 32), e(c.ffn_dim // 32)
+        self.hq, self.hd, self.hs = e(c.ffn_dim, it), e(c.ffn_dim // 32), e(c.ffn_dim // 32)
         self.act = _KINDS[c.activation]
         self.nq, self.nkv = nq, nkv
 
@@ -276,6 +249,7 @@ def why_not_fused(model: Any) -> str | None:
         s = getattr(r, "scaling", None)
         if s is not None and s.kind in ("dynamic", "longrope"):
             return "rope scaling that changes with the sequence length"
+    acts = set()
     for L in model.layers:
         if (L.q_norm is None) != (L.k_norm is None):
             return "a q norm without a k norm"
@@ -285,6 +259,11 @@ def why_not_fused(model: Any) -> str | None:
                 return "a missing q/k/v weight"
             if w.qtype not in _FUSABLE or not isinstance(w.handle, PackedWeight):
                 return f"{w.name} is {w.qtype.name} (no quantized fused kernel)"
+            if w.handle.act is None:
+                return "float32 activations (the fused step dots integer activations)"
+            acts.add(w.handle.act.dtype)
+    if len(acts) > 1:
+        return "weights prepared for different activation types"
     return None
 
 

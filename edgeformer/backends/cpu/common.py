@@ -11,11 +11,18 @@ FAST = {"nsz", "arcp", "contract", "reassoc"}
 # error_model="numpy": x / 0 gives inf/nan like numpy instead of a raise, whose branch
 # also stops LLVM vectorising any loop with a division in it.
 JIT = dict(fastmath=FAST, cache=True, nogil=True, error_model="numpy")
+# Batch invariance: code that must give a row the same bits on every path (attention, the
+# rms_norm / rope / glu rows shared by the op path and the fused decode step) compiles
+# without fast-math flags. LLVM must then round as written wherever it inlines or
+# vectorises it (reassoc/contract let it pick a different order or FMA fusion per call
+# site); explicit orders (fixed lane trees, llvm.fmuladd) keep it fast.
+EXACT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
 PARALLEL_MIN = 1 << 16   # elements; below this a serial loop beats waking the thread pool
 
 
-def jit_pair(fn):
-    """(serial, parallel) compiled versions of a kernel written with `prange`.
+def jit_pair(fn, flags=None):
+    """(serial, parallel) compiled versions of a kernel written with `prange` (Numba
+    options `flags`, default JIT).
 
     The parallel one compiles a renamed copy: Numba's disk cache keys an entry by the
     function's qualified name, line and signature, not by `parallel=`, so two dispatchers
@@ -23,4 +30,5 @@ def jit_pair(fn):
     convs ran their "parallel" kernel on one thread: 17.8 ms vs 8.6 ms)."""
     par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__, fn.__closure__)
     par.__qualname__, par.__module__, par.__doc__ = fn.__qualname__ + "_parallel", fn.__module__, fn.__doc__
-    return njit(**JIT)(fn), njit(parallel=True, **JIT)(par)
+    flags = JIT if flags is None else flags
+    return njit(**flags)(fn), njit(parallel=True, **flags)(par)

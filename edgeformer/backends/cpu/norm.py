@@ -1,30 +1,77 @@
 """rms_norm and layer_norm over the last axis (float32), one row per prange iteration.
 
 Rows are independent, so the kernel is a plain row loop; small inputs (decode: one row)
-run serially because starting the thread pool costs more than the row."""
+run serially because starting the thread pool costs more than the row.
+
+`rms_row` is the one rms_norm arithmetic of the backend: the op path and the fused decode
+step (`block.py`) both call it, compiled without fast-math flags (LLVM must round as
+written wherever it inlines it) and with the sum of squares in a fixed order (`_sumsq`),
+so a token's normalised row has the same bits in a prefill, a chunk, a batch or a decode
+step."""
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from edgeformer.backends.cpu.common import PARALLEL_MIN, jit_pair
+from edgeformer.backends.cpu.common import EXACT, PARALLEL_MIN, jit_pair
+from edgeformer.backends.cpu.simd import _V16F, _data, _fma, _hsum, _vload
 
 _NONE = np.zeros(0, np.float32)
 
 
+@intrinsic
+def _sumsq(typingctx, x, n):
+    """sum of x[i]^2, i < n (x contiguous): four <16 x float> FMA chains over 64-element
+    steps, joined (0 + 1) + (2 + 3); the remaining 16-element chunks FMA'd into that in
+    turn; a halving tree over the lanes; the last n % 16 squares added one by one. A fixed
+    order for each n (the caller's flags never reach it: only exact callers use it)."""
+    def codegen(context, builder, sig, args):
+        xa, n = args
+        xp = _data(context, builder, sig.args[0], xa)
+        i64 = ir.IntType(64)
+        c = lambda k: ir.Constant(i64, k)  # noqa: E731
+        zero = ir.Constant(_V16F, None)
+        acc = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        with cgutils.for_range(builder, builder.sdiv(n, c(64))) as loop:
+            base = builder.mul(loop.index, c(64))
+            for k in range(4):
+                v = _vload(builder, xp, builder.add(base, c(16 * k)), 16)
+                builder.store(_fma(builder, v, v, builder.load(acc[k])), acc[k])
+        a = [builder.load(x) for x in acc]
+        tot = cgutils.alloca_once_value(builder, builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3])))
+        done = builder.mul(builder.sdiv(n, c(64)), c(64))
+        with cgutils.for_range(builder, builder.sdiv(builder.sub(n, done), c(16))) as loop:
+            v = _vload(builder, xp, builder.add(done, builder.mul(loop.index, c(16))), 16)
+            builder.store(_fma(builder, v, v, builder.load(tot)), tot)
+        s = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(tot)))
+        tail = builder.mul(builder.sdiv(n, c(16)), c(16))
+        with cgutils.for_range(builder, builder.sub(n, tail)) as loop:
+            xi = builder.load(builder.gep(xp, [builder.add(tail, loop.index)]))
+            builder.store(builder.fadd(builder.load(s), builder.fmul(xi, xi)), s)
+        return builder.load(s)
+    return types.float32(x, types.intp), codegen
+
+
+@njit(**EXACT)
+def rms_row(x, w, eps, out):
+    """out = x / sqrt(mean(x^2) + eps) * w for one contiguous row (no weight: w empty);
+    out may be x."""
+    n = x.shape[0]
+    inv = np.float32(1.0) / np.sqrt(_sumsq(x, n) / np.float32(n) + eps)
+    if w.shape[0]:
+        for i in range(n):
+            out[i] = x[i] * inv * w[i]
+    else:
+        for i in range(n):
+            out[i] = x[i] * inv
+
+
 def _rms_rows(x, w, eps, out):
     for r in prange(x.shape[0]):
-        xr = x[r]
-        ss = np.float32(0.0)
-        for i in range(xr.shape[0]):
-            ss += xr[i] * xr[i]
-        inv = np.float32(1.0) / np.sqrt(ss / np.float32(xr.shape[0]) + eps)
-        if w.shape[0]:
-            for i in range(xr.shape[0]):
-                out[r, i] = xr[i] * inv * w[i]
-        else:
-            for i in range(xr.shape[0]):
-                out[r, i] = xr[i] * inv
+        rms_row(x[r], w, eps, out[r])
 
 
 def _ln_rows(x, w, b, eps, out):

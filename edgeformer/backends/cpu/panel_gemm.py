@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from llvmlite.ir import types as irt
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -63,29 +62,8 @@ def _widen(context, builder, v, kind: str):
     return builder.bitcast(builder.or_(bits, builder.shl(builder.and_(h, c(0x8000)), c(16))), _V16F)
 
 
-class _BFloat(irt._BaseFloatType):
-    """LLVM's `bfloat` (llvmlite has no such type; the AVX512-BF16 intrinsics take it)."""
-    null = "0.0"
-    intrinsic_name = "bf16"
-
-    def __str__(self) -> str:
-        return "bfloat"
-
-
-_BFloat._create_instance()
-_V32BF = ir.VectorType(_BFloat(), 32)
-
-
-def has_bf16_dot(context) -> bool:
-    """AVX512-BF16's vdpbf16ps (pairs of bfloat16 products summed into float32 lanes)."""
-    f = _features(context) if _is_x86() else set()
-    return "+avx512bf16" in f and "+avx512f" in f
-
-
 def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) -> None:
-    """The IR of one rv x tt tile (see `_make_tile`). kind "bf16pair": weights are bfloat16
-    (k, k+1) pairs per lane (32 uint16 per panel step), x is uint32 bfloat16 pairs, and a
-    step is one vdpbf16ps (two k per step: nk counts pairs)."""
+    """The IR of one rv x tt tile (see `_make_tile`)."""
     w_off, w_ps, nrv, nk, x_off, x_ts, nt, y_off, y_ts, first = (args[i] for i in (1, 2, 3, 4, 6, 7, 8, 10, 11, 12))
     i64 = nk.type
     k64 = lambda k: ir.Constant(i64, k)  # noqa: E731
@@ -96,11 +74,7 @@ def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) 
     xbase = [builder.add(x_off, builder.mul(clamp(t, nt), x_ts)) for t in range(tt)]
     ybase = [[builder.add(builder.add(y_off, builder.mul(k64(t), y_ts)), k64(P * v)) for t in range(tt)]
              for v in range(rv)]
-    pair = kind == "bf16pair"
-    wvt = _V32BF if pair else ir.VectorType(wp.type.pointee, P)
-    step = 2 * P if pair else P
-    dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F, _V32BF, _V32BF]),
-                                         "llvm.x86.avx512bf16.dpbf16ps.512") if pair else None
+    wvt = ir.VectorType(wp.type.pointee, P)
 
     def yptr(v, t):
         return builder.bitcast(builder.gep(yp, [ybase[v][t]]), _V16F.as_pointer())
@@ -115,22 +89,14 @@ def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) 
                     builder.store(builder.load(yptr(v, t), align=4), acc[v][t])
     with cgutils.for_range(builder, nk) as loop:
         k = loop.index
-        wk = builder.mul(k, k64(step))
+        wk = builder.mul(k, k64(P))
         wv = [builder.load(builder.bitcast(builder.gep(wp, [builder.add(wbase[v], wk)]), wvt.as_pointer()), align=2)
               for v in range(rv)]
-        wv = wv if pair else [_widen(context, builder, w, kind) for w in wv]
+        wv = [_widen(context, builder, w, kind) for w in wv]
         for t in range(tt):
-            xs = builder.load(builder.gep(xp, [builder.add(xbase[t], k)]))
-            if pair:
-                xb = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(_I32, 16), None), xs,
-                                                                   ir.Constant(_I32, 0)),
-                                            ir.Constant(ir.VectorType(_I32, 16), None), ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
-                xb = builder.bitcast(xb, _V32BF)
-            else:
-                xb = _fsplat(builder, xs, P)
+            xb = _fsplat(builder, builder.load(builder.gep(xp, [builder.add(xbase[t], k)])), P)
             for v in range(rv):
-                a = builder.load(acc[v][t])
-                builder.store(builder.call(dot, [a, wv[v], xb]) if pair else _fma(builder, wv[v], xb, a), acc[v][t])
+                builder.store(_fma(builder, wv[v], xb, builder.load(acc[v][t])), acc[v][t])
     for v in range(rv):
         for t in range(tt):
             with builder.if_then(live(v, t)):
@@ -138,8 +104,7 @@ def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) 
 
 
 def _make_tile(kind: str):
-    """The tile intrinsic for weights of `kind` ("f32", "f16", "bf16"; "bf16pair": see
-    `_emit_tile`, compiled to nothing where the CPU lacks AVX512-BF16)."""
+    """The tile intrinsic for weights of `kind` ("f32", "f16", "bf16")."""
     @intrinsic
     def tile(typingctx, w, w_off, w_pstride, nrv, nk, x, x_off, x_tstride, nt, y, y_off, y_tstride, first):
         """Accumulate y[t, v*16 + l] (+)= sum_{k < nk} w[panel v, k, lane l] * x[t, k] for
@@ -154,8 +119,6 @@ def _make_tile(kind: str):
             rv = _rv(context)
             wp, xp, yp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 5, 9))
             nt = args[8]
-            if kind == "bf16pair" and not has_bf16_dot(context):
-                return context.get_dummy_value()
             with builder.if_else(builder.icmp_signed("==", nt, ir.Constant(nt.type, 1))) as (gemv, gemm):
                 with gemv:
                     _emit_tile(context, builder, args, wp, xp, yp, kind, rv, 1)

@@ -39,11 +39,14 @@ class PackedWeight:
     (n, k), the arrays, and `kernel`, the Numba linear kernel bound at prepare time so a
     call does no dispatch in Python."""
 
-    __slots__ = ("kind", "n", "k", "arrays", "kernel")
+    __slots__ = ("kind", "n", "k", "arrays", "kernel", "act")
 
     def __init__(self, kind: QType, n: int, k: int, arrays: tuple[np.ndarray, ...],
-                 kernel: Callable[..., None] | None = None) -> None:
+                 kernel: Callable[..., None] | None = None, act: np.ndarray | None = None) -> None:
         self.kind, self.n, self.k, self.arrays, self.kernel = kind, n, k, arrays, kernel
+        # quantized kinds: an empty array of the activations' integer dtype (int16/int8),
+        # or None for float32 activations against dequantized panels
+        self.act = act
 
     @property
     def nbytes(self) -> int:

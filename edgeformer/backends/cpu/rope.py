@@ -2,16 +2,19 @@
 
 cos/sin are computed once per (token, frequency) in float32 exactly as the reference does
 (angle = float32(pos) * float32(inv_freq), then cos/sin, then * mscale), and shared by all
-heads of the token."""
+heads of the token. `cos_sin` and `rotate` are shared with the fused decode step
+(`block.py` `_rope_heads`), and every function that runs them is compiled without
+fast-math flags, so a token is rotated to the same bits on every path (no FMA contraction
+that one call site makes and another does not)."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from edgeformer.backends.cpu.common import JIT, PARALLEL_MIN, jit_pair
+from edgeformer.backends.cpu.common import EXACT, PARALLEL_MIN, jit_pair
 
 
-@njit(inline="always", **JIT)
+@njit(inline="always", **EXACT)
 def cos_sin(p, inv_freq, mscale, cs, sn):
     """cs[i], sn[i] = mscale * cos / sin(p * inv_freq[i]) for position p (float32)."""
     for i in range(inv_freq.shape[0]):
@@ -20,7 +23,7 @@ def cos_sin(p, inv_freq, mscale, cs, sn):
         sn[i] = np.sin(a) * mscale
 
 
-@njit(inline="always", **JIT)
+@njit(inline="always", **EXACT)
 def rotate(xr, o, cs, sn, neox):
     """The first 2 * len(cs) dims of one head xr rotated into o (o may be xr): pairs
     (i, i + half) when neox, else (2i, 2i + 1). The rest of o is left alone."""
@@ -51,7 +54,7 @@ def _rope_rows(x, pos, inv_freq, neox, mscale, out):
             rotate(xr, o, cs, sn, neox)
 
 
-_rope_ser, _rope_par = jit_pair(_rope_rows)
+_rope_ser, _rope_par = jit_pair(_rope_rows, EXACT)
 
 
 def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,

@@ -134,12 +134,62 @@ def _dot64(context, builder, q, x):
     return builder.sitofp(_idot64(context, builder, q, x), _V16F)
 
 
+def _is16(x) -> bool:
+    """Whether the activation vector x holds int16 (else int8)."""
+    return x.type.element == ir.IntType(16)
+
+
+def _ext16(builder, q, signed: bool):
+    """<n x i8> weight quants -> <n x i16> (sign- or zero-extended)."""
+    t = ir.VectorType(ir.IntType(16), q.type.count)
+    return builder.sext(q, t) if signed else builder.zext(q, t)
+
+
+# int16 activations are stored per pair of 32-blocks (2i, 2i+1) in the order
+# [b0 0-15 | b1 0-15 | b0 16-31 | b1 16-31] ("interleaved"; a lone last block stays in
+# natural order), which is the order of a Q4/Q5 block pair's low then high nibbles. IL maps
+# natural positions to it (and back: it is its own inverse).
+IL = list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64))
+
+
+def _wpairs(context, builder, q, x):
+    """<64 x i16> q . x (both interleaved) -> (A, B) <16 x i32>: A lane l = the pair
+    products of elements 2l, 2l+1 (lanes 0-7: block 0 weights 0-15, 8-15: block 1 weights
+    0-15), B the same for elements 32 + 2l, 33 + 2l (weights 16-31). One `vpmaddwd` per 32
+    elements on AVX512BW, per 16 on AVX2; exact (|q| <= 255, |x| <= 32767)."""
+    v16i, f = ir.VectorType(_I32, 16), _features(context) if _is_x86() else set()
+    if "+avx512bw" in f:
+        return tuple(_call(builder, "llvm.x86.avx512.pmaddw.d.512", v16i,
+                           [_lanes(builder, q, list(range(32 * h, 32 * h + 32))),
+                            _lanes(builder, x, list(range(32 * h, 32 * h + 32)))]) for h in range(2))
+    if "+avx2" in f:
+        v8i = ir.VectorType(_I32, 8)
+        p = [_call(builder, "llvm.x86.avx2.pmadd.wd", v8i,
+                   [_lanes(builder, q, list(range(16 * h, 16 * h + 16))),
+                    _lanes(builder, x, list(range(16 * h, 16 * h + 16)))]) for h in range(4)]
+        return tuple(builder.shuffle_vector(p[2 * h], p[2 * h + 1], _vec(_I32, 16, list(range(16)))) for h in range(2))
+    v64 = ir.VectorType(_I32, 64)           # generic IR: the pmaddwd / smlal shape
+    m = builder.mul(builder.sext(q, v64), builder.sext(x, v64))
+    a = builder.add(builder.shuffle_vector(m, m, _vec(_I32, 32, list(range(0, 64, 2)))),
+                    builder.shuffle_vector(m, m, _vec(_I32, 32, list(range(1, 64, 2)))))
+    return _lanes(builder, a, list(range(16))), _lanes(builder, a, list(range(16, 32)))
+
+
+def _wdot64(context, builder, q, x):
+    """<64 x i16> q . x (both interleaved) -> <16 x i32>: lanes 0-7 sum to block 0, lanes
+    8-15 to block 1 (`_idot64`'s block membership; lane l = A[l] + B[l] of `_wpairs`)."""
+    a, b = _wpairs(context, builder, q, x)
+    return builder.add(a, b)
+
+
 def _idot64(context, builder, q, x):
     """<64 x i8> q (unsigned, < 64) . <64 x i8> x (signed) -> <16 x i32>, lane l = sum of
     the products of bytes 4l..4l+3: lanes 0-7 cover bytes 0-31, lanes 8-15 bytes 32-63.
     x86 gets one `vpdpbusd` (AVX512-VNNI) or `vpmaddubsw` + `vpmaddwd` (AVX512BW / AVX2:
     no widening of either operand; pair sums <= 2*63*127 fit int16, so no saturation);
     other targets get generic IR."""
+    if _is16(x):       # int16 activations (interleaved; so must q be): unsigned quants
+        return _wdot64(context, builder, _ext16(builder, q, False), x)
     v16i, f = ir.VectorType(_I32, 16), _features(context) if _is_x86() else set()
     if "+avx512vnni" in f and "+avx512f" in f:
         r = _call(builder, "llvm.x86.avx512.vpdpbusd.512", v16i,
@@ -167,8 +217,13 @@ def _idot64(context, builder, q, x):
 
 
 def _fma(builder, a, b, c):
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F] * 3),
-                                        "llvm.fmuladd.v16f32")
+    """a * b + c with ONE rounding (llvm.fma), for any float or float-vector type: never
+    left to LLVM's contraction of a separate multiply and add, which it decides per
+    compilation context (a row dot inlined into the fused decode step and into a linear
+    kernel must round alike: batch invariance)."""
+    t = a.type
+    name = "llvm.fma.f32" if t == _F32 else f"llvm.fma.v{t.count}f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t] * 3), name)
     return builder.call(fn, [a, b, c])
 
 
@@ -241,9 +296,11 @@ def _kquant_codegen(context, builder, sig, args, with_qh: bool):
         j8 = builder.mul(j, _c(j, 8))
         sv = builder.fmul(builder.fmul(builder.uitofp(_vload(builder, scp, j8, 8), v8f), _vload(builder, xdp, j8, 8)),
                           _fsplat(builder, _f16(context, builder, dp, j), 8))
-        mv = builder.fmul(builder.fmul(builder.uitofp(_vload(builder, mnp, j8, 8), v8f), _vload(builder, xsp, j8, 8)),
-                          _fsplat(builder, builder.fneg(_f16(context, builder, dmp, j)), 8))
-        acc = builder.fadd(acc, builder.shuffle_vector(mv, ir.Constant(v8f, None), _vec(_I32, 16, list(range(16)))))
+        mv = builder.fmul(builder.uitofp(_vload(builder, mnp, j8, 8), v8f), _vload(builder, xsp, j8, 8))
+        wide = _vec(_I32, 16, list(range(16)))     # lanes 8-15: 0 * 0
+        acc = _fma(builder, builder.shuffle_vector(mv, ir.Constant(v8f, None), wide),
+                   builder.shuffle_vector(_fsplat(builder, builder.fneg(_f16(context, builder, dmp, j)), 8),
+                                          ir.Constant(v8f, None), wide), acc)
         h = _vload(builder, hp, builder.mul(j, _c(j, 32)), 32) if with_qh else None
         for c in range(4):
             q = _vload(builder, qp, builder.add(builder.mul(j, _c(j, 128)), _c(j, 32 * c)), 32)
@@ -254,8 +311,10 @@ def _kquant_codegen(context, builder, sig, args, with_qh: bool):
                 hi = builder.or_(hi, builder.shl(builder.and_(builder.lshr(h, _bsplat(2 * c + 1)), _bsplat(1)),
                                                  _bsplat(4)))
             xo = builder.add(builder.mul(j, _c(j, 256)), _c(j, 64 * c))
-            q64 = builder.shuffle_vector(lo, hi, _vec(_I32, 64, list(range(64))))   # sub-blocks 2c, 2c+1
-            acc = _fma(builder, _dot64(context, builder, q64, _vload(builder, xp, xo, 64)),
+            xv = _vload(builder, xp, xo, 64)
+            # sub-blocks 2c, 2c+1 (interleaved for int16 activations)
+            q64 = builder.shuffle_vector(lo, hi, _vec(_I32, 64, IL if _is16(xv) else list(range(64))))
+            acc = _fma(builder, _dot64(context, builder, q64, xv),
                        _lanes(builder, sv, [2 * c] * 8 + [2 * c + 1] * 8), acc)
         return acc
     return _loop2(builder, nsb, body)
@@ -311,11 +370,19 @@ def rowdot_q6_k(typingctx, ql, qh, sc, d, xq, xd):
                                                       _bsplat(4))) for k in range(4)]
                 for k in (0, 2):        # quarters k, k+1 are 64 consecutive weights
                     xv = _vload(builder, xp, builder.add(builder.mul(j, _c(j, 256)), _c(j, 128 * n + 32 * k)), 64)
+                    g = 8 * n + 2 * k   # 16-weight groups g..g+3
+                    if _is16(xv):    # signed q6 - 32 (interleaved) straight into the int16 pair products;
+                        # A and B stay apart: their lanes hold groups (g, g+2) and (g+1, g+3)
+                        q64 = builder.shuffle_vector(q6[k], q6[k + 1], _vec(_I32, 64, IL))
+                        pa, pb = _wpairs(context, builder, _ext16(builder, builder.sub(q64, _bsplat(32, 64)), True), xv)
+                        for p_, gs in ((pa, (g, g + 2)), (pb, (g + 1, g + 3))):
+                            acc = _fma(builder, builder.sitofp(p_, _V16F), _lanes(builder, sv, [gs[0]] * 8 + [gs[1]] * 8),
+                                       acc)
+                        continue
                     q64 = builder.shuffle_vector(q6[k], q6[k + 1], _vec(_I32, 64, list(range(64))))
                     # unsigned q6 in 0..63; weight = q6 - 32: subtract 32 * (quad sums of x)
                     r = builder.sub(_idot64(context, builder, q64, xv), _idot64(context, builder, _bsplat(32, 64), xv))
-                    g = 8 * n + 2 * k   # lanes 4m..4m+3 hold 16-weight group g + m
-                    lane_sc = _lanes(builder, sv, [g + m // 4 for m in range(16)])
+                    lane_sc = _lanes(builder, sv, [g + m // 4 for m in range(16)])   # lanes 4m..4m+3: group g + m
                     acc = _fma(builder, builder.sitofp(r, _V16F), lane_sc, acc)
             return acc
         return _loop2(builder, nsb, body)

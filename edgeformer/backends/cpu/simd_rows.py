@@ -12,8 +12,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from edgeformer.backends.cpu.simd import (_F32, _I8, _I32, _V16F, _bsplat, _c, _data, _dot64, _f16, _features,
-                                          _fma, _hsum, _is_x86, _lanes, _len, _loop2, _pairdot, _ptrs, _vec, _vload)
+from edgeformer.backends.cpu.simd import (_F32, _I8, _I32, _V16F, _bsplat, _c, _data, _dot64, _ext16, _f16,
+                                          _features, _fma, _hsum, _is16, _is_x86, _lanes, _len, _loop2, _pairdot, _ptrs,
+                                          _vec, _vload, _wdot64, IL)
 
 
 # ---------------------------------------------------------------- row dots, scales in-register
@@ -39,25 +40,43 @@ def _f2(context, builder, ptr, b, half: bool):
 
 
 _Q5 = ("q5_0", "q5_1")
+_ZP = {"q4_0": 8, "q5_0": 16}     # zero points: with int16 activations q - zp goes into the integer dot
+
+
+def _signed_dot(context, builder, q64, x64, zp: int):
+    """int16 activations: (q - zp) . x exactly in the integers, <16 x float> (no xs term)."""
+    qs = builder.sub(q64, _bsplat(zp, q64.type.count)) if zp else q64
+    return builder.sitofp(_wdot64(context, builder, _ext16(builder, qs, True), x64), _V16F)
+
+
+def _has_z(kind: str, il: bool) -> bool:
+    """Whether the kind needs the xs (zero point / mins) term: always for mins kinds; for
+    zero-point kinds only with int8 activations (int16 folds the zero point into the dot)."""
+    return kind in _MINS or (kind in _ZP and not il)
 _MINS = ("q4_1", "q5_1")          # kinds with a per-block min m_b instead of a zero point
 # zero-point weight per kind: the dot of unsigned quants is corrected by zpw * sum_b d_b xs_b
 # (Q4_0: q - 8, Q5_0: q - 16; Q8_0 on VNNI: (q + 128) - 128); mins kinds add + sum_b m_b xs_b
 _ZPW = {"q4_0": -8.0, "q4_1": 1.0, "q5_0": -16.0, "q5_1": 1.0}
 
 
-def _hibits(builder, hp, b, nblk: int):
-    """<32 nblk x i8>: 16 where the 5th bit of a weight of blocks b..b+nblk-1 is set, else 0.
+def _hibits(builder, hp, b, nblk: int, il: bool = False):
+    """<32 nblk x i8>: 16 where the 5th bit of a weight of blocks b..b+nblk-1 is set, else 0,
+    in natural order (or interleaved, `simd.IL`, for two blocks and `il`).
     qh holds each block's little-endian uint32 (bit j = weight j; ggml `block_q5_0`)."""
     n = 32 * nblk
     h = _vload(builder, hp, builder.mul(b, _c(b, 4)), 4 * nblk)
-    spread = builder.shuffle_vector(h, h, _vec(_I32, n, [4 * (p // 32) + p % 32 // 8 for p in range(n)]))
-    bit = builder.and_(spread, _vec(_I8, n, [(1 << (p % 8)) if p % 8 < 7 else -128 for p in range(n)]))
+    pos = IL if il else list(range(n))      # natural weight index at each output position
+    spread = builder.shuffle_vector(h, h, _vec(_I32, n, [4 * (p // 32) + p % 32 // 8 for p in pos]))
+    bit = builder.and_(spread, _vec(_I8, n, [(1 << (p % 8)) if p % 8 < 7 else -128 for p in pos]))
     return builder.select(builder.icmp_unsigned("!=", bit, _bsplat(0, n)), _bsplat(16, n), _bsplat(0, n))
 
 
-def _pairdot64(builder, q, x64):
+def _pairdot64(context, builder, q, x64):
     """Signed <64 x i8> q . x64 -> <16 x float>: lanes 0-7 sum to block (bytes 0-31),
     lanes 8-15 to the next (each block's 16 pair sums folded to 8), `_idot64`'s layout."""
+    if _is16(x64):     # q in natural order -> interleaved, as int16 activations are
+        q = _lanes(builder, q, IL)
+        return builder.sitofp(_wdot64(context, builder, _ext16(builder, q, True), x64), _V16F)
     lo = _pairdot(builder, _lanes(builder, q, list(range(32))), _lanes(builder, x64, list(range(32))))
     hi = _pairdot(builder, _lanes(builder, q, list(range(32, 64))), _lanes(builder, x64, list(range(32, 64))))
     return builder.fadd(builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(0, 16, 2)) + list(range(16, 32, 2)))),
@@ -69,6 +88,7 @@ def _add_tail(context, builder, kind: str, wp, hp, mp, b, d, xp, xdp, xsp, res, 
     the zero-point / mins term into z (lane 0), as the paired loop does for two blocks.
     d: the block's weight scale (float); xp/xdp/xsp: the token's xq / xd / xs pointers."""
     x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
+    il = _is16(x32)
     if kind == "q8_0":       # signed pair products, exact on every target; no zero point
         tail = _hsum(builder, _pairdot(builder, _vload(builder, wp, builder.mul(b, _c(b, 32)), 32), x32))
     else:
@@ -77,14 +97,20 @@ def _add_tail(context, builder, kind: str, wp, hp, mp, b, d, xp, xdp, xsp, res, 
                                      _vec(_I32, 32, list(range(32))))
         if hp is not None:
             q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
-        widen, zv = _vec(_I32, 64, list(range(64))), _vec(_I8, 32)
-        tail = _hsum(builder, _dot64(context, builder, builder.shuffle_vector(q32, zv, widen),
-                                     builder.shuffle_vector(x32, zv, widen)))
-        zt = builder.fmul(_f16(context, builder, mp, b) if mp is not None else d, builder.load(builder.gep(xsp, [b])))
-        zv2 = builder.insert_element(ir.Constant(ir.VectorType(_F32, 2), None), zt, ir.Constant(_I32, 0))
-        builder.store(builder.fadd(builder.load(z), zv2), z)
+        widen = _vec(_I32, 64, list(range(64)))
+        q64, x64 = builder.shuffle_vector(q32, _vec(_I8, 32), widen), builder.shuffle_vector(
+            x32, ir.Constant(x32.type, None), widen)
+        if il and kind in _ZP:    # zero point inside the integer dot (the padding's -zp meets x = 0)
+            tail = _hsum(builder, _signed_dot(context, builder, q64, x64, _ZP[kind]))
+        else:
+            tail = _hsum(builder, _dot64(context, builder, q64, x64))
+    if _has_z(kind, il):
+        zv, i0 = builder.load(z), ir.Constant(_I32, 0)
+        z0 = _fma(builder, _f16(context, builder, mp, b) if mp is not None else d,
+                  builder.load(builder.gep(xsp, [b])), builder.extract_element(zv, i0))
+        builder.store(builder.insert_element(zv, z0, i0), z)
     s = builder.fmul(d, builder.load(builder.gep(xdp, [b])))
-    builder.store(builder.fadd(builder.load(res), builder.fmul(tail, s)), res)
+    builder.store(_fma(builder, tail, s, builder.load(res)), res)
 
 
 def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
@@ -99,17 +125,18 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     mp = ps[5] if kind in _MINS else None
     hp = ps[-1] if kind in _Q5 else None
     nb = _len(context, builder, sig.args[2], args[2])
-    v2 = ir.VectorType(_F32, 2)
-    z = cgutils.alloca_once_value(builder, ir.Constant(v2, None))    # zero-point / mins sums
-    unsigned8 = kind == "q8_0" and _vnni(context)
-    order = _vec(_I32, 64, list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64)))
+    z = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(_F32, 2), None))   # zero-point / mins sums
+    unsigned8 = kind == "q8_0" and _vnni(context) and sig.args[1].dtype == types.int8
+    il = sig.args[1].dtype == types.int16       # int16 activations are interleaved (simd.IL)
+    order = _vec(_I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
     split = _vec(_I32, 16, [0] * 8 + [1] * 8)
 
     def scales(b):
         d2 = _f2(context, builder, dp, b, True)
-        xs2 = _f2(context, builder, xsp, b, False)
-        zt = builder.fmul(_f2(context, builder, mp, b, True) if mp is not None else d2, xs2)
-        builder.store(builder.fadd(builder.load(z), zt), z)
+        if _has_z(kind, il) or unsigned8:
+            xs2 = _f2(context, builder, xsp, b, False)
+            builder.store(_fma(builder, _f2(context, builder, mp, b, True) if mp is not None else d2, xs2,
+                               builder.load(z)), z)
         s2 = builder.fmul(d2, _f2(context, builder, xdp, b, False))
         return builder.shuffle_vector(s2, s2, split)
 
@@ -121,23 +148,26 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
             if unsigned8:
                 f = _dot64(context, builder, builder.xor(q, _bsplat(-128, 64)), x64)
             else:
-                f = _pairdot64(builder, q, x64)
+                f = _pairdot64(context, builder, q, x64)
         else:
             q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
             q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
             if hp is not None:
-                q64 = builder.or_(q64, _hibits(builder, hp, b, 2))
-            f = _dot64(context, builder, q64, x64)
+                q64 = builder.or_(q64, _hibits(builder, hp, b, 2, il))
+            f = _signed_dot(context, builder, q64, x64, _ZP[kind]) if il and kind in _ZP else \
+                _dot64(context, builder, q64, x64)
         return _fma(builder, f, scales(b), acc)
 
     res = cgutils.alloca_once_value(builder, _loop2(builder, builder.ashr(nb, _c(nb, 1)), body))
     with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
         b = builder.sub(nb, _c(nb, 1))           # odd count: the last block alone
         _add_tail(context, builder, kind, wp, hp, mp, b, _f16(context, builder, dp, b), xp, xdp, xsp, res, z)
+    if not (_has_z(kind, il) or unsigned8):
+        return builder.load(res)
     zs = builder.load(z)
     zsum = builder.fadd(builder.extract_element(zs, ir.Constant(_I32, 0)), builder.extract_element(zs, ir.Constant(_I32, 1)))
-    zpw = -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind]
-    return builder.fadd(builder.load(res), builder.fmul(zsum, ir.Constant(_F32, zpw)))
+    zpw = -128.0 if unsigned8 else _ZPW[kind]
+    return _fma(builder, zsum, ir.Constant(_F32, zpw), builder.load(res))
 
 
 @intrinsic
@@ -194,14 +224,14 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
     xps = [builder.gep(xqa.data, [builder.mul(builder.add(t0, _c(t0, j)), k)]) for j in range(4)]
     xdps = [builder.gep(xda.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
     xsps = [builder.gep(xsa.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
-    v2 = ir.VectorType(_F32, 2)
     # two accumulators per token (even / odd pair), summed as `_loop2` does: every token's
     # result has the bits `rowdot2_*` gives it alone (row-invariant batches rely on that)
     accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(4)] for _ in range(2)]
-    zs = [cgutils.alloca_once_value(builder, ir.Constant(v2, None)) for _ in range(4)]
-    order = _vec(_I32, 64, list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64)))
+    zs = [cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(_F32, 2), None)) for _ in range(4)]
+    il = xqty.dtype == types.int16       # int16 activations are interleaved (simd.IL)
+    order = _vec(_I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
     split = _vec(_I32, 16, [0] * 8 + [1] * 8)
-    unsigned8 = kind == "q8_0" and _vnni(context)
+    unsigned8 = kind == "q8_0" and _vnni(context) and xqty.dtype == types.int8
 
     def pair(i, acc):          # blocks 2i, 2i+1 of all 4 tokens into accumulators `acc`
         b = builder.shl(i, _c(i, 1))
@@ -212,14 +242,21 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
             q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
             q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
             if hp is not None:
-                q64 = builder.or_(q64, _hibits(builder, hp, b, 2))
+                q64 = builder.or_(q64, _hibits(builder, hp, b, 2, il))
         d2 = _f2(context, builder, dp, b, True)
         zw = _f2(context, builder, mp, b, True) if mp is not None else d2
+        if il and kind in _ZP:       # shared by the 4 tokens: the signed, widened quants
+            q64 = builder.sub(q64, _bsplat(_ZP[kind], 64))
         for j in range(4):
             x64 = _vload(builder, xps[j], builder.mul(i, _c(i, 64)), 64)
-            f = _dot64(context, builder, q64, x64) if kind != "q8_0" or unsigned8 else _pairdot64(builder, q64, x64)
-            builder.store(builder.fadd(builder.load(zs[j]), builder.fmul(zw, _f2(context, builder, xsps[j], b, False))),
-                          zs[j])
+            if il and kind in _ZP:
+                f = _signed_dot(context, builder, q64, x64, 0)
+            elif kind != "q8_0" or unsigned8:
+                f = _dot64(context, builder, q64, x64)
+            else:
+                f = _pairdot64(context, builder, q64, x64)
+            if _has_z(kind, il) or unsigned8:
+                builder.store(_fma(builder, zw, _f2(context, builder, xsps[j], b, False), builder.load(zs[j])), zs[j])
             s2 = builder.fmul(d2, _f2(context, builder, xdps[j], b, False))
             builder.store(_fma(builder, f, builder.shuffle_vector(s2, s2, split), builder.load(acc[j])), acc[j])
 
@@ -239,11 +276,13 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
         for j in range(4):
             _add_tail(context, builder, kind, wp, hp, mp, b, dd, xps[j], xdps[j], xsps[j], res[j], zs[j])
     zpw = ir.Constant(_F32, -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind])
+    if not (_has_z(kind, il) or unsigned8):
+        return context.make_tuple(builder, sig.return_type, [builder.load(r) for r in res])
     outs = []
     for j in range(4):
         zv = builder.load(zs[j])
         zsum = builder.fadd(builder.extract_element(zv, ir.Constant(_I32, 0)), builder.extract_element(zv, ir.Constant(_I32, 1)))
-        outs.append(builder.fadd(builder.load(res[j]), builder.fmul(zsum, zpw)))
+        outs.append(_fma(builder, zsum, zpw, builder.load(res[j])))
     return context.make_tuple(builder, sig.return_type, outs)
 
 

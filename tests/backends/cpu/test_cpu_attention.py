@@ -1,6 +1,7 @@
-"""CPU attention's blocked (flash) prefill kernel vs `attention_ref` and torch SDPA on
-awkward shapes: T and S not multiples of the blocks, GQA/MQA, windows, soft-cap, queries
-that see no key, unsorted key positions, head dims that are not multiples of 16."""
+"""CPU attention's blocked kernel (every T) vs `attention_ref` and torch SDPA on awkward
+shapes: T and S not multiples of the blocks, GQA/MQA, windows, soft-cap, queries that see
+no key, unsorted key positions, head dims that are not multiples of 16; and its batch
+invariance: a query's bits do not depend on the call it is in."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,6 @@ def _positions(kind: str | None, t: int, s: int) -> tuple[np.ndarray | None, np.
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_blocked_matches_reference(case: tuple) -> None:
     t, s, hq, hkv, d, dv, causal, window, softcap, pos = case
-    assert t >= cpu_attn.FLASH_MIN_T and t * s >= cpu_attn.FLASH_MIN_PAIRS   # the blocked kernel runs
     q, k, v = _qkv(t, s, hq, hkv, d, dv)
     qp, kp = _positions(pos, t, s)
     kw = dict(scale=d ** -0.5, causal=causal, window=window, softcap=softcap)
@@ -84,3 +84,64 @@ def test_blocked_matches_exact_kernel_and_keeps_masked_nan_out() -> None:
     got = cpu_attn.attention(q, k, v, **kw)
     assert np.isfinite(got[9:]).all() and np.isnan(got[3:9, 2:, 5]).all()
     assert nmse(got[9:], attention_ref(q, k, v, **kw)[9:]) <= MAX_NMSE
+
+
+# ---------------------------------------------------------------- batch invariance
+
+INV_CASES = [  # t, s, hq, hkv, d, dv, window, softcap
+    (150, 150, 9, 3, 64, 64, None, None),       # SmolLM2 heads; S not a multiple of the key block
+    (97, 211, 8, 2, 32, 48, 40, 30.0),          # a chunk after a cache, window, soft-cap, Dv % 32 == 16
+    (70, 70, 4, 1, 40, 24, 17, None),           # MQA, D and Dv not multiples of 16
+]
+
+
+@pytest.mark.parametrize("case", INV_CASES, ids=str)
+def test_a_query_gets_the_same_bits_in_any_call(case: tuple) -> None:
+    """Query i's output must not depend on T, on the other queries, on its place in the
+    call, nor on keys it cannot see: alone over the keys up to it (a decode step, op path
+    and the fused step's `attend_one`), in chunked prefills (each chunk sees the keys up to
+    its end), shuffled among the others, with fewer queries per task, and with its
+    window's evicted keys missing (a paged cache's sliding layers)."""
+    t, s, hq, hkv, d, dv, window, softcap = case
+    q, k, v = _qkv(t, s, hq, hkv, d, dv)
+    qp = np.arange(s - t, s)
+    kw = dict(scale=d ** -0.5, causal=True, window=window, softcap=softcap)
+    full = cpu_attn.attention(q, k, v, qp, None, **kw)
+    assert nmse(full, attention_ref(q, k, v, qp, None, **kw)) <= MAX_NMSE
+    win = cpu_attn._NO_WINDOW if window is None else window
+    for i in range(t):
+        n = s - t + i + 1
+        alone = cpu_attn.attention(q[i:i + 1], k[:n], v[:n], qp[i:i + 1], None, **kw)
+        np.testing.assert_array_equal(alone, full[i:i + 1], err_msg=f"query {i} alone")
+        fused = np.empty((1, hq, dv), np.float32)
+        cpu_attn.attend_one(q[i:i + 1], k[:n], v[:n], np.arange(n), qp[i], np.float32(kw["scale"]), win,
+                            np.float32(softcap or 0.0), fused)
+        np.testing.assert_array_equal(fused, alone, err_msg=f"query {i} in the fused step")
+    for chunk in (1, 7, 16, 33, 64):
+        parts = [cpu_attn.attention(q[a:a + chunk], k[:s - t + a + chunk], v[:s - t + a + chunk],
+                                    qp[a:a + chunk], None, **kw) for a in range(0, t, chunk)]
+        np.testing.assert_array_equal(np.concatenate(parts), full, err_msg=f"chunks of {chunk}")
+    perm = rng.permutation(t)
+    np.testing.assert_array_equal(cpu_attn.attention(q[perm], k, v, qp[perm], None, **kw), full[perm])
+    for bq in (1, 5, 16, 64):                   # rows per task (halved by the thread count)
+        out = np.empty_like(full)
+        cpu_attn._blocked_ser(q, cpu_attn._pad16(k), cpu_attn._pad16(v), qp, np.arange(s), np.float32(kw["scale"]),
+                              True, win, np.float32(softcap or 0.0), bq, out)
+        np.testing.assert_array_equal(out, full, err_msg=f"{bq} queries per task")
+    if window is not None:                      # keys before `lo` left every window of the last queries
+        lo = s - t // 2 - window + 1
+        got = cpu_attn.attention(q[-(t // 2):], k[lo:], v[lo:], qp[-(t // 2):], np.arange(lo, s), **kw)
+        np.testing.assert_array_equal(got, full[-(t // 2):])
+
+
+def test_thread_count_does_not_change_bits() -> None:
+    import numba
+    q, k, v = _qkv(200, 300, 6, 2, 64, 64)
+    kw = dict(scale=0.125, causal=True, window=None, softcap=None)
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = cpu_attn.attention(q, k, v, **kw)
+    finally:
+        numba.set_num_threads(n)
+    np.testing.assert_array_equal(cpu_attn.attention(q, k, v, **kw), one)

@@ -176,6 +176,34 @@ def test_fused_decode_matches_op_by_op_and_transformers(tiny_gguf, name, qtype, 
     np.testing.assert_allclose(fused_c.keys[1][:24], plain_c.keys[1][:24], rtol=0, atol=0.05)
 
 
+
+@pytest.mark.parametrize("name,qtype,joined", [("llama", "Q8_0", True), ("qwen2", "Q4_0", True),
+                                               ("qwen3", "Q5_1", True), ("gemma3", "Q5_0", True), ("llama", "Q5_1", True), ("qwen3", "Q4_0", True), ("llama", "Q4_1", True),
+                                               ("gemma3", "Q5_0", False), ("gemma2", "Q5_0", True)])
+def test_fused_decode_gives_a_token_its_prefill_bits(tiny_gguf, name, qtype, joined) -> None:
+    """Batch invariance across the fused step: token t decoded by it, decoded op by op, and
+    run as the last token of a prefill (one pass, or two chunks) gets the same logits bit
+    for bit (q/k norms, post norms, sliding windows, soft-caps, separate weights included):
+    the fused step's norm, rope, glu and attention rows are the op path's own functions."""
+    _, path = tiny_gguf(name, qtype)
+    m = _decoder(path, "cpu" if joined else _NoJoinBackend())
+    toks = np.random.default_rng(6).integers(0, 211, 24)
+    fused_c = m.make_cache(64)
+    m.forward(toks[:16], fused_c)
+    for t in range(16, 24):
+        fused = m.forward(toks[t:t + 1], fused_c, last_only=True)[0]
+        one_pass = m.forward(toks[:t + 1], m.make_cache(64), last_only=True)[0]
+        np.testing.assert_array_equal(fused, one_pass, err_msg=f"fused decode of token {t}")
+        c = m.make_cache(64)
+        m.forward(toks[:5], c)
+        np.testing.assert_array_equal(m.forward(toks[5:t + 1], c, last_only=True)[0], one_pass)
+        c = m.make_cache(64)
+        m.forward(toks[:t], c)
+        with Tracer().attach(m.ops):                    # observed: the op-by-op path
+            plain = m.forward(toks[t:t + 1], c, last_only=True)[0]
+        np.testing.assert_array_equal(plain, one_pass, err_msg=f"op-by-op decode of token {t}")
+
+
 def test_fused_path_declines_unsupported_models(tiny_gguf) -> None:
     from edgeformer.backends.cpu.block import decode_layers
     _, path = tiny_gguf("llama", "F16")

@@ -143,10 +143,10 @@ def _bandwidth(threads: int) -> float:
     """Streaming-read bytes/s with `threads` threads: the best of `perf.bandwidth`'s
     measurement and a row-split Numba sum over 256 MiB (bench/kernels_cpu.py's, which
     splits rows over threads as the GEMVs do), each from loops of >= 0.2 s."""
+    from edgeformer.backends.cpu import CpuBackend   # first: it applies EDGEFORMER_CPU_ISA before numba loads
     import numba
     import numpy as np
 
-    from edgeformer.backends.cpu import CpuBackend
     from edgeformer.perf.bandwidth import stream_read_bandwidth, time_per_call
     CpuBackend()                                  # OpenMP wait policy before the pool starts
     bw = stream_read_bandwidth(threads=(threads,))

@@ -56,6 +56,30 @@ def _release_file_pages(a: Any) -> None:
         pass
 
 
+def _drop_stale_cache() -> None:
+    """Numba keys a cached kernel on its own source file's timestamp, not on the files whose
+    intrinsics and inlined functions it compiled in (simd*.py, act_quant.py, norm.py,
+    attention.py ... into matmul.py's and block.py's kernels): after an edit or an upgrade
+    of any of them, stale machine code would keep running. So a hash of every source of this
+    package is kept beside the cache; when it changes, the cached entries are deleted (they
+    recompile on first call). Only the default cache (this package's __pycache__, the forced
+    ISAs' subdirectories included); a read-only install is left alone."""
+    import hashlib
+    here = Path(__file__).parent
+    cache = here / "__pycache__"
+    try:
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+        stamp = cache / "kernel-sources.sha256"
+        if stamp.is_file() and stamp.read_text().strip() == digest:
+            return
+        for f in list(cache.rglob("*.nbi")) + list(cache.rglob("*.nbc")):
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest + "\n")
+    except OSError:
+        pass
+
+
 def _cache_warm() -> bool:
     """Whether Numba's on-disk cache holds the fused decode kernel (the last one a first run
     compiles): next to the sources, or under NUMBA_CACHE_DIR."""
@@ -153,6 +177,8 @@ class CpuBackend(Backend):
         isa.ensure()
         _choose_wait_policy()
         _keep_freed_memory()
+        if "NUMBA_CACHE_DIR" not in os.environ or isa.requested() == "avx2":
+            _drop_stale_cache()
         if not _cache_warm():
             print("edgeformer: compiling the CPU kernels (first run only, ~10-30 s; cached afterwards)",
                   file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ A missing op falls back to `kernels/`' reference, with one warning naming it.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ class Backend:
     def available(cls) -> str | None:
         """None if usable on this machine, else why not."""
         return None
+
+    def describe(self) -> str:
+        """One line for start-up logs: the backend and the settings it computes with."""
+        return f"{self.name} (float32 reference)" if self.name == "numpy" else self.name
 
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
         """Turn a matmul/embedding weight into this backend's layout, once, at load."""
@@ -100,12 +105,43 @@ def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     _BACKENDS[name] = factory
 
 
-def get_backend(name: str, activations: str | None = None) -> Backend:
-    """Backend by short name ("numpy", "cpu", "cuda"); errors list the known ones.
-    `activations` (None = the backend's default) is the cpu backend's activation setting
-    (int16 / int8 / f32, see backends/cpu/act_quant.py); other backends compute in float32
-    and accept only None, "auto" or "f32"."""
+# the backend used when none is named: the first of these that runs here (fastest first)
+PREFERENCE = ("cuda", "cpu", "numpy")
+
+
+def default_backend_name() -> str:
+    """The one default of `load()`, every command and the server: the first backend of
+    PREFERENCE that is registered and whose `available()` is None. The numpy reference
+    (always available) is the last resort; falling back to it says why on stderr, once."""
     from edgeformer import backends  # noqa: F401  (registers the built-in backends)
+    skipped = []
+    for name in PREFERENCE:
+        factory = _BACKENDS.get(name)
+        if factory is None:
+            continue
+        why = factory.available() if hasattr(factory, "available") else None
+        if why is None:
+            if skipped and name == "numpy" and not _FALLBACK_SAID:
+                _FALLBACK_SAID.append(True)
+                print(f"edgeformer: {'; '.join(skipped)}: using the numpy reference backend (slow)",
+                      file=sys.stderr, flush=True)
+            return name
+        if name != "cuda":          # no GPU is the usual case, not news
+            skipped.append(f"{name} backend unavailable ({why})")
+    return "numpy"
+
+
+_FALLBACK_SAID: list[bool] = []
+
+
+def get_backend(name: str | None = None, activations: str | None = None) -> Backend:
+    """Backend by short name ("numpy", "cpu", "cuda"; None = `default_backend_name()`);
+    errors list the known ones. `activations` (None = the backend's default) is the cpu
+    backend's activation setting (int16 / int8 / f32, see backends/cpu/act_quant.py);
+    other backends compute in float32 and accept only None, "auto" or "f32"."""
+    from edgeformer import backends  # noqa: F401  (registers the built-in backends)
+    if name is None:
+        name = default_backend_name()
     if name not in _BACKENDS:
         raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
     if activations in (None, "auto"):

@@ -10,28 +10,16 @@ the measured FP32 peak (`perf.bandwidth.host_spec`, measured once per CPU and ca
 """
 from __future__ import annotations
 
-from edgeformer.cli.run import add_activations_arg
-
 import argparse
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from edgeformer.cli.backend_choice import add_backend_args, announce
 from edgeformer.errors import InputError
-
-
-def default_backend() -> str:
-    """"cpu" when the Numba backend is usable here, else "numpy" (with a note on stderr)."""
-    from edgeformer.backends.cpu import CpuBackend
-    why = CpuBackend.available()
-    if why is None:
-        return "cpu"
-    print(f"note: cpu backend unavailable ({why}); using numpy", file=sys.stderr)
-    return "numpy"
 
 
 def load_model(model: str | None, backend: str | None = None, threads: int | None = None,
@@ -43,7 +31,8 @@ def load_model(model: str | None, backend: str | None = None, threads: int | Non
     from edgeformer.models.decoder import Decoder
     from edgeformer.models.shipped import default_model, resolve_model
     # the backend first: it sets the OpenMP wait policy, read when the thread pool starts
-    be = get_backend(backend or default_backend(), activations)
+    be = get_backend(backend, activations)
+    announce(be)
     if threads is not None:
         import numba
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
@@ -143,8 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens for tg (0 = skip; default 128)")
     p.add_argument("-r", "--repetitions", type=int, default=5, help="runs per test (default: %(default)s)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all Numba threads)")
-    p.add_argument("--backend", default=None, help="default: cpu when available, else numpy")
-    add_activations_arg(p)
+    add_backend_args(p)
     p.add_argument("--measure-ceilings", action="store_true",
                    help="re-measure bandwidth and peak FLOP/s now (default: the cached host figures)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from edgeformer.cli.backend_choice import add_backend_args, make_backend
 from edgeformer.errors import InputError
 
 DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
     p.add_argument("--model", default=DEFAULT_EMBED_MODEL,
                    help=f"sentence-transformers style model directory, or {DEFAULT_EMBED_MODEL!r} (default)")
-    p.add_argument("--backend", default="numpy", help="backend name (default: numpy)")
+    add_backend_args(p, activations=False)
     p.set_defaults(func=run)
 
 
@@ -35,11 +36,10 @@ def resolve_embed_model(name_or_path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeformer.backends import get_backend
     from edgeformer.models.bert import TextEmbedder
 
     path = resolve_embed_model(args.model)
-    vecs = TextEmbedder(path, get_backend(args.backend)).embed(args.texts)
+    vecs = TextEmbedder(path, make_backend(args)).embed(args.texts)
     print(json.dumps({"object": "list", "model": str(path),
                       "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
                                for i, v in enumerate(vecs)]}))

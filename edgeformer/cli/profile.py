@@ -6,18 +6,17 @@ roofline (bytes / measured bandwidth, FLOPs / measured peak), then checks that t
 per-op sum matches the measured step time."""
 from __future__ import annotations
 
-from edgeformer.cli.run import add_activations_arg
-
 import argparse
 import json
+
+from edgeformer.cli.backend_choice import add_backend_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="per-op time of a decode step, against the roofline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, help="GGUF file, HF directory or shipped model name")
-    p.add_argument("--backend", default=None, help="default: cpu when available, else numpy")
-    add_activations_arg(p)
+    add_backend_args(p)
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: Numba's)")
     p.add_argument("--ctx", type=int, default=64, help="cached positions before the step (default: %(default)s)")
     p.add_argument("-T", "--tokens", type=int, default=1, help="tokens in the step: 1 = decode (default)")

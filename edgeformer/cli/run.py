@@ -1,8 +1,9 @@
 """`edgeformer run [MODEL] -p PROMPT`: one completion, streamed to stdout; timings on stderr.
 
 An instruct model (one with a chat template) gets the prompt wrapped as a user message
-unless `--raw`. Sampling defaults are llama.cpp's (`common/common.h`): temp 0.8,
-top-k 40, top-p 0.95, min-p 0.05, no repeat penalty; `--temp 0` is greedy.
+unless `--raw`. Sampling defaults are the ones `load()` and the server share
+(`SamplingParams`): greedy (temp 0); with `--temp T`, llama.cpp's truncation (top-k 40,
+top-p 0.95, min-p 0.05); no repeat penalty.
 """
 from __future__ import annotations
 
@@ -10,38 +11,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgeformer.cli.backend_choice import add_backend_args, make_backend
 from edgeformer.errors import InputError
+from edgeformer.runtime.sampler import SamplingParams
 
-
-def _default_backend() -> str:
-    """"cpu" (the Numba backend) where numba is installed, else "numpy". Checked without
-    importing numba, so `--help` stays fast; `load_engine` falls back with a note."""
-    import importlib.util
-    return "cpu" if importlib.util.find_spec("numba") is not None else "numpy"
-
-
-# every CLI default lives here (llama.cpp common_params_sampling values)
-# temp 0 (greedy): sub-billion models answer factual prompts far better greedily (SmolLM2-135M
-# at llama.cpp's 0.8 drifts into French for "What is the capital of France?"); --temp 0.8 for
-# llama.cpp's default
-DEFAULTS = dict(max_tokens=256, temp=0.0, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0,
-                repeat_last_n=64, presence_penalty=0.0, frequency_penalty=0.0, backend=_default_backend())
+# the sampling defaults are SamplingParams' (shared with load() and the server)
+_SP = SamplingParams()
+DEFAULTS = dict(max_tokens=_SP.max_tokens, temp=_SP.temperature, top_k=_SP.top_k, top_p=_SP.top_p,
+                min_p=_SP.min_p, repeat_penalty=_SP.repetition_penalty, repeat_last_n=_SP.penalty_last_n,
+                presence_penalty=_SP.presence_penalty, frequency_penalty=_SP.frequency_penalty)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
-    p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
-    add_activations_arg(p)
+    add_backend_args(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length in tokens, prompt + output (default: min(model max, 4096))")
-
-
-def add_activations_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--activations", default="auto", choices=["auto", "int16", "int8", "f32"],
-                   help="cpu backend: how activations meet quantized weights: int16 per 32-block (auto; "
-                        "KLD ~1e-7 vs the float reference), int8 (llama.cpp's scheme, bit-for-bit its "
-                        "rounding), f32 (dequantized weights; slowest decode) (default: %(default)s)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -72,24 +58,9 @@ def sampling_params(args: argparse.Namespace):
                           ignore_eos=args.ignore_eos)
 
 
-def resolve_backend(name: str) -> str:
-    """`name`, or "numpy" with a note on stderr when it is "cpu" and the Numba backend
-    cannot run here (numba missing or broken); "numpy" without numba gets a note too."""
-    if name == "cpu":
-        from edgeformer.backends.cpu import CpuBackend
-        why = CpuBackend.available()
-        if why is not None:
-            print(f"note: cpu backend unavailable ({why}); using the numpy reference backend (slow)",
-                  file=sys.stderr)
-            return "numpy"
-    elif name == "numpy" and DEFAULTS["backend"] == "numpy":
-        print("note: numba is not installed; using the numpy reference backend (slow)", file=sys.stderr)
-    return name
-
-
 def load_engine(args: argparse.Namespace):
     from edgeformer.api import load
-    return load(args.model, backend=resolve_backend(args.backend), n_ctx=args.n_ctx, activations=args.activations)
+    return load(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
 
 
 def read_prompt_file(path: str) -> str:
@@ -133,10 +104,10 @@ def add_speculative_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-n", type=int, default=4, help="draft tokens per step with --draft (default: %(default)s)")
 
 
-def speculative_config(args: argparse.Namespace):
+def speculative_config(args: argparse.Namespace, backend=None):
     """SpeculativeConfig from --draft / --lookup (None if neither; the draft model is
-    loaded here). InputError for a count < 1; a draft with another vocabulary is
-    refused when the config is attached to the engine."""
+    loaded here, on `backend`: the target's). InputError for a count < 1; a draft with
+    another vocabulary is refused when the config is attached to the engine."""
     from edgeformer.runtime.speculative import SpeculativeConfig
     for flag, v in (("--lookup", args.lookup), ("--draft-n", args.draft_n)):
         if v is not None and v < 1:
@@ -145,7 +116,7 @@ def speculative_config(args: argparse.Namespace):
         return SpeculativeConfig.prompt_lookup(args.lookup)
     if args.draft is not None:
         from edgeformer.api import load
-        return SpeculativeConfig.draft_model(load(args.draft, backend=args.backend, n_ctx=args.n_ctx).model,
+        return SpeculativeConfig.draft_model(load(args.draft, backend=backend, n_ctx=args.n_ctx).model,
                                              args.draft_n)
     return None
 
@@ -169,7 +140,7 @@ def vlm_inputs(args: argparse.Namespace) -> tuple[dict, bool]:
 
 def load_vlm_engine(args: argparse.Namespace):
     from edgeformer.runtime.vlm_engine import load_vlm
-    return load_vlm(args.model, backend=args.backend, n_ctx=args.n_ctx)
+    return load_vlm(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     spec = speculative_config(args) if args.lookup is not None else None
     engine = load_vlm_engine(args) if vlm else load_engine(args)
     if args.draft is not None:
-        spec = speculative_config(args)
+        spec = speculative_config(args, engine.backend)
     if spec is not None:
         from edgeformer.runtime.speculative import enable
         enable(engine, spec)

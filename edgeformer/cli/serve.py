@@ -7,16 +7,15 @@ SSE streaming, /v1/models, /health, /metrics) run by uvicorn.
 """
 from __future__ import annotations
 
-from edgeformer.cli.run import add_activations_arg
-
 import argparse
 import re
 from pathlib import Path
 
+from edgeformer.cli.backend_choice import add_backend_args, make_backend
 from edgeformer.errors import InputError
 
 DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
-                prefill_chunk=256, max_body="4MiB", backend="numpy")
+                prefill_chunk=256, max_body="4MiB")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30}
 
@@ -42,7 +41,7 @@ def model_id(model: str | None) -> str:
     if str(model).strip().lower() in SHIPPED and not Path(model).exists():
         return str(model).strip().lower()
     name = Path(model).expanduser().resolve().name
-    return name[:-5] if name.endswith(".gguf") else name
+    return name.removesuffix(".gguf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
-    p.add_argument("--backend", default=DEFAULTS["backend"], help="numpy | cpu | ... (default: %(default)s)")
-    add_activations_arg(p)
+    add_backend_args(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length per request, prompt + output (default: min(model max, 4096))")
     p.add_argument("--host", default=DEFAULTS["host"], help="default: %(default)s")
@@ -89,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
                     ("--prefill-chunk", args.prefill_chunk)):
         if v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
-    engine = load(args.model, backend=args.backend, n_ctx=args.n_ctx, activations=args.activations)
+    engine = load(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
                      prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)
     if args.audio:
         mount_shipped_audio(app, engine.backend)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
 
 
 def mount_shipped_audio(app, backend) -> None:
@@ -120,4 +119,3 @@ def mount_shipped_audio(app, backend) -> None:
         embedder=get("embedding model", lambda: TextEmbedder(shipped_minilm_dir(), backend)),
         asr=get("speech recognition model", lambda: load_whisper(None, backend)),
         voice=get("voice", lambda: load_piper_voice(None, backend))))
-    return 0

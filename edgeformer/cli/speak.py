@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeformer.cli.backend_choice import add_backend_args, make_backend
 from edgeformer.errors import InputError
 
 _MIN_PEAK = 0.01    # piper's audio_float_to_int16: never amplify by more than 1 / 0.01
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-scale", type=float, default=None, help="prior noise (default: the voice's, 0.667)")
     p.add_argument("--noise-w", type=float, default=None, help="duration noise (default: the voice's, 0.8)")
     p.add_argument("--seed", type=int, default=None, help="noise seed for reproducible output")
-    p.add_argument("--backend", default="numpy", help="backend name (default: numpy)")
+    add_backend_args(p, activations=False)
     p.set_defaults(func=run)
 
 
@@ -47,7 +48,6 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeformer.backends import get_backend
     from edgeformer.tts.piper import load_piper_voice
 
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if not out.parent.is_dir():
         raise InputError(f"output directory {str(out.parent)!r} does not exist")
-    voice = load_piper_voice(args.voice, get_backend(args.backend))
+    voice = load_piper_voice(args.voice, make_backend(args))
     t0 = time.perf_counter()
     audio, sr = voice.synthesize(text, speed=args.speed, noise_scale=args.noise_scale, noise_w=args.noise_w,
                                  seed=args.seed)

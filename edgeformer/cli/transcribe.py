@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgeformer.cli.backend_choice import add_backend_args, make_backend
+
 
 def _positive_int(s: str) -> int:
     try:
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam size (default 1: greedy)")
     p.add_argument("--timestamps", action="store_true", help="print segments with start/end times")
     p.add_argument("--json", action="store_true", help="print the transcript as JSON")
-    p.add_argument("--backend", default="numpy", help="backend name (default: numpy)")
+    add_backend_args(p, activations=False)
     p.set_defaults(func=run)
 
 
@@ -41,10 +43,9 @@ def _clock(t: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeformer.backends import get_backend
     from edgeformer.models.whisper_decode import load_whisper, transcribe
 
-    asr = load_whisper(args.model, get_backend(args.backend))
+    asr = load_whisper(args.model, make_backend(args))
     tr = transcribe(args.file, asr, beam_size=args.beam, timestamps=args.timestamps)
     if args.json:
         print(json.dumps({"text": tr.text, "segments": [

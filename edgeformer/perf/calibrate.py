@@ -50,12 +50,9 @@ VERSION = 12                    # bump when the benchmarks change: old caches ar
 
 
 def fastest_backend() -> str:
-    """"cpu" (Numba) when it is registered and available, else "numpy"."""
-    from edgeformer.backends import backend_names
-    from edgeformer.backends.base import _BACKENDS
-    if "cpu" in backend_names() and _BACKENDS["cpu"].available() is None:   # type: ignore[attr-defined]
-        return "cpu"
-    return "numpy"
+    """The default backend (`backends.base.default_backend_name`)."""
+    from edgeformer.backends.base import default_backend_name
+    return default_backend_name()
 
 
 def _random_weight(qtype: str, n: int, k: int, seed: int = 0) -> Any:

@@ -166,14 +166,16 @@ class VLMEngine(Engine):
 
 # ---- loading -----------------------------------------------------------------------------
 
-def load_vlm(path: str | os.PathLike, backend: Any = "numpy", n_ctx: int | None = None) -> VLMEngine:
-    """A VLMEngine for an HF LLaVA directory on `backend` (name or Backend instance).
+def load_vlm(path: str | os.PathLike, backend: Any = None, n_ctx: int | None = None,
+             activations: str | None = None) -> VLMEngine:
+    """A VLMEngine for an HF LLaVA directory on `backend` (name, Backend instance, or None:
+    the default backend).
     Errors as `load_llava`; FormatError if the directory has no tokenizer."""
     from edgeformer.backends import get_backend
     from edgeformer.formats.chat_template import ChatTemplate
     from edgeformer.formats.tokenizer import Tokenizer
     t0 = time.perf_counter()
-    be = get_backend(backend) if isinstance(backend, str) else backend
+    be = get_backend(backend, activations) if backend is None or isinstance(backend, str) else backend
     model, ckpt, proc = load_llava(path, be)
     tok = Tokenizer.from_checkpoint(ckpt)
     template = ChatTemplate.for_tokenizer(ckpt.chat_template, tok, origin=str(path))

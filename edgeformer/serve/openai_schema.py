@@ -3,8 +3,9 @@
 Requests are parsed from decoded JSON into frozen dataclasses; anything a client can get
 wrong raises `APIError`, whose `body()` is OpenAI's error object
 `{"error": {"message", "type", "param", "code"}}` (the shape the official `openai` client
-parses into `openai.BadRequestError` etc.). Field names, ranges and defaults follow the
-OpenAI API reference (Chat Completions and legacy Completions).
+parses into `openai.BadRequestError` etc.). Field names and ranges follow the OpenAI API
+reference (Chat Completions and legacy Completions); omitted sampling fields take the
+defaults `load()` and the CLI share (`SamplingParams`: greedy), not OpenAI's temperature 1.
 
 Logprob shapes differ between the two endpoints, as in OpenAI's API:
 - chat: `logprobs: bool`, `top_logprobs: int 0..20`; a choice carries
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeformer.runtime.sampler import MAX_TOP_LOGPROBS, SamplingParams
+
+_DEFAULT = SamplingParams()
 
 MAX_N = 128                      # OpenAI's limit on `n`
 MAX_COMPLETION_LOGPROBS = 5      # OpenAI's limit on the legacy `logprobs`
@@ -172,8 +175,9 @@ def _common(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
         raise bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
     include_usage = _bool(so or {}, "include_usage", False)
     return dict(model=model, max_tokens=max_tokens,
-                temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
-                top_p=_num(body, "top_p", 1.0, 0.0, 1.0) or 1e-9,   # top_p 0 means "most likely only"
+                # omitted: the defaults load() and the CLI use (SamplingParams), not OpenAI's 1.0
+                temperature=_num(body, "temperature", _DEFAULT.temperature, 0.0, 2.0),
+                top_p=_num(body, "top_p", _DEFAULT.top_p, 0.0, 1.0) or 1e-9,   # top_p 0 means "most likely only"
                 n=_int(body, "n", 1, 1, MAX_N), stop=_stops(body), seed=_int(body, "seed", None, 0),
                 presence_penalty=_num(body, "presence_penalty", 0.0, -2.0, 2.0),
                 frequency_penalty=_num(body, "frequency_penalty", 0.0, -2.0, 2.0),

@@ -198,7 +198,7 @@ def load_piper_voice(path: str | os.PathLike | None = None, backend: Any = None)
     model_proto, _ = read_onnx(p)
     tensors, attrs = piper_tensors(model_proto, p)
     config = piper_config(tensors, attrs, sample_rate, p)
-    model = VitsModel(config, tensors, backend or get_backend("numpy"), origin=p)
+    model = VitsModel(config, tensors, backend or get_backend(), origin=p)
     return PiperVoice(p, model, id_map, str(meta.get("espeak", {}).get("voice", "en-us")), sample_rate,
                       float(inference.get("noise_scale", 0.667)), float(inference.get("length_scale", 1.0)),
                       float(inference.get("noise_w", 0.8)))

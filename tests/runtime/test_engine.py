@@ -50,9 +50,9 @@ def test_generate_matches_reference(chunk, params):
 
 def test_seed_reproducible_and_sensitive():
     eng = _engine(FakeModel(seed=2))
-    a = eng.generate("abc", SamplingParams(seed=11, max_tokens=30, ignore_eos=True)).token_ids
-    b = eng.generate("abc", SamplingParams(seed=11, max_tokens=30, ignore_eos=True)).token_ids
-    c = eng.generate("abc", SamplingParams(seed=12, max_tokens=30, ignore_eos=True)).token_ids
+    a = eng.generate("abc", SamplingParams(temperature=1.0, seed=11, max_tokens=30, ignore_eos=True)).token_ids
+    b = eng.generate("abc", SamplingParams(temperature=1.0, seed=11, max_tokens=30, ignore_eos=True)).token_ids
+    c = eng.generate("abc", SamplingParams(temperature=1.0, seed=12, max_tokens=30, ignore_eos=True)).token_ids
     assert a == b and a != c
 
 
@@ -78,7 +78,7 @@ def test_cache_reuse_matches_fresh_engine():
 
 def test_stream_events_match_generate():
     eng = _engine(FakeModel(seed=4))
-    p = SamplingParams(seed=3, max_tokens=25, logprobs=True, top_logprobs=3)
+    p = SamplingParams(temperature=1.0, seed=3, max_tokens=25, logprobs=True, top_logprobs=3)
     events = list(eng.stream("stream me", p))
     res = eng.generate("stream me", p)
     assert "".join(e.text for e in events) == res.text

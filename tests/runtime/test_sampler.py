@@ -106,7 +106,7 @@ def test_greedy_is_argmax_after_processors():
 
 def test_seeded_reproducibility():
     logits = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
-    params = SamplingParams(seed=42, top_p=0.95)
+    params = SamplingParams(seed=42, temperature=1.0, top_p=0.95, top_k=0, min_p=0.0)
     a = [make_sampler(params)(logits, g) for g in [make_rng(42)] for _ in range(300)]
     b = [make_sampler(params)(logits, g) for g in [make_rng(42)] for _ in range(300)]
     c = [make_sampler(params)(logits, g) for g in [make_rng(43)] for _ in range(300)]
@@ -145,7 +145,7 @@ def test_frequency_presence_penalty_by_hand():
 
 def test_logit_bias_bans_and_forces():
     logits = np.zeros(6, dtype=np.float32)
-    params = SamplingParams(logit_bias={0: -100, 1: -100, 2: -100, 3: -100, 4: -100}, seed=0)
+    params = SamplingParams(logit_bias={0: -100, 1: -100, 2: -100, 3: -100, 4: -100}, seed=0, temperature=1.0)
     out = apply_processors(make_logits_processors(params), np.array([], dtype=np.int64), logits)
     g = make_rng(0)
     assert {make_sampler(params)(out, g) for _ in range(200)} == {5}

@@ -49,9 +49,9 @@ def _dist(model: FakeModel, ctx: list[int], procs: bool) -> np.ndarray:
 
 def _params(procs: bool, seed: int) -> SamplingParams:
     if procs:
-        return SamplingParams(temperature=TEMP, top_k=TOP_K, repetition_penalty=REP, penalty_last_n=-1,
-                              max_tokens=3, seed=seed, ignore_eos=True)
-    return SamplingParams(temperature=1.0, max_tokens=3, seed=seed, ignore_eos=True)
+        return SamplingParams(temperature=TEMP, top_k=TOP_K, top_p=1.0, min_p=0.0, repetition_penalty=REP,
+                              penalty_last_n=-1, max_tokens=3, seed=seed, ignore_eos=True)
+    return SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=3, seed=seed, ignore_eos=True)
 
 
 def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -132,7 +132,8 @@ def test_acceptance_rate_matches_theory():
     eng = Engine(_target(1), ByteTokenizer(), None, "numpy", n_ctx=64, speculative=cfg)
     n, acc = 2000, 0
     for s in range(n):
-        eng.generate(PROMPT, SamplingParams(temperature=1.0, max_tokens=2, seed=s, ignore_eos=True))
+        eng.generate(PROMPT, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=2, seed=s,
+                                            ignore_eos=True))
         acc += cfg.last_stats.accepted    # max_tokens=2: one round with one draft, then done
     # binomial standard error at n=2000 is <= 0.0112; 4.5 sigma
     assert abs(acc / n - beta) < 0.05, (acc / n, beta)

@@ -38,7 +38,7 @@ def test_serve_subprocess(tiny_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "edgeformer.cli", "serve", str(tiny_dir), "--port", str(port),
-                             "--backend", "numpy", "-c", "128", "--kv-budget", "1MiB", "--log-level", "warning"],
+                             "-c", "128", "--kv-budget", "1MiB", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -58,4 +58,7 @@ def test_serve_subprocess(tiny_dir):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        out = proc.communicate(timeout=30)[0]
+    # no --backend: the one default, named at start-up
+    from edgeformer.backends.base import default_backend_name
+    assert f"edgeformer: backend {default_backend_name()} " in out, out

@@ -205,6 +205,11 @@ class CpuBackend(Backend):
             return f"numba is not importable: {e}"
         return None
 
+    def describe(self) -> str:
+        import numba
+        return (f"cpu (Numba {isa.compiled_isa()}, {numba.get_num_threads()} threads, "
+                f"activations {self.activations})")
+
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
         """Repack a 2-D (N, K) weight once into the kernels' layout (see `repack.py`) and
         bind its linear kernel. A qtype without a native kernel is dequantized to F32 with

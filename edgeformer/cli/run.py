@@ -28,6 +28,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_backend_args(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length in tokens, prompt + output (default: min(model max, 4096))")
+    add_chat_template_arg(p)
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-template", default=None, metavar="NAME",
+                   help="chat template to use instead of the file's: chatml, gemma, llama3, auto (the "
+                        "vocabulary's family) or a Jinja file (default: the file's; a file without one, "
+                        "a base model, runs as plain continuation)")
+
+
+NO_TEMPLATE_NOTE = ("note: this model file has no chat template (a base model): the text is continued as "
+                    "plain text; --chat-template NAME (chatml, gemma, llama3, auto) applies one")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +72,7 @@ def sampling_params(args: argparse.Namespace):
 
 def load_engine(args: argparse.Namespace):
     from edgeformer.api import load
-    return load(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
+    return load(args.model, backend=make_backend(args), n_ctx=args.n_ctx, chat_template=args.chat_template)
 
 
 def read_prompt_file(path: str) -> str:
@@ -140,7 +152,7 @@ def vlm_inputs(args: argparse.Namespace) -> tuple[dict, bool]:
 
 def load_vlm_engine(args: argparse.Namespace):
     from edgeformer.runtime.vlm_engine import load_vlm
-    return load_vlm(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
+    return load_vlm(args.model, backend=make_backend(args), n_ctx=args.n_ctx, chat_template=args.chat_template)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.system:
             raise InputError("--system needs a chat template (this model has none, or --raw was given)")
+        if engine.chat_template is None and not args.raw:
+            print(NO_TEMPLATE_NOTE, file=sys.stderr)
         events = engine.stream(prompt, params, **images)
     last = None
     for ev in events:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from edgeformer.cli.backend_choice import add_backend_args, make_backend
+from edgeformer.cli.run import add_chat_template_arg
 from edgeformer.errors import InputError
 
 DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="GGUF file, HF model directory, or shipped model name (default: the default shipped model)")
     add_backend_args(p)
+    add_chat_template_arg(p)
     p.add_argument("-c", "--ctx-size", type=int, default=None, dest="n_ctx",
                    help="context length per request, prompt + output (default: min(model max, 4096))")
     p.add_argument("--host", default=DEFAULTS["host"], help="default: %(default)s")
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     ("--prefill-chunk", args.prefill_chunk)):
         if v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
-    engine = load(args.model, backend=make_backend(args), n_ctx=args.n_ctx)
+    engine = load(args.model, backend=make_backend(args), n_ctx=args.n_ctx, chat_template=args.chat_template)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
                      prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)

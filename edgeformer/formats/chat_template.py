@@ -8,9 +8,12 @@ escape HTML, and the globals `raise_exception` and `strftime_now`. Template vari
 `messages`, `add_generation_prompt`, `tools`, `documents`, the special-token strings
 (`bos_token`, `eos_token`, `unk_token`, `pad_token`), and any extra keyword arguments.
 
-When a file has no template, a built-in one for the model family (`templates/*.jinja`:
-chatml for SmolLM/Qwen, Gemma's `<start_of_turn>`, Llama 3) is used, and
-`ChatTemplate.builtin` says so.
+A file without a template is a base model as far as chat goes: it runs as plain
+continuation. A built-in template (`templates/*.jinja`: chatml for SmolLM/Qwen, Gemma's
+`<start_of_turn>`, Llama 3) is applied only when asked (`--chat-template NAME`,
+`load(chat_template=NAME)`; "auto" picks the family the vocabulary's turn markers belong
+to), and `ChatTemplate.builtin` says so. Guessing one for a base model made the shipped
+Gemma 3 270M (pretrained, no template) loop on chat-wrapped prompts.
 """
 from __future__ import annotations
 
@@ -122,18 +125,36 @@ class ChatTemplate:
             raise FormatError(self.origin, f"chat template syntax error (line {e.lineno}): {e.message}") from e
 
     @classmethod
-    def for_tokenizer(cls, template: str | None, tokenizer: Any, origin: str = "<model>") -> "ChatTemplate | None":
-        """The file's template if there is one, else the built-in template of the family
-        the tokenizer's vocabulary belongs to (builtin=True), else None. Special-token
-        strings come from the tokenizer (`bos_id`, `eos_id`, `unk_id`, `pad_id`)."""
+    def for_tokenizer(cls, template: str | None, tokenizer: Any, origin: str = "<model>",
+                      override: str | None = None) -> "ChatTemplate | None":
+        """The template a model runs with: `override` when given, else the file's
+        `template`, else None (plain continuation). `override` is a built-in family name
+        (BUILTIN_FAMILIES; builtin=True), "auto" (the built-in family of the tokenizer's
+        vocabulary) or the path of a Jinja file; InputError for anything else, or for
+        "auto" with a vocabulary of no known family. Special-token strings come from the
+        tokenizer (`bos_id`, `eos_id`, `unk_id`, `pad_id`)."""
         sp = special_token_strings(tokenizer)
-        if template:
-            return cls(template, builtin=False, special_tokens=sp, origin=origin)
-        family = detect_family(tokenizer.token_to_id)
-        if family is None:
-            return None
-        return cls(builtin_template(family), builtin=True, family=family, special_tokens=sp,
-                   origin=f"<built-in {family}>")
+        if override is None:
+            return cls(template, builtin=False, special_tokens=sp, origin=origin) if template else None
+        family = override.strip().lower()
+        if family == "auto":
+            family = detect_family(tokenizer.token_to_id)
+            if family is None:
+                raise InputError(f"--chat-template auto: the vocabulary has none of the turn markers of "
+                                 f"{', '.join(BUILTIN_FAMILIES)}; name a template")
+        if family in BUILTIN_FAMILIES:
+            return cls(builtin_template(family), builtin=True, family=family, special_tokens=sp,
+                       origin=f"<built-in {family}>")
+        from pathlib import Path
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise InputError(f"chat template {override!r}: not a built-in ({', '.join(BUILTIN_FAMILIES)}, auto) "
+                             f"nor a Jinja file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"chat template {override!r}: cannot read it: {e}") from None
+        return cls(text, builtin=False, special_tokens=sp, origin=str(path))
 
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                tools: Sequence[Mapping[str, Any]] | None = None,

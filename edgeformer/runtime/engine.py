@@ -276,7 +276,8 @@ class Engine:
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         """The chat template applied to `messages` ([{"role", "content"}...])."""
         if self.chat_template is None:
-            raise InputError("this model has no chat template; use generate() with a raw prompt")
+            raise InputError("this model has no chat template (a base model?): use generate() with a plain "
+                             "prompt, or load it with chat_template=NAME (chatml, gemma, llama3, auto)")
         if not messages:
             raise InputError("chat: no messages")
         for m in messages:

@@ -167,7 +167,7 @@ class VLMEngine(Engine):
 # ---- loading -----------------------------------------------------------------------------
 
 def load_vlm(path: str | os.PathLike, backend: Any = None, n_ctx: int | None = None,
-             activations: str | None = None) -> VLMEngine:
+             activations: str | None = None, chat_template: str | None = None) -> VLMEngine:
     """A VLMEngine for an HF LLaVA directory on `backend` (name, Backend instance, or None:
     the default backend).
     Errors as `load_llava`; FormatError if the directory has no tokenizer."""
@@ -178,5 +178,5 @@ def load_vlm(path: str | os.PathLike, backend: Any = None, n_ctx: int | None = N
     be = get_backend(backend, activations) if backend is None or isinstance(backend, str) else backend
     model, ckpt, proc = load_llava(path, be)
     tok = Tokenizer.from_checkpoint(ckpt)
-    template = ChatTemplate.for_tokenizer(ckpt.chat_template, tok, origin=str(path))
+    template = ChatTemplate.for_tokenizer(ckpt.chat_template, tok, origin=str(path), override=chat_template)
     return VLMEngine(model, tok, proc, template, be, n_ctx=n_ctx, load_s=time.perf_counter() - t0)

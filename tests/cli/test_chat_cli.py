@@ -59,3 +59,42 @@ def test_context_overflow_keeps_session(engine, monkeypatch, capsys):
     rc, out, err = _chat(monkeypatch, capsys, "x" * 500 + "\nshort\n")
     assert rc == 0 and "try /reset" in err
     assert engine.prompts[-1] == "<user>short\n<assistant>"   # the too-long turn was dropped
+
+
+@pytest.fixture
+def plain_engine(monkeypatch):
+    """A model file without a chat template (a base model), recording what it is asked
+    to continue."""
+    eng = Engine(FakeModel(seed=3), ByteTokenizer(), None, "numpy", n_ctx=400)
+    prompts = []
+    orig = eng.stream
+
+    def spy(prompt, params=None):
+        prompts.append(prompt)
+        return orig(prompt, params)
+    monkeypatch.setattr(eng, "stream", spy)
+    monkeypatch.setattr(run_cmd, "load_engine", lambda args: eng)
+    eng.prompts = prompts
+    return eng
+
+
+def test_base_model_chats_as_plain_continuation(plain_engine, monkeypatch, capsys):
+    rc, out, err = _chat(monkeypatch, capsys, "Once upon a time\n and then\n/reset\nagain\n")
+    assert rc == 0 and "no chat template" in err and "--chat-template" in err
+    p1, p2, p3 = plain_engine.prompts
+    assert p1 == "Once upon a time"
+    cont1 = p2[len(p1):-len(" and then")]        # the running text carries the continuation
+    assert p2.startswith(p1) and p2.endswith(" and then") and cont1 and cont1 in out
+    assert p3 == "again"
+
+
+def test_raw_chat_ignores_the_template(engine, monkeypatch, capsys):
+    stream = []
+    monkeypatch.setattr(engine, "stream", lambda prompt, params=None: stream.append(prompt) or iter(()))
+    rc, _, err = _chat(monkeypatch, capsys, "hello\n", "--raw")
+    assert rc == 0 and stream == ["hello"] and engine.prompts == [] and "no chat template" not in err
+
+
+def test_raw_chat_refuses_a_system_message(plain_engine, monkeypatch, capsys):
+    rc, _, err = _chat(monkeypatch, capsys, "hi\n", "--system", "be terse")
+    assert rc == 1 and "--system needs a chat template" in err

@@ -34,3 +34,21 @@ def test_run_invalid_utf8_file_is_a_clear_error(tmp_path):
     r = _run("--file", str(f))
     assert r.returncode == 1
     assert "not valid UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_base_model_runs_as_plain_continuation():
+    """The shipped Gemma 3 270M is a base model with no template: `run` continues the prompt
+    as plain text (what `--raw` does) and says so; `--chat-template gemma` wraps it."""
+    from conftest import shipped_path
+    shipped_path("gemma3-270m")
+    args = ["-m", "edgeformer.cli", "run", "gemma3-270m", "-p", "The capital of Japan is", "-n", "8",
+            "--no-stats"]
+    plain = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    raw = subprocess.run([sys.executable, *args, "--raw"], capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0 and raw.returncode == 0, plain.stderr + raw.stderr
+    assert "no chat template" in plain.stderr and "no chat template" not in raw.stderr
+    assert plain.stdout == raw.stdout and "Tokyo" in plain.stdout
+    from edgeformer.api import load
+    eng = load("gemma3-270m", n_ctx=64, chat_template="gemma")
+    assert eng.chat_template.family == "gemma"
+    assert eng.render_chat([{"role": "user", "content": "Hi"}]).startswith("<bos><start_of_turn>user\nHi")

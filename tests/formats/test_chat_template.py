@@ -1,6 +1,7 @@
 """Chat templates render exactly as transformers' `apply_chat_template` does, given the
 same template string, for both shipped models (SmolLM2's template comes from its GGUF;
-Gemma 3 270M's GGUF has none, so the built-in Gemma template is used and flagged)."""
+Gemma 3 270M's GGUF has none: it runs as plain continuation unless a built-in template is
+asked for, here "auto", which picks Gemma's and flags it)."""
 from __future__ import annotations
 
 import datetime
@@ -39,8 +40,24 @@ def templates(shipped):
     for name in ("smollm2-135m-instruct", "gemma3-270m"):
         tok = shipped.tokenizer(name)
         src = shipped.tokenizer_metadata(name).get("tokenizer.chat_template")
-        out[name] = (ChatTemplate.for_tokenizer(src, tok), tok, shipped.hf_tokenizer(name))
+        override = "auto" if name == "gemma3-270m" else None
+        out[name] = (ChatTemplate.for_tokenizer(src, tok, override=override), tok, shipped.hf_tokenizer(name))
     return out
+
+
+def test_no_template_means_plain_continuation_unless_asked(shipped, tmp_path):
+    tok = shipped.tokenizer("gemma3-270m")
+    assert ChatTemplate.for_tokenizer(None, tok) is None                  # the base model: no guess
+    assert ChatTemplate.for_tokenizer(None, tok, override="llama3").family == "llama3"
+    sm_tok = shipped.tokenizer("smollm2-135m-instruct")
+    src = shipped.tokenizer_metadata("smollm2-135m-instruct")["tokenizer.chat_template"]
+    assert ChatTemplate.for_tokenizer(src, sm_tok, override="auto").family == "chatml"   # overrides the file's
+    f = tmp_path / "t.jinja"
+    f.write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}")
+    ct = ChatTemplate.for_tokenizer(src, sm_tok, override=str(f))
+    assert not ct.builtin and ct.render([{"role": "user", "content": "x"}]) == "[x]"
+    with pytest.raises(InputError, match="not a built-in"):
+        ChatTemplate.for_tokenizer(None, tok, override="vicuna")
 
 
 def test_template_source_and_builtin_flag(templates):

@@ -10,18 +10,25 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip wheel
 if [ "${1:-}" = "--test" ]; then
-  # test-only system tools: tmux (terminal tests), espeak-ng + sox (speech)
-  if ! command -v tmux >/dev/null || ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+  # test-only system tools: tmux (terminal tests), sox (speech). eSpeak NG comes from the
+  # piper-phonemize-fix wheel; the espeak-ng program is optional (the fallback's tests)
+  if ! command -v tmux >/dev/null || ! command -v sox >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq tmux espeak-ng sox libsox-fmt-all >/dev/null
+      apt-get update -qq && apt-get install -y -qq tmux sox libsox-fmt-all >/dev/null
     else
-      echo "setup: install tmux, espeak-ng and sox for the full test suite" >&2
+      echo "setup: install tmux and sox for the full test suite" >&2
     fi
   fi
   # torch first and pinned, so transformers does not pull a CUDA build
   $PIP install -q torch==2.13.0
   $PIP install -q -e ".[test]"
   CMAKE_ARGS="-DGGML_NATIVE=ON" $PIP install -q llama-cpp-python
+  # rhasspy's own piper-phonemize 1.1.0 (cp311 wheels only), the phonemizer Piper's voices were
+  # trained with: a second reference for tests/tts/test_piper_phonemes.py. Kept out of
+  # site-packages because it installs the same `piper_phonemize` package as piper-phonemize-fix.
+  if .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    $PIP install -q --no-deps --upgrade --target .venv/piper-phonemize-ref piper-phonemize==1.1.0
+  fi
 else
   $PIP install -q -e .
 fi

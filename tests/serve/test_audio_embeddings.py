@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -39,9 +38,10 @@ def live(tiny_engine):
     from edgeformer.models.whisper_decode import load_whisper
     from edgeformer.serve.app import create_app
     from edgeformer.serve.audio_embeddings import AudioModels, mount_audio_embeddings
+    from edgeformer.tts.phonemize import espeak_available
     from edgeformer.tts.piper import load_piper_voice
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (Piper's phonemizer)")
+    if not espeak_available():
+        pytest.skip("needs eSpeak NG (Piper's phonemizer): the piper-phonemize-fix wheel or the espeak-ng program")
     try:
         models = AudioModels(embedder=TextEmbedder(shipped_minilm_dir(), get_backend("cpu")),   # row-invariant: exact batch checks
                              asr=load_whisper(backend=get_backend("numpy")),

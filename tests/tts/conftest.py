@@ -1,9 +1,9 @@
 """Shared fixtures of tests/tts: the shipped Piper voice, loaded once."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
+
+from edgeformer.tts.phonemize import espeak_available
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,7 +21,7 @@ def _conv_ops():
     mp.undo()
 
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,16 @@ turned into inputs and fed the draws our model made)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from edgeformer.errors import FormatError, InputError
+from edgeformer.tts.phonemize import espeak_available
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
 
 # Measured: relative L2 error 1.7e-5 (deterministic) on "The quick brown fox...": float32
 # convolutions summed in a different order over ~20 layers. 1e-4 leaves margin and still

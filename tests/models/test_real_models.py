@@ -56,7 +56,8 @@ TOPK = 5
 # Measured on SmolLM2: 5 of 5 vs transformers, >= 4 vs llama.cpp.
 MIN_OVERLAP = {"hf": 4, "llama": 3}
 
-CASES = [("smollm2-135m-instruct", "plain"), ("smollm2-135m-instruct", "chat"), ("gemma3-270m", "plain")]
+CASES = [("smollm2-135m-instruct", "plain"), ("smollm2-135m-instruct", "chat"), ("gemma3-270m", "plain"),
+         ("qwen2.5-coder-0.5b-instruct", "chat")]
 BACKENDS = ["numpy", "cpu"]
 
 

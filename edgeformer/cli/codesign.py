@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeformer.codesign.verify import MIN_TAU_CANDIDATES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("codesign", help="search model shapes and quantization for a device's budgets")
@@ -18,16 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, nargs="+", default=None, help="override the n_layers axis")
     p.add_argument("--dims", type=int, nargs="+", default=None, help="override the dim axis")
     p.add_argument("--vocabs", type=int, nargs="+", default=None, help="override the vocab_size axis")
-    p.add_argument("--threads", type=int, default=None, help="kernel threads for --device host / --verify")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="see `perf validate --clock`")
+    p.add_argument("--threads", type=int, default=None,
+                   help="kernel threads for --device host / --verify (default: 1, the calibrated setup "
+                        "`perf validate` uses)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="timing clock for --device host / --verify (default: cpu; see `perf validate --clock`)")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--train-tokens", default="2T", help="training tokens D of the loss model (e.g. 2T, 300B)")
     p.add_argument("--max-candidates", type=int, default=1000, help="evenly spaced subset of the grid")
     p.add_argument("--top", type=int, default=15, help="front rows to print")
     p.add_argument("--build", type=int, default=None, metavar="N", help="write a random-weight GGUF of front row N")
-    p.add_argument("--verify", action="store_true", help="build + measure small candidates on this host")
-    p.add_argument("--verify-n", type=int, default=5)
+    p.add_argument("--verify", action="store_true",
+                   help="build + measure small candidates on this host (as `perf validate`): latency error, Kendall tau")
+    p.add_argument("--verify-n", type=int, default=MIN_TAU_CANDIDATES,
+                   help=f"candidates to measure (>= {MIN_TAU_CANDIDATES}: fewer ranks agree by chance)")
     p.add_argument("--verify-max-params", default="40M")
     p.add_argument("--out", type=Path, default=Path("codesign_out"))
     p.add_argument("--no-plots", action="store_true")
@@ -47,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
     for axis, val in (("layers", args.layers), ("dims", args.dims), ("vocabs", args.vocabs)):
         if val:
             space = replace(space, **{axis: tuple(val)})
-    from edgeformer.perf.calibrate import set_clock, set_threads
-    set_threads(args.threads)
-    set_clock(args.clock)
+    if args.verify:
+        from edgeformer.codesign.verify import check_n
+        check_n(args.verify_n)                 # refuse before the search, not after it
+    if args.device.strip().lower() == "host" or args.verify or args.threads is not None or args.clock is not None:
+        # price and measure in the setup `perf validate` calibrates and measures in
+        from edgeformer.perf.calibrate import use_setup
+        use_setup(args.threads, args.clock)
     res = search(args.device, space, args.latency_ms, args.memory_gb, args.prompt, args.context,
                  tokens, args.max_candidates)
     con.print(f"{res.n_evaluated} candidates priced on {res.device}; {len(res.feasible)} within budgets; "
@@ -70,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
         path = build_and_check(res.front[args.build - 1].cand, args.out)
         con.print(f"built {path} (loads and runs a forward with edgeformer)")
     if args.verify:
-        verify(res, parse_count(args.verify_max_params), args.verify_n, args.context, args.out, con)
+        from edgeformer.codesign.verify import summary_lines, verify
+        r = verify(res, parse_count(args.verify_max_params), args.verify_n, args.context, args.out,
+                   echo=con.print)
+        for line in summary_lines(r):
+            con.print(line)
     return 0
 
 
-def front_table(front: list) -> "object":
+def front_table(front: list) -> object:
     """A rich Table of Pareto-front rows (shape, qtype, KV, loss, latency, memory, energy)."""
     from rich.table import Table
     t = Table(title="Pareto front")
@@ -92,54 +107,5 @@ def front_table(front: list) -> "object":
 
 def build_and_check(cand: object, out: Path) -> Path:
     """Write the candidate's random-weight GGUF, load it and run a 4-token forward."""
-    import numpy as np
-
-    from edgeformer.backends import get_backend
-    from edgeformer.codesign.build import write_random_gguf
-    from edgeformer.formats import load_checkpoint
-    from edgeformer.models.decoder import Decoder
-    from edgeformer.perf.calibrate import fastest_backend
-    c = cand.config(2048)                       # type: ignore[attr-defined]
-    path = write_random_gguf(c, out / f"codesign_L{c.n_layers}_d{c.dim}_{cand.qtype}.gguf", cand.qtype)   # type: ignore[attr-defined]
-    model = Decoder(load_checkpoint(path), get_backend(fastest_backend()))
-    logits = model.forward(np.arange(4), model.make_cache(16))
-    if logits.shape != (4, c.vocab_size) or not np.isfinite(logits).all():
-        raise RuntimeError(f"built model {path} produced bad logits {logits.shape}")
-    return path
-
-
-def verify(res: object, max_params: float, n: int, context: int, out: Path, con: object) -> float | None:
-    """Build up to `n` small candidates (<= max_params; front first, then the smallest
-    priced ones), measure decode latency on this host, print predicted (host-calibrated)
-    vs measured and Kendall's tau. KV is f32 here: the runtime's cache stores f32."""
-    from dataclasses import replace
-
-    from edgeformer.codesign.search import kendall_tau, pricer, score
-    from edgeformer.perf.calibrate import fastest_backend
-    from edgeformer.perf.validate import measure_worker
-    pool = [s.cand for s in res.front] + sorted((s.cand for s in res.scored), key=lambda c: c.params)  # type: ignore[attr-defined]
-    chosen, seen = [], set()
-    for c in pool:
-        c = replace(c, kv_dtype="f32")
-        if c.params <= max_params and (c.shape_key, c.qtype) not in seen:
-            seen.add((c.shape_key, c.qtype))
-            chosen.append(c)
-        if len(chosen) >= n:
-            break
-    if len(chosen) < 2:
-        con.print(f"verify: fewer than 2 candidates <= {max_params / 1e6:.0f}M parameters; widen --params")   # type: ignore[attr-defined]
-        return None
-    price = pricer("host")
-    pred, meas = [], []
-    backend = fastest_backend()
-    for c in chosen:
-        path = build_and_check(c, out)
-        p = score(c, price, None, 16, context).decode_s
-        m = measure_worker(str(path), backend, context, context + 64, run_prefill=False)["decode_s"]
-        pred.append(p)
-        meas.append(m)
-        con.print(f"  {c.label():60s} predicted {p * 1e3:8.2f} ms  measured {m * 1e3:8.2f} ms  "   # type: ignore[attr-defined]
-                  f"({100 * (p - m) / m:+.0f} %)")
-    tau = kendall_tau(pred, meas)
-    con.print(f"Kendall tau (predicted vs measured latency ranks, n={len(pred)}): {tau:.2f} (target >= 0.9)")   # type: ignore[attr-defined]
-    return tau
+    from edgeformer.codesign.build import build_candidate
+    return build_candidate(cand, out)

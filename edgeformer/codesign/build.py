@@ -66,3 +66,22 @@ def write_random_gguf(config: DecoderConfig, path: str | os.PathLike, qtype: QTy
     path.parent.mkdir(parents=True, exist_ok=True)
     write_gguf(path, md, tensors)
     return path
+
+
+def build_candidate(cand: object, out: str | os.PathLike, max_seq_len: int = 2048,
+                    backend: str | None = None) -> Path:
+    """Write a co-design candidate's random-weight GGUF under `out` (named after its
+    shape, qtype), load it with `backend` (default: the default backend) and run a
+    4-token forward. RuntimeError when the logits come out wrong."""
+    from edgeformer.backends import get_backend
+    from edgeformer.formats import load_checkpoint
+    from edgeformer.models.decoder import Decoder
+    from edgeformer.perf.calibrate import fastest_backend
+    c = cand.config(max_seq_len)                       # type: ignore[attr-defined]
+    tag = cand.label().split(" kv:")[0].replace("/", "-").replace(" ", "_")   # type: ignore[attr-defined]
+    path = write_random_gguf(c, Path(out) / f"codesign_{tag}.gguf", cand.qtype)   # type: ignore[attr-defined]
+    model = Decoder(load_checkpoint(path), get_backend(backend or fastest_backend()))
+    logits = model.forward(np.arange(4), model.make_cache(16))
+    if logits.shape != (4, c.vocab_size) or not np.isfinite(logits).all():
+        raise RuntimeError(f"built model {path} produced bad logits {logits.shape}")
+    return path

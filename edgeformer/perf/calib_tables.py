@@ -13,10 +13,15 @@
   (`backends/cpu/block.py`), not the op-by-op list the tracer prices. Two synthetic
   models' fused steps are timed and `fit_fused` solves
       measured = head/tail ops + other in-block ops (no per-op dispatch)
-                 + n_layers * d_block + scale * GEMV price + attention FLOPs(c) / R
+                 + n_layers * d_block + scale * GEMV price + attention bytes(c) / R
   for the per-block overhead `d_block` (a tiny model: all overhead), the fused GEMVs'
-  time relative to the GEMV microbenchmarks' price and the fused attention rate `R`
-  (a ~100 MB model at two context lengths).
+  time relative to the GEMV microbenchmarks' price and the fused attention's K/V read
+  rate `R` (a ~100 MB model at two context lengths). The one-token attention's time
+  follows the cached K/V bytes, not its FLOPs: measured on the "main" model's shape at
+  16 query heads over 2..16 KV heads (one thread, contexts 32 -> 1536) it cost 35-45 ns
+  per (position, KV head, K or V) row of 64 floats at every group size, i.e. 5.7-7.3
+  GB/s, while its FLOP/s went from 3 (MHA) to 23 (8 queries per KV head) GFLOP/s. A
+  FLOP rate fitted at one group size priced multi-head attention 4x too fast.
 
 Every loop runs >= `min_time` s (the host clock ticks in ms steps). No validation model is
 used: the decode models here have their own dimensions (`FUSED_MODELS`).
@@ -198,22 +203,23 @@ def measure_fused_decode(be: Any, bench: Callable[..., float], min_time: float,
 class FusedDecode:
     """The fused one-token step's terms: `block_s` seconds of overhead per block (two
     Numba calls and the cache append), `gemv_scale` the ratio of the fused path's GEMV
-    time to the GEMV microbenchmarks' price, `attn_flops_s` the fused attention's FLOP/s."""
+    time to the GEMV microbenchmarks' price, `attn_bytes_s` the fused attention's rate in
+    bytes (of its operands: the cached K/V, mostly) per second."""
 
     block_s: float
-    attn_flops_s: float
+    attn_bytes_s: float
     gemv_scale: float = 1.0
 
 
 # price_parts(model key, ctx) -> (seconds of every op but in-block GEMVs and attention,
-#                                 in-block GEMV seconds, in-block attention FLOPs, n_layers)
+#                                 in-block GEMV seconds, in-block attention bytes, n_layers)
 PriceParts = Callable[[str, int], tuple[float, float, float, int]]
 
 
 def fit_fused(points: list[dict[str, Any]], price_parts: PriceParts) -> FusedDecode | None:
     """Fit the fused step's terms to `measure_fused_decode` points:
         tiny:        s = other + gemv + n_layers * block_s       (its weights are ~0 bytes)
-        main at c_i: s_i = other_i + n_layers * block_s + gemv_scale * gemv_i + attn_i / R
+        main at c_i: s_i = other_i + n_layers * block_s + gemv_scale * gemv_i + attn_bytes_i / R
     (block_s from the tiny model, then the 2x2 system at the two contexts). None without
     the three points or when the system is singular or gives a non-positive R or scale;
     block_s is kept >= 0."""

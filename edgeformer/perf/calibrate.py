@@ -70,6 +70,35 @@ def _random_weight(qtype: str, n: int, k: int, seed: int = 0) -> Any:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = "wall"
 
+# The measuring setup the shipped calibration and validation numbers (BENCHMARKS.md,
+# "Performance model") were made with, and the default of `perf calibrate / validate /
+# trace` and `codesign --device host / --verify`: one kernel thread, timed by process
+# CPU time. On a 2-vCPU host shared with other processes a parallel (2-thread) Numba
+# region waits for its descheduled thread and wall-clock times swing 2-10x; one thread
+# timed by its own CPU time is steady enough to compare with the roofline.
+CALIBRATED_THREADS = 1
+CALIBRATED_CLOCK = "cpu"
+
+
+def use_setup(threads: int | None = None, clock: str | None = None) -> tuple[int | None, str]:
+    """Apply a measuring setup (`set_threads`, `set_clock`) and return it as
+    (threads, clock); threads None = all cores. Unspecified parts default to the
+    calibrated setup (CALIBRATED_THREADS, CALIBRATED_CLOCK); a thread count > 1 without
+    a clock means the wall clock (CPU time sums all threads), and `clock="wall"` without
+    a thread count all cores (the behaviour before the calibrated default)."""
+    if clock is None:
+        clock = CALIBRATED_CLOCK if threads in (None, CALIBRATED_THREADS) else "wall"
+    if threads is None and clock == CALIBRATED_CLOCK:
+        threads = CALIBRATED_THREADS
+    set_threads(threads)
+    set_clock(clock)
+    return threads, clock
+
+
+def setup_name() -> str:
+    """The current setup as the options that select it ("--threads 1 --clock cpu")."""
+    return f"--threads {threads()} --clock {_clock}"
+
 
 def set_clock(name: str) -> None:
     """Time benchmarks (here and in validation workers) by "wall" clock (default) or by
@@ -132,6 +161,7 @@ class Measurements:
     fused_decode: list[dict[str, Any]] = field(default_factory=list)  # [{model, ctx, s}]: FUSED_MODELS
     prefill: dict[str, float] = field(default_factory=dict)            # {tokens, s}: prefill_config()
     seconds: float = 0.0
+    others_cores: float | None = None   # other processes' mean CPU use meanwhile (`perf.busy`)
     when: str = ""
     version: int = VERSION
 
@@ -147,8 +177,10 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     also time the fused decode step (a ~100 MB synthetic model); `prefill`: also time a
     synthetic model's first prefill (`tables.measure_prefill`)."""
     from edgeformer.kernels import OPS
+    from edgeformer.perf.busy import CpuMonitor
     from edgeformer.quant import QTensor
     t_start = time.perf_counter()
+    monitor = CpuMonitor().start()
     qtypes = tuple(qtypes)
     name = backend or fastest_backend()
     be = get_backend(name)
@@ -191,6 +223,7 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
             ops.rms_norm(x, wn, 1e-5)
     m.norm = {"s": _bench(norms, min_time, repeats) / len(xs), "bytes": c.bytes, "flops": c.flops}
     m.seconds = time.perf_counter() - t_start
+    m.others_cores = monitor.stop().others_cores
     return m
 
 
@@ -383,7 +416,7 @@ def _fit_fused(host: HostModel, m: Measurements) -> tables.FusedDecode | None:
         for r in tr.decode:
             inside = r.layer is not None
             if inside and r.op == "attention":
-                attn += r.cost.flops
+                attn += r.cost.bytes
             elif inside and r.op == "linear":
                 gemv += host.op_time(r, True).t
             else:
@@ -432,7 +465,12 @@ def set_threads(n: int | None) -> None:
     if n is None:
         return
     from edgeformer.errors import InputError
-    import numba
+    try:
+        import numba
+    except ImportError:    # no Numba: kernels run on one thread already
+        if n == 1:
+            return
+        raise InputError(f"--threads {n}: Numba is not installed (kernels run on one thread)") from None
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise InputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {n}")
     numba.set_num_threads(n)
@@ -461,12 +499,23 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
     if verbose:
         print(f"calibrating backend {name!r} on {cpu_model()} (about a minute)...", flush=True)
     m = measure(name, min_time=min_time)
+    if verbose and calibration_busy(m):
+        print(f"warning: machine busy while calibrating (other processes used {m.others_cores:.2f} "
+              f"cores on average): predictions will be off; rerun `edgeformer perf calibrate --refresh` "
+              "when the machine is quiet", flush=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(m.__dict__, indent=1))
     except OSError:
         pass
     return fit(m, device)
+
+
+def calibration_busy(m: Measurements | None) -> bool:
+    """Whether `m` was measured while other processes kept the machine busy (unknown for
+    caches written before this was recorded: False)."""
+    from edgeformer.perf.busy import is_busy
+    return m is not None and is_busy(getattr(m, "others_cores", None))
 
 
 def describe(host: HostModel) -> list[tuple[str, str]]:
@@ -478,6 +527,9 @@ def describe(host: HostModel) -> list[tuple[str, str]]:
     if m is not None:
         rows += [("dispatch add / linear", f"{m.dispatch_add_s * 1e6:.1f} / {m.dispatch_linear_s * 1e6:.1f} us"),
                  ("benchmark time", f"{m.seconds:.1f} s")]
+        if getattr(m, "others_cores", None) is not None:
+            rows.append(("other processes' CPU use meanwhile",
+                         f"{m.others_cores:.2f} cores{' (BUSY: rerun with --refresh when quiet)' if calibration_busy(m) else ''}"))
     for q, c in host.by_qtype.items():
         rows.append((f"{q} matmul eta_mem / eta_compute / per-call / per-row (GEMV)",
                      f"{c.eta_mem['matmul']:.3f} / {c.eta_compute['matmul']:.3f} / "
@@ -494,7 +546,7 @@ def describe(host: HostModel) -> list[tuple[str, str]]:
         rows.append((f"causal attention {int(p['len'])} tokens", f"{p['flops'] / p['s'] / 1e9:.2f} GFLOP/s"))
     rows.append(("prefill: between ops per layer-token", f"{host.prefill_s_per_layer_token * 1e6:.2f} us"))
     if host.fused is not None:
-        rows.append(("fused decode: per block / GEMV time scale / attention",
+        rows.append(("fused decode: per block / GEMV time scale / attention K/V read",
                      f"{host.fused.block_s * 1e6:.1f} us / {host.fused.gemv_scale:.3f} / "
-                     f"{host.fused.attn_flops_s / 1e9:.2f} GFLOP/s"))
+                     f"{host.fused.attn_bytes_s / 1e9:.2f} GB/s"))
     return rows

@@ -15,7 +15,8 @@ qtype and per op), three measured corrections, each from `calib_tables`:
 - a decode step the backend runs fused (`predict(..., fused=True)`, or
   `predict_decode(trace)` when `trace.fused_decode`) pays no per-op dispatch inside the
   blocks, prices in-block GEMVs scaled by the fitted fused/microbenchmark ratio and
-  in-block attention at the fused kernel's measured rate, and adds a fitted per-block
+  in-block attention by its bytes (the cached K/V) at the fused kernel's measured rate
+  (its FLOPs do not set its time: `calib_tables`), and adds a fitted per-block
   overhead (one synthetic `fused_block` entry per layer).
 """
 from __future__ import annotations
@@ -100,7 +101,7 @@ class HostModel:
         if in_fused_block:
             ot = replace(ot, t_dispatch=0.0)
             if ot.op_class == "attention" and self.fused is not None:
-                ot = replace(ot, t_compute=ot.flops / self.fused.attn_flops_s, t_memory=0.0)
+                ot = replace(ot, t_compute=0.0, t_memory=ot.bytes / self.fused.attn_bytes_s)
             elif ot.op_class == "matmul" and self.fused is not None:
                 g = self.fused.gemv_scale
                 ot = replace(ot, t_compute=ot.t_compute * g, t_memory=ot.t_memory * g)

@@ -230,6 +230,11 @@ def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path 
     path.parent.mkdir(parents=True, exist_ok=True)
     tiny = path.with_name(path.stem + ".tiny.gguf")
     write_random_gguf(DecoderConfig(**TINY_MODEL), tiny, "Q8_0", with_vocab=False)
+    # twice: the first run after a kernel source changed compiles the kernels (Numba's
+    # on-disk cache is dropped then), and LLVM's memory would land in the baseline
+    # (measured: +50 MiB on every prediction); the second loads them, as `validate`'s
+    # and a user's runs do
+    _run_probe(backend, str(tiny))
     probe = _run_probe(backend, str(tiny))
     tiny.unlink(missing_ok=True)
     base, load_base = probe["peak_rss"], probe["rss_backend"]

@@ -69,6 +69,8 @@ class Row:
     peak_bytes: float
     decode_steps: int
     bound: str
+    others_cores: float | None = None    # other processes' mean CPU use while measured (`perf.busy`)
+    setup: str = ""                      # the measuring setup ("--threads 1 --clock cpu"; "" = unknown)
 
     def ape(self, what: str) -> float | None:
         """Absolute percentage error of `what` (ttft, prefill, decode, memory)."""
@@ -253,8 +255,10 @@ def grid(quick: bool) -> list[tuple[str, str, int, int]]:
 def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: float = 90.0,
              points: list[tuple[str, str, int, int]] | None = None, out_json: Path | None = None,
              echo: Any = print) -> list[Row]:
-    """Calibrate (cached), then measure and predict every grid point, echoing each row."""
-    from edgeformer.perf.calibrate import calibrate, fastest_backend
+    """Calibrate (cached), then measure and predict every grid point, echoing each row
+    (each measurement's `others_cores` recorded for `judge`)."""
+    from edgeformer.perf.busy import CpuMonitor
+    from edgeformer.perf.calibrate import calibrate, fastest_backend, setup_name
     from edgeformer.perf.memory import calibrate_memory
     backend = backend or fastest_backend()
     host = calibrate(backend, verbose=True)
@@ -266,11 +270,12 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
         probe = predict_row(path, ctx, max_seq, host, mem, backend, 3, True, batch)
         run_prefill = batch == 1 and probe["ttft"] <= prefill_budget_s
         budget = 60 + 3 * (probe["ttft"] if run_prefill else 0) + 20 * N_DECODE_MAX * batch / probe["decode"]
-        m = _run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget), batch=batch)
+        with CpuMonitor() as load:
+            m = _run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget), batch=batch)
         p = predict_row(path, ctx, max_seq, host, mem, backend, m["steps"], run_prefill, batch)
         row = Row(name, q, ctx, batch, p["ttft"], p["prefill"], p["decode"], p["peak"], m["ttft_s"],
                   ctx / m["ttft_s"] if m["ttft_s"] else None, batch / m["decode_s"], m["peak_rss"],
-                  m["steps"], p["bound"])
+                  m["steps"], p["bound"], load.load.others_cores if load.load else None, setup_name())
         rows.append(row)
         echo(format_row(row))
         if out_json:
@@ -328,6 +333,53 @@ def _med_p90(errs: list[float]) -> tuple[float, float, int]:
 
 
 TARGETS = {"decode": 10.0, "prefill": 15.0, "ttft": 15.0, "memory": 5.0}
+NOT_JUDGED = "not judged: machine busy"
+
+
+def busy_reason(others: list[float | None], calib_others: float | None = None,
+                cores: int | None = None) -> str | None:
+    """Why results measured while other processes used `others` cores (one mean per
+    measurement; None = unknown), against a calibration measured at `calib_others`,
+    cannot be judged; None when the machine was quiet (or nothing is known)."""
+    from edgeformer.perf.busy import BUSY_CORES, cpu_count, is_busy
+    cores = cores or cpu_count()
+    known = [o for o in others if o is not None]
+    why = []
+    if known and is_busy(statistics.fmean(known)):
+        why.append(f"other processes used {statistics.fmean(known):.2f} of {cores} cores on average while "
+                   f"measuring (max {max(known):.2f}; quiet is <= {BUSY_CORES})")
+    if is_busy(calib_others):
+        why.append(f"the calibration was measured while other processes used {calib_others:.2f} cores "
+                   "(`edgeformer perf calibrate --refresh` on a quiet machine)")
+    return "; ".join(why) or None
+
+
+def judge(rows: list[Row], calib_others: float | None = None,
+          cores: int | None = None) -> tuple[list[tuple[str, float, float, int, float, str]], str | None]:
+    """([(metric, median APE, p90 APE, n, target, verdict)], busy reason or None). The
+    verdict is "meets" when the median is within its target (TARGETS), else "MISSES" on
+    a quiet machine and NOT_JUDGED on a busy one (`busy_reason`): a miss measured beside
+    other processes' work says nothing about the model."""
+    why = busy_reason([r.others_cores for r in rows], calib_others, cores)
+    out = []
+    for what, (med, p90, n) in error_summary(rows, by_batch=True).items():
+        target = TARGETS[what.split()[0]]
+        verdict = "meets" if med <= target else NOT_JUDGED if why else "MISSES"
+        out.append((what, med, p90, n, target, verdict))
+    return out, why
+
+
+def verdict_lines(rows: list[Row], calib_others: float | None = None, cores: int | None = None) -> list[str]:
+    """The error summary as printed by `edgeformer perf validate`: one line per metric,
+    then, when the machine was busy and a metric was not judged, why."""
+    verdicts, why = judge(rows, calib_others, cores)
+    lines = [f"{what:10s} median APE {med:6.1f} %   p90 {p90:6.1f} %   (n={n}; target median <= "
+             f"{target:.0f} %: {verdict})" for what, med, p90, n, target, verdict in verdicts]
+    if why and any(v[-1] == NOT_JUDGED for v in verdicts):
+        lines.append(f"machine busy: results not judged ({why}); rerun when the machine is quiet")
+    elif why:
+        lines.append(f"note: machine busy ({why}); every target was met anyway")
+    return lines
 
 
 def markdown(rows: list[Row]) -> str:

@@ -48,7 +48,7 @@ def test_fit_fused_recovers_its_terms():
     block, rate, scale = 20e-6, 8e9, 1.3
     layers = {"tiny": 16, "main": 6}
 
-    def parts(key, ctx):   # other seconds, GEMV seconds, in-block attention flops, layers
+    def parts(key, ctx):   # other seconds, GEMV seconds, in-block attention bytes, layers
         if key == "tiny":
             return 1e-5, 2e-6, 1e3 * ctx, layers[key]
         return 1e-3 + 2e-7 * ctx, 8e-3, 3e5 * ctx, layers[key]
@@ -60,7 +60,7 @@ def test_fit_fused_recovers_its_terms():
           [{"model": "main", "ctx": c, "s": meas("main", c)} for c in (32, 1536)]
     f = fit_fused(pts, parts)
     assert f.block_s == pytest.approx(block, rel=1e-3)
-    assert f.attn_flops_s == pytest.approx(rate, rel=1e-3) and f.gemv_scale == pytest.approx(scale, rel=1e-3)
+    assert f.attn_bytes_s == pytest.approx(rate, rel=1e-3) and f.gemv_scale == pytest.approx(scale, rel=1e-3)
     assert fit_fused(pts[:2], parts) is None                  # one context only
     flat = pts[:1] + [{"model": "main", "ctx": c, "s": 0.02} for c in (32, 1536)]
     assert fit_fused(flat, parts) is None                     # attention apparently free: no fit
@@ -79,7 +79,7 @@ def _host(fused):
 def test_fused_decode_prices_blocks_as_run():
     tr = trace_decoder(CFG, prompt_len=4, context_len=100, qtype="Q8_0", backend="cpu")
     assert tr.fused_decode
-    f = FusedDecode(block_s=50e-6, attn_flops_s=5e9)
+    f = FusedDecode(block_s=50e-6, attn_bytes_s=5e9)
     plain = _host(f).predict(tr.decode)
     fused = _host(f).predict_decode(tr)
     blocks = [o for o in fused.ops if o.op == "fused_block"]
@@ -88,9 +88,9 @@ def test_fused_decode_prices_blocks_as_run():
     inside = [o for o in fused.ops if o.layer is not None and o.op != "fused_block"]
     assert inside and all(o.t_dispatch == 0 for o in inside)
     attn = [o for o in inside if o.op == "attention"]
-    assert all(o.t == pytest.approx(o.flops / 5e9) for o in attn)
+    assert all(o.t == pytest.approx(o.bytes / 5e9) for o in attn)     # by its K/V bytes
     # in-block GEMVs: the op-by-op price without its dispatch, times the fitted scale
-    f2 = FusedDecode(block_s=50e-6, attn_flops_s=5e9, gemv_scale=2.0)
+    f2 = FusedDecode(block_s=50e-6, attn_bytes_s=5e9, gemv_scale=2.0)
     scaled = [o.t for o in _host(f2).predict_decode(tr).ops if o.op == "linear" and o.layer is not None]
     base = [o.t - o.t_dispatch for o in plain.ops if o.op == "linear" and o.layer is not None]
     assert scaled == pytest.approx([2 * t for t in base])

@@ -126,3 +126,19 @@ def pytest_xdist_make_scheduler(config, log):
                 self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
     return LongestFirst(config, log)
+
+
+@pytest.fixture
+def perf_setup_restored(monkeypatch):
+    """The perf CLIs set Numba's thread count and the perf clock process-wide: undo it."""
+    from edgeformer.perf import calibrate as cal
+    monkeypatch.setenv("EDGEFORMER_PERF_CLOCK", os.environ.get("EDGEFORMER_PERF_CLOCK", "wall"))
+    threads, clock = cal.threads(), cal.clock_name()
+    yield
+    cal.set_clock("wall")
+    try:
+        import numba
+        numba.set_num_threads(threads)
+    except ImportError:
+        pass
+    cal.set_clock(clock)

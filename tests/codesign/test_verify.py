@@ -22,18 +22,7 @@ SMALL = SearchSpace(layers=(2, 4), dims=(64, 128), head_dims=(32,), kv_groups=(1
                     params=(1e3, 5e6))
 
 
-@pytest.fixture(autouse=True)
-def _restore_setup(monkeypatch):
-    monkeypatch.setenv("EDGEFORMER_PERF_CLOCK", os.environ.get("EDGEFORMER_PERF_CLOCK", "wall"))
-    threads, clock = cal.threads(), cal.clock_name()
-    yield
-    cal.set_clock("wall")
-    try:
-        import numba
-        numba.set_num_threads(threads)
-    except ImportError:
-        pass
-    cal.set_clock(clock)
+pytestmark = pytest.mark.usefixtures("perf_setup_restored")
 
 
 def test_fewer_than_8_candidates_is_refused(capsys):

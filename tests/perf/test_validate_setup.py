@@ -16,19 +16,7 @@ from edgeformer.perf import validate as val
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _restore_setup(monkeypatch):
-    """The CLI sets Numba's thread count and the perf clock process-wide: undo it."""
-    monkeypatch.setenv("EDGEFORMER_PERF_CLOCK", os.environ.get("EDGEFORMER_PERF_CLOCK", "wall"))
-    threads, clock = cal.threads(), cal.clock_name()
-    yield
-    cal.set_clock("wall")
-    try:
-        import numba
-        numba.set_num_threads(threads)
-    except ImportError:
-        pass
-    cal.set_clock(clock)
+pytestmark = pytest.mark.usefixtures("perf_setup_restored")
 
 
 def _row(pred_decode, decode, others=None, setup="--threads 1 --clock cpu"):

@@ -14,6 +14,9 @@ OpenAI whisper `decoding.py`):
 - long audio (> 30 s) or `timestamps=True`: OpenAI's sequential "seek" loop: decode a
   30 s window with timestamps, cut it into segments at timestamp pairs, and continue from
   the last complete timestamp (or the end of the window).
+- beam search (beam_size > 1): transformers' `_beam_search` with Whisper's defaults
+  (length_penalty 1.0, early_stopping False): finished hypotheses ranked by sum of
+  log-probabilities / length, <|endoftext|> counted.
 Digital silence (peak < 1e-4, -80 dBFS) gives an empty transcript without running the
 model: Whisper tends to invent text for it.
 """
@@ -172,9 +175,8 @@ class WhisperASR:
     def decode_window(self, cross: list[tuple[np.ndarray, np.ndarray]], timestamps: bool = False,
                       beam_size: int = 1, max_new_tokens: int | None = None) -> list[int]:
         """Generated tokens (no prompt, no <|endoftext|>) for one encoded window. Greedy
-        when beam_size is 1; else beam search ranked by mean log-probability (OpenAI
-        whisper's default ranking). At most `max_new_tokens` (default n_text_ctx // 2,
-        OpenAI's sample_len) are generated."""
+        when beam_size is 1; else transformers' beam search (see `_beam`). At most
+        `max_new_tokens` (default n_text_ctx // 2, OpenAI's sample_len) are generated."""
         if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
             raise InputError(f"beam size must be a positive integer, got {beam_size!r}")
         prompt = self.prompt(timestamps)
@@ -198,41 +200,59 @@ class WhisperASR:
         return out
 
     def _beam(self, prompt: list[int], cross, timestamps: bool, n_new: int, beam: int) -> list[int]:
+        """transformers' beam search (`GenerationMixin._beam_search`, length_penalty 1.0,
+        early_stopping False), one sequence. Each step takes the 2 * beam best
+        continuations over all live hypotheses (score: sum of the token log-probabilities,
+        log-softmax of the raw logits with forbidden tokens at -inf, not renormalized).
+        Among them, an <|endoftext|> ranked in the top `beam` finishes its hypothesis with
+        score sum / length (length counts <|endoftext|>); lower-ranked ones are dropped.
+        The best `beam` others live on. At most `beam` finished hypotheses are kept (the
+        best). The search stops once `beam` are finished and the best live score / its
+        length cannot beat the worst of them, or at `n_new` tokens, where every candidate
+        of the last step finishes. Returns the best finished hypothesis."""
         eot = self.special.eot
+        k = 2 * beam
         hyps = [_Hyp([], 0.0, self.model.new_cache())]
-        finished: list[tuple[list[int], float]] = []
+        finished: list[tuple[float, list[int]]] = []        # (score / length, tokens), best first
         for step in range(n_new):
-            cands = []
             states = [self.model.decode_hidden(prompt if step == 0 else h.tokens[-1:], h.cache, cross)[-1:]
                       for h in hyps]
             logits = self.model.logits(np.concatenate(states))          # (n_hyps, vocab): one pass over the head
+            if not np.isfinite(logits).all():
+                raise InputError("the Whisper decoder produced NaN/Inf logits (corrupt weights or input)")
+            cands = []
             for hi, h in enumerate(hyps):
-                lp = _log_softmax(self.process_logits(logits[hi], h.tokens, timestamps))
-                for tok in np.argsort(-lp, kind="stable")[:beam + 1]:
+                lp = _log_softmax(logits[hi])
+                lp[~np.isfinite(self.process_logits(logits[hi], h.tokens, timestamps))] = -np.inf
+                top = np.argpartition(-lp, k - 1)[:k] if lp.size > k else np.arange(lp.size)
+                for tok in top[np.lexsort((top, -lp[top]))]:                # by score, then token id
                     if np.isfinite(lp[tok]):
                         cands.append((h.logprob + float(lp[tok]), hi, int(tok)))
             cands.sort(key=lambda c: -c[0])
+            last = step == n_new - 1                                    # max length: every candidate ends
             nxt, used = [], set()
-            for score, hi, tok in cands:
-                if tok == eot:
-                    if len(finished) < beam:
-                        finished.append((hyps[hi].tokens, score))
-                    continue
-                if len(nxt) < beam:
+            for rank, (score, hi, tok) in enumerate(cands[:k]):
+                if tok == eot or last:
+                    if rank < beam:
+                        toks = hyps[hi].tokens + ([] if tok == eot else [tok])
+                        finished.append((score / (step + 1), toks))
+                elif len(nxt) < beam:
                     # the first child of a hypothesis takes its cache, later ones copy it
+                    # (copies are taken before any cache is reused: caches only change on decode)
                     cache = hyps[hi].cache.copy() if hi in used else hyps[hi].cache
                     used.add(hi)
                     nxt.append(_Hyp(hyps[hi].tokens + [tok], score, cache))
-            # copies were taken before any cache is reused: caches only change on decode
-            if len(finished) >= beam or not nxt:
+            finished = sorted(finished, key=lambda f: -f[0])[:beam]
+            if not nxt:
                 break
             hyps = nxt
-        else:
-            finished += [(h.tokens, h.logprob) for h in hyps]
-        if not finished:
-            finished = [(h.tokens, h.logprob) for h in hyps]
-        # OpenAI MaximumLikelihoodRanker: sum logprob (incl. <|endoftext|>) / tokens before it
-        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1))[0]
+            # transformers' early-stop heuristic (early_stopping=False): the best live score
+            # over its current length against the worst kept finished score
+            if len(finished) == beam and hyps[0].logprob / (step + 1) <= finished[-1][0]:
+                break
+        if not finished:                      # every continuation was forbidden: no <|endoftext|> seen
+            return hyps[0].tokens
+        return finished[0][1]
 
     # ---- whole audio ---------------------------------------------------------------------
     def text(self, tokens: list[int]) -> str:
@@ -331,7 +351,7 @@ def load_whisper(path: str | os.PathLike | None = None, backend: Backend | None 
     whisper + safetensors + tokenizer.json [+ generation_config.json]). None: the shipped
     tiny.en. FormatError/UnsupportedError for anything else."""
     from edgeformer.backends import get_backend
-    backend = backend or get_backend("numpy")
+    backend = backend or get_backend()
     p = Path(path) if path is not None else shipped_whisper_dir()
     if not p.exists():
         raise InputError(f"{p}: no such model file or directory")

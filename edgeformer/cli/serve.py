@@ -4,6 +4,12 @@ SSE streaming, /v1/models, /health, /metrics) run by uvicorn.
     edgeformer serve --port 8080 --kv-budget 256MiB --backend cpu
     curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+
+With `--audio`, /v1/embeddings and /v1/audio/{transcriptions,speech} too; /v1/models then
+lists those models as well, and OpenAI's names (whisper-1, tts-1, text-embedding-3-small,
+...) select them. `--lookup N` or `--draft MODEL [--draft-n N]`: speculative decoding, as
+in `edgeformer run` (each decoding sequence verifies its drafts inside the batched step;
+greedy output is unchanged).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import re
 from pathlib import Path
 
 from edgeformer.cli.backend_choice import add_backend_args, make_backend
-from edgeformer.cli.run import add_chat_template_arg
+from edgeformer.cli.run import add_chat_template_arg, add_speculative_args, speculative_config
 from edgeformer.errors import InputError
 
 DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
@@ -72,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also serve /v1/embeddings, /v1/audio/transcriptions and /v1/audio/speech with the "
                         "shipped MiniLM, Whisper tiny.en and Piper voice (those installed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_speculative_args(p)
     p.set_defaults(func=run)
 
 
@@ -89,7 +96,17 @@ def run(args: argparse.Namespace) -> int:
                     ("--prefill-chunk", args.prefill_chunk)):
         if v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
+    spec = check_speculative_args(args)
     engine = load(args.model, backend=make_backend(args), n_ctx=args.n_ctx, chat_template=args.chat_template)
+    if args.draft is not None:
+        spec = speculative_config(args, engine.backend)     # the draft, on the target's backend
+    if spec is not None:
+        import sys
+
+        from edgeformer.runtime.speculative import enable
+        enable(engine, spec)                                # InputError for a draft with another vocabulary
+        what = f"prompt lookup, {args.lookup}" if args.lookup is not None else f"draft {args.draft}, {args.draft_n}"
+        print(f"edgeformer serve: speculative decoding ({what} tokens per step)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
                      prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)
@@ -97,6 +114,24 @@ def run(args: argparse.Namespace) -> int:
         mount_shipped_audio(app, engine.backend)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def check_speculative_args(args: argparse.Namespace):
+    """--lookup / --draft / --draft-n checked before any load: InputError for a count < 1,
+    a draft that does not exist, or speculative decoding of a vision-language model.
+    Returns the prompt-lookup config (None otherwise; a draft is loaded after the target)."""
+    if args.draft_n < 1:
+        raise InputError(f"--draft-n must be >= 1, got {args.draft_n}")
+    spec = speculative_config(args) if args.lookup is not None else None   # --lookup < 1: InputError
+    if args.draft is None and spec is None:
+        return None
+    from edgeformer.models.shipped import resolve_model
+    from edgeformer.models.vlm import is_vlm_dir
+    if args.model is not None and is_vlm_dir(args.model):
+        raise InputError("speculative decoding (--draft / --lookup) is not supported for vision-language models")
+    if args.draft is not None and is_vlm_dir(resolve_model(args.draft)):   # InputError for a missing draft
+        raise InputError(f"--draft {args.draft}: a vision-language model cannot draft; use a text decoder")
+    return spec
 
 
 def mount_shipped_audio(app, backend) -> None:

@@ -7,9 +7,11 @@
 - `ModelDrafter`: a smaller model with the same vocabulary, with its own KV cache,
   sampled autoregressively with the same logits processors as the target.
 
-A drafter implements `propose(seq, k, picker) -> Draft`, where `seq` is every token so
-far (prompt + emitted, int64) and `picker` (a `speculative.TokenPicker`) turns draft
-logits into (token, q) under the generation's sampling settings. A drafter may return
+A drafter implements `bind(vocab_size, n_ctx)`, `propose(seq, k, picker) -> Draft` and
+optionally `fork()` (a drafter for another sequence: with its own state, or itself when
+it keeps none; `BatchEngine` forks one per running sequence). In `propose`, `seq` is
+every token so far (prompt + emitted, int64) and `picker` (a `speculative.TokenPicker`)
+turns draft logits into (token, q) under the generation's sampling settings. A drafter may return
 fewer than k tokens (even none). It must not assume its proposals are accepted: the
 next call's `seq` says what was.
 """
@@ -87,6 +89,10 @@ class PromptLookupDrafter:
     def propose(self, seq: np.ndarray, k: int, picker: Picker) -> Draft:
         return Draft(lookup_ngram(seq, k, self.max_ngram, self.min_ngram))
 
+    def fork(self) -> PromptLookupDrafter:
+        """This drafter itself: it keeps no per-sequence state."""
+        return self
+
 
 # ---- draft model --------------------------------------------------------------------------
 
@@ -116,6 +122,11 @@ class ModelDrafter:
             # a draft with a shorter context drafts only while the sequence fits it
             self._cache = self.model.make_cache(min(n_ctx, int(self.model.config.max_seq_len)))
             self._ids = []
+
+    def fork(self) -> ModelDrafter:
+        """A drafter over the same model (weights shared) with a cache of its own, for
+        another sequence decoded alongside (the batch engine gives each one its own)."""
+        return ModelDrafter(self.model, self.prefill_chunk)
 
     @property
     def cached_ids(self) -> list[int]:

@@ -425,7 +425,8 @@ class BlockTable:
             raise InputError(f"cannot truncate to {n} positions")
         bs, cache = self.cache.block_size, self.cache
         for g, (is_sliding, _) in enumerate(cache.groups):
-            if is_sliding and n < self.offset and n - cache.window + 1 < self.first[g] * bs:
+            # (nothing freed yet, first == 0: any n is fine, even one closer to 0 than a window)
+            if is_sliding and n < self.offset and self.first[g] > 0 and n - cache.window + 1 < self.first[g] * bs:
                 raise InputError(f"cannot roll back to {n}: positions before {self.first[g] * bs} left "
                                  f"the sliding window and were freed")
         self._len = [min(x, n) for x in self._len]

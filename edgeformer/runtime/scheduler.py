@@ -10,9 +10,27 @@ batch invariance needs); waiting requests are admitted while the batch has room 
 KV budget covers their worst case (prompt + max new tokens, minus prefix-cache hits) on
 top of what running sequences may still claim, so a running sequence never runs out of
 pages. A request that could never fit is refused at submit with CapacityError.
+
+Speculative decoding (`BatchEngine(..., speculative=SpeculativeConfig)`, the server's
+`--lookup` / `--draft`): a decoding sequence's step runs its next token plus up to
+`num_draft` tokens proposed by its own drafter (forked per sequence) in the same batched
+forward; the target's logits at every one of those rows are verified by
+`speculative.verify` (greedy: accept while a draft is the argmax; sampled: the
+speculative-sampling rule, which keeps the target distribution), the accepted drafts and
+the token before them are committed to the paged cache, the rejected positions are
+truncated away, and the emitted tokens go through the same stop/budget logic one by one.
+Drafts never run past the request's `max_len`, so the KV reservation is unchanged; each
+decode reserves 1 + num_draft tokens of the step's token budget. Greedy output equals
+non-speculative batching token for token where rows are batch-invariant (the cpu
+backend's kernels, attention included); on numpy, whose attention is a BLAS matmul, a
+multi-row verify may round differently from a one-row decode (a near tie could flip).
+Drafting runs per sequence, outside the batched forward (a draft model's k one-token
+passes are not batched across sequences), and a draft model's per-sequence KV caches
+(contiguous, growing with the sequence) live outside the KV budget.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,7 +46,10 @@ from edgeformer.runtime.engine import GenerationResult, GenerationStats, TokenEv
 from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
 from edgeformer.runtime.sampler import (SamplingParams, apply_processors, log_softmax, make_logits_processors,
                                         make_rng, make_sampler, top_logprobs)
+from edgeformer.runtime.speculative import SpeculativeConfig, TokenPicker, verify
 from edgeformer.runtime.stops import StopMatcher
+
+log = logging.getLogger("edgeformer.batch")
 
 
 @dataclass
@@ -59,12 +80,14 @@ class Scheduler:
     prompt or decodes gets its next token through `append(seq_id, tok)`, or `finish`."""
 
     def __init__(self, cache: PagedKVCache, max_batch: int = 16, prefill_chunk: int = 256,
-                 max_step_tokens: int | None = None) -> None:
-        if max_batch < 1 or prefill_chunk < 1:
-            raise InputError(f"max_batch and prefill_chunk must be >= 1, got {max_batch}, {prefill_chunk}")
+                 max_step_tokens: int | None = None, lookahead: int = 0) -> None:
+        if max_batch < 1 or prefill_chunk < 1 or lookahead < 0:
+            raise InputError(f"max_batch and prefill_chunk must be >= 1 and lookahead >= 0, got {max_batch}, "
+                             f"{prefill_chunk}, {lookahead}")
         self.cache, self.max_batch, self.prefill_chunk = cache, max_batch, prefill_chunk
+        self.lookahead = lookahead     # draft tokens a decode may add to its step (speculative)
         # room for one full chunk beside a full batch of decodes: every step makes progress
-        self.max_step_tokens = max(max_step_tokens or 0, prefill_chunk + max_batch)
+        self.max_step_tokens = max(max_step_tokens or 0, prefill_chunk + max_batch * (1 + lookahead))
         self.waiting: deque[SeqState] = deque()
         self.running: dict[int, SeqState] = {}
 
@@ -105,7 +128,7 @@ class Scheduler:
         for st in self.running.values():            # decodes first: streams never stall
             if not st.prefilling:
                 out[st.seq_id] = 1
-                budget -= 1
+                budget -= 1 + self.lookahead
         for st in self.running.values():            # then whole prefill chunks, FCFS
             if st.prefilling:
                 n = min(self.prefill_chunk, len(st.tokens) - st.computed)
@@ -121,12 +144,20 @@ class Scheduler:
         st = self.running[seq_id]
         return st.tokens[st.computed:st.computed + st.scheduled], st.view
 
-    def advance(self, seq_id: int) -> bool:
+    def advance(self, seq_id: int, accepted: Sequence[int] = ()) -> bool:
         """Mark the scheduled tokens computed (committing them to the cache). True when the
-        sequence now wants its next token sampled (its whole context is computed)."""
+        sequence now wants its next token sampled (its whole context is computed).
+        After a speculative verify pass (the scheduled token ran with drafts after it):
+        `accepted` are the drafts kept, appended to the sequence and committed with it;
+        the K/V of the drafts after them are dropped."""
         st = self.running[seq_id]
-        st.view.commit(st.tokens[st.computed:st.computed + st.scheduled])
-        st.computed += st.scheduled
+        acc = [int(t) for t in accepted]
+        keep = st.computed + st.scheduled + len(acc)
+        if st.view.offset > keep:              # rejected drafts ran: forget them
+            st.view.truncate(keep)
+        st.view.commit(st.tokens[st.computed:st.computed + st.scheduled] + acc)
+        st.tokens.extend(acc)
+        st.computed = keep
         st.scheduled = 0
         return st.computed == len(st.tokens)
 
@@ -203,6 +234,8 @@ class _Request:
     stats: GenerationStats = field(default_factory=GenerationStats)
     n_gen: int = 0
     t_first: float = 0.0
+    picker: TokenPicker | None = None     # speculative: the sampling rule shared by drafter and verifier
+    drafter: object = None                # speculative: this sequence's drafter (taken at its first round)
 
 
 class BatchEngine:
@@ -211,11 +244,14 @@ class BatchEngine:
     the step loop in a background thread (`stop()` ends it), or call `step()` yourself.
     `batch_invariant`: compute linears so each row's bits do not depend on the batch
     (see `runtime/batch.py`); with it, a greedy request's output is the same alone or
-    beside others (given the same prefix-cache hits)."""
+    beside others (given the same prefix-cache hits). `speculative`: a
+    `SpeculativeConfig` to decode by draft-and-verify rounds inside the batched steps
+    (module docstring); InputError now if its drafter does not fit the model."""
 
     def __init__(self, model, tokenizer, *, kv_budget_bytes: int, kv_dtype: str = "f16", block_size: int = 16,
                  max_batch: int = 16, prefill_chunk: int = 256, n_ctx: int | None = None,
-                 prefix_sharing: bool = True, batch_invariant: bool = True) -> None:
+                 prefix_sharing: bool = True, batch_invariant: bool = True,
+                 speculative: SpeculativeConfig | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         max_len = int(model.config.max_seq_len)
         self.n_ctx = min(max_len, 4096) if n_ctx is None else int(n_ctx)
@@ -225,8 +261,13 @@ class BatchEngine:
         self.cache = PagedKVCache.for_model(model, budget_bytes=kv_budget_bytes, dtype=kv_dtype,
                                             block_size=block_size, max_seq_len=self.n_ctx,
                                             max_chunk=prefill_chunk, prefix_sharing=prefix_sharing)
-        self.scheduler = Scheduler(self.cache, max_batch=max_batch, prefill_chunk=prefill_chunk)
+        self.speculative = speculative
+        if speculative is not None:
+            speculative.bind(self.vocab_size, self.n_ctx)     # InputError for a mismatched draft
+        self.scheduler = Scheduler(self.cache, max_batch=max_batch, prefill_chunk=prefill_chunk,
+                                   lookahead=speculative.num_draft if speculative is not None else 0)
         self._linear = row_invariant_linear(model.ops) if batch_invariant else None
+        self._free_drafters: list = []          # forked drafters of finished requests, for reuse
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._requests: dict[int, _Request] = {}
@@ -236,6 +277,8 @@ class BatchEngine:
         self._stopping = False
         self._counters = {"tokens_generated": 0, "steps": 0, "prefill_tokens": 0, "cached_prompt_tokens": 0,
                           "last_batch_tokens": 0}
+        if speculative is not None:
+            self._counters.update(spec_rounds=0, spec_draft_tokens=0, spec_accepted_tokens=0)
 
     # ---- requests ----
 
@@ -267,6 +310,8 @@ class BatchEngine:
             req.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.stop_ids()))
             req.text_dec, req.stopper = self.tokenizer.incremental_decoder(), StopMatcher(params.stop)
             req.stats.prompt_tokens = len(ids)
+            if self.speculative is not None:   # one rng: the first token, drafts and verification draw from it
+                req.picker = TokenPicker(params, self.vocab_size, req.rng)
             self._requests[rid] = req
             self._wake.notify_all()
         return handle
@@ -323,11 +368,23 @@ class BatchEngine:
             self._cancels.clear()
             plan = self.scheduler.schedule()
             feeds = {sid: self.scheduler.feed(sid) for sid in plan}
+            rounds = self._rounds(plan) if self.speculative is not None else {}
+        drafts, failed = self._propose(rounds) if rounds else ({}, set())
+        if failed:
+            plan = {sid: n for sid, n in plan.items() if sid not in failed}
         if not plan:
             return self.scheduler.has_work
-        seqs = [(np.asarray(toks, dtype=np.int64), view) for toks, view in feeds.values()]
+        seqs = [(np.asarray(feeds[sid][0] + drafts.get(sid, ([], None))[0], dtype=np.int64), feeds[sid][1])
+                for sid in plan]
         try:
-            logits = self.model.forward_batch(seqs, last_only=True, linear=self._linear)
+            if drafts:   # every row of a verified sequence, the last row of the others
+                rows, row = [], 0
+                for sid, (toks, _) in zip(plan, seqs):
+                    rows += list(range(row, row + len(toks))) if sid in drafts else [row + len(toks) - 1]
+                    row += len(toks)
+                logits = self.model.forward_batch(seqs, last_only=False, linear=self._head_rows(rows))
+            else:
+                logits = self.model.forward_batch(seqs, last_only=True, linear=self._linear)
         except Exception as e:   # noqa: BLE001 - fail the requests of this step, keep serving
             with self._lock:
                 for sid in plan:
@@ -337,9 +394,12 @@ class BatchEngine:
             return True
         with self._lock:
             self._counters["steps"] += 1
-            self._counters["last_batch_tokens"] = sum(plan.values())
+            self._counters["last_batch_tokens"] = sum(len(t) for t, _ in seqs)
             for sid, lg in zip(plan, logits):
                 if sid not in self._requests:
+                    continue
+                if sid in drafts:
+                    self._verify(sid, np.asarray(lg, dtype=np.float32), *drafts[sid])
                     continue
                 if self.scheduler.running[sid].prefilling or plan[sid] > 1:
                     self._counters["prefill_tokens"] += plan[sid]
@@ -347,19 +407,113 @@ class BatchEngine:
                     self._sample(sid, np.asarray(lg, dtype=np.float32)[-1])
         return True
 
+    # ---- speculative rounds ----
+
+    def _rounds(self, plan: dict[int, int]) -> dict[int, tuple[_Request, np.ndarray, int]]:
+        """(request, its tokens so far, draft length) of each decoding sequence of `plan`
+        that will speculate this step (called under the lock)."""
+        out = {}
+        for sid, n in plan.items():
+            st, req = self.scheduler.running[sid], self._requests.get(sid)
+            if req is None or n != 1 or st.prefilling or st.computed + 1 != len(st.tokens):
+                continue
+            k = min(self.speculative.num_draft, req.budget - req.n_gen - 1)   # never past the budget
+            if k > 0:
+                if req.drafter is None:
+                    req.drafter = self._free_drafters.pop() if self._free_drafters else \
+                        self.speculative.fork_drafter()
+                    req.drafter.bind(self.vocab_size, self.n_ctx)
+                out[sid] = (req, np.asarray(st.tokens, dtype=np.int64), k)
+        return out
+
+    def _propose(self, rounds: dict[int, tuple[_Request, np.ndarray, int]]
+                 ) -> tuple[dict[int, tuple[list[int], list[np.ndarray] | None]], set[int]]:
+        """Each round's drafts and their q (outside the lock: a draft model runs here), and
+        the requests whose drafter failed (they fail, the others go on); a drafter that
+        proposes nothing leaves a plain decode step."""
+        out, failed = {}, set()
+        for sid, (req, seq, k) in rounds.items():
+            try:
+                d = req.drafter.propose(seq, k, req.picker)
+                toks = [int(t) for t in d.tokens[:k]]
+                if any(not 0 <= t < self.vocab_size for t in toks):
+                    raise EdgeformerError(f"the drafter proposed a token outside the vocabulary: {toks}")
+            except Exception as e:   # noqa: BLE001 - this request fails, the others go on
+                log.exception("drafter failed on request %d", sid)
+                with self._lock:
+                    self.scheduler.rollback(sid)
+                    self.scheduler.finish(sid)
+                    self._fail(sid, e)
+                failed.add(sid)
+                continue
+            if toks:
+                out[sid] = (toks, None if d.q is None else list(d.q[:len(toks)]))
+        return out, failed
+
+    def _head_rows(self, rows: list[int]):
+        """The step's linear, with the output projection ("result_output") computed only
+        for `rows` (zeros elsewhere): a verify pass needs logits at every row of its
+        sequences, prefill chunks only at their last. Row-invariant linears give those
+        rows the same bits as a full projection."""
+        base = self._linear or self.model.ops.linear
+        idx = np.asarray(rows, dtype=np.int64)
+
+        def linear(x: np.ndarray, w, b=None, *, name: str | None = None, layer: int | None = None) -> np.ndarray:
+            if name != "result_output" or idx.size == x.shape[0]:
+                return base(x, w, b, name=name, layer=layer)
+            part = base(np.ascontiguousarray(x[idx]), w, b, name=name, layer=layer)
+            out = np.zeros((x.shape[0],) + part.shape[1:], dtype=part.dtype)
+            out[idx] = part
+            return out
+        return linear
+
+    def _verify(self, rid: int, logits: np.ndarray, drafts: list[int], q: list[np.ndarray] | None) -> None:
+        """Verify one sequence's round (logits: its (1 + len(drafts), vocab) rows), keep
+        the accepted drafts in the cache and emit the round's tokens (under the lock)."""
+        req, st = self._requests[rid], self.scheduler.running[rid]
+        n = len(st.tokens)
+        ctx = np.empty(n + len(drafts), dtype=np.int64)
+        ctx[:n], ctx[n:] = st.tokens, drafts
+        try:
+            out = verify(req.picker, ctx, n, drafts, q, logits)
+        except EdgeformerError as e:   # NaN logits
+            self.scheduler.rollback(rid)
+            self.scheduler.finish(rid)
+            self._fail(rid, EdgeformerError(f"request {rid}: {e}"))
+            return
+        a = len(out) - 1
+        self.scheduler.advance(rid, out[:a])
+        c = self._counters
+        c["spec_rounds"] += 1
+        c["spec_draft_tokens"] += len(drafts)
+        c["spec_accepted_tokens"] += a
+        for j, tok in enumerate(out):
+            self._emit(rid, tok, logits[j], appended=j < a)
+            if rid not in self._requests:     # finished (stop, EOS or budget) inside the run
+                return
+
     def _elapsed(self, rid: int) -> float:
         return time.perf_counter() - self._requests[rid].t0
 
     def _end(self, rid: int, ev: TokenEvent) -> None:
         req = self._requests.pop(rid)
+        self._return_drafter(req)
         req.handle.finish_reason = ev.finish_reason
         req.handle._queue.put(ev)
 
     def _fail(self, rid: int, err: BaseException) -> None:
         req = self._requests.pop(rid, None)
         if req is not None:
+            self._return_drafter(req)
             req.handle.error = err
             req.handle._queue.put(err)
+
+    def _return_drafter(self, req: _Request) -> None:
+        """Keep a finished request's forked drafter (and its cache) for the next one."""
+        if req.drafter is not None and req.drafter is not self.speculative.drafter \
+                and len(self._free_drafters) < self.scheduler.max_batch:
+            self._free_drafters.append(req.drafter)
+        req.drafter = None
 
     def _sample(self, rid: int, logits: np.ndarray) -> None:
         req, st = self._requests[rid], self.scheduler.running[rid]
@@ -369,6 +523,13 @@ class BatchEngine:
             return
         ctx = np.asarray(st.tokens, dtype=np.int64)
         tok = req.sample(apply_processors(req.procs, ctx, logits) if req.procs else logits, req.rng)
+        self._emit(rid, tok, logits)
+
+    def _emit(self, rid: int, tok: int, logits: np.ndarray, appended: bool = False) -> None:
+        """The event of token `tok` (drawn from raw `logits`): stop ids, stop strings, the
+        budget, logprobs, stats; a token that does not end the request is appended to the
+        sequence unless `appended` (an accepted draft, already in it)."""
+        req, st = self._requests[rid], self.scheduler.running[rid]
         now = time.perf_counter()
         i, stats = req.n_gen, req.stats
         if i == 0:
@@ -400,7 +561,8 @@ class BatchEngine:
             return finish("stop" if tail.stopped else "length",
                           r.text + tail.text + ("" if tail.stopped else req.stopper.flush()), False)
         req.n_gen += 1
-        self.scheduler.append(rid, tok)
+        if not appended:
+            self.scheduler.append(rid, tok)
         req.handle._queue.put(TokenEvent(tok, r.text, i, now - req.t0, lp))
 
     def metrics(self) -> dict[str, int]:

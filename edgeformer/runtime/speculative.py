@@ -3,9 +3,11 @@ checks them all in one forward pass, and the longest acceptable prefix is kept.
 
 Use: `Engine(model, tokenizer, ..., speculative=SpeculativeConfig(drafter, num_draft=k))`
 with a drafter from `runtime/drafters.py` (`PromptLookupDrafter()`, or
-`ModelDrafter(small_model)`). Everything else (generate / stream / chat, stops,
-logprobs, cache reuse between calls) is unchanged. One config (its drafter holds a
-KV cache) serves one Engine.
+`ModelDrafter(small_model)`), or `edgeformer.load(..., lookup=k)` / `load(..., draft=MODEL,
+draft_n=k)`. Everything else (generate / stream / chat, stops, logprobs, cache reuse
+between calls) is unchanged. One config (its drafter holds a KV cache) serves one
+Engine; `BatchEngine(..., speculative=config)` (the server) runs the same rounds per
+decoding sequence inside its batched steps, with a drafter forked per sequence.
 
 Each round (the target cache holds every token but the last emitted one, x):
 1. the drafter proposes d_1..d_k (k <= num_draft, fewer near the token budget);
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from edgeformer.runtime.engine import Engine, TokenEvent
 
 __all__ = ["SpeculativeConfig", "SpeculativeStats", "TokenPicker", "ModelDrafter", "PromptLookupDrafter", "enable",
-           "accept_or_resample", "speculative_steps"]
+           "accept_or_resample", "speculative_steps", "verify"]
 
 
 @dataclass
@@ -93,6 +95,13 @@ class SpeculativeConfig:
     def bind(self, vocab_size: int, n_ctx: int) -> None:
         """Check the drafter against the target (InputError) and allocate its state."""
         self.drafter.bind(vocab_size, n_ctx)
+
+    def fork_drafter(self) -> Drafter:
+        """A drafter for one more sequence decoded beside others (`drafter.fork()`: its
+        own state over the same model; the drafter itself when it has no `fork`, which is
+        still correct, since a drafter resynchronizes from the sequence it is given)."""
+        fork = getattr(self.drafter, "fork", None)
+        return fork() if fork is not None else self.drafter
 
 
 # ---- choosing and verifying tokens ---------------------------------------------------------
@@ -160,11 +169,11 @@ def accept_or_resample(p: np.ndarray, token: int, q: np.ndarray | None,
     return False, _draw(resid, rng)
 
 
-def _verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
-            q: Sequence[np.ndarray] | None, logits: np.ndarray) -> list[int]:
+def verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
+           q: Sequence[np.ndarray] | None, logits: np.ndarray) -> list[int]:
     """Tokens a round emits: the accepted drafts plus one corrected or bonus token.
     ctx[:n] is the sequence before the round, ctx[n:n+len(drafts)] the drafts; logits
-    (len(drafts) + 1, vocab) from the target."""
+    (len(drafts) + 1, vocab) from the target. EdgeformerError for NaN logits."""
     out: list[int] = []
     for j in range(len(drafts) + 1):
         _check_finite(logits[j], n + j)
@@ -248,7 +257,7 @@ def speculative_steps(engine: Engine, ids: list[int], budget: int, params: Sampl
         ctx[n:n + len(drafts)] = drafts
         base = len(engine._cache_ids)
         logits = _forward_all(engine, [int(ctx[n - 1])] + drafts)
-        out = _verify(picker, ctx, n, drafts, None if draft is None else draft.q, logits)
+        out = verify(picker, ctx, n, drafts, None if draft is None else draft.q, logits)
         _rollback(engine, base + len(out))        # keep x and the accepted drafts
         sstats.rounds += 1
         sstats.drafted += len(drafts)

@@ -5,11 +5,19 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (JSON, or Server-Sent Events
 with `"stream": true`, chunk for chunk as OpenAI sends them), GET /v1/models,
-/v1/models/{id}, /health, /metrics (Prometheus text).
+/v1/models/{id}, /health, /metrics (Prometheus text). `serve.audio_embeddings` mounts
+/v1/embeddings and /v1/audio/* beside them and registers its models here: /v1/models
+lists every model served (the LLM first, then the embedding, transcription and speech
+models), each once under its own id; OpenAI's names for those (`whisper-1`, `tts-1`,
+`text-embedding-3-small`, ...) are accepted as aliases in requests and by
+/v1/models/{id} (whose card then names the served model as `root`), but not listed, so
+a listing shows what really runs, without duplicates.
 
 Requests run on `runtime.scheduler.BatchEngine` (continuous batching over a paged KV
-cache, prefix sharing). Each choice of a request is one submitted sequence; a thread per
-sequence moves its events onto the event loop. A client that disconnects mid-stream has its sequences
+cache, prefix sharing; speculative decoding per sequence when the Engine has a
+`speculative` config, e.g. from `load(..., lookup=N)`: greedy output unchanged). Each
+choice of a request is one submitted sequence; a thread per sequence moves its events
+onto the event loop. A client that disconnects mid-stream has its sequences
 cancelled, which frees their KV blocks. Request bodies are capped (`max_body_bytes`,
 checked on Content-Length and while reading) before any JSON parsing.
 """
@@ -49,9 +57,12 @@ DEFAULT_KV_BUDGET = 256 * 1024 * 1024
 def make_batch_engine(engine: Engine, *, kv_budget_bytes: int, kv_dtype: str = "f16", block_size: int = 16,
                       max_batch: int = 16, prefill_chunk: int = 256) -> BatchEngine:
     """The continuous-batching `BatchEngine` over `engine`'s model and tokenizer, with the
-    same context length as `engine`."""
+    same context length as `engine`, and its speculative decoding (`engine.speculative`,
+    e.g. from `load(..., lookup=N)`): each decoding sequence then verifies its own drafts
+    inside the batched steps."""
     return BatchEngine(engine.model, engine.tokenizer, kv_budget_bytes=kv_budget_bytes, kv_dtype=kv_dtype,
-                       block_size=block_size, max_batch=max_batch, prefill_chunk=prefill_chunk, n_ctx=engine.n_ctx)
+                       block_size=block_size, max_batch=max_batch, prefill_chunk=prefill_chunk, n_ctx=engine.n_ctx,
+                       speculative=getattr(engine, "speculative", None))
 
 
 @dataclass
@@ -63,6 +74,16 @@ class ServerState:
     max_body_bytes: int
     created: int = field(default_factory=lambda: int(time.time()))
     fingerprint: str = "fp_edgeformer"
+    extra_models: list[str] = field(default_factory=list)    # ids served by mounted endpoints (audio, embeddings)
+    aliases: dict[str, str] = field(default_factory=dict)    # OpenAI's model name -> the served id it selects
+
+    def add_model(self, model_id: str, aliases: tuple[str, ...] = ()) -> None:
+        """Register a model served by another endpoint (listed by /v1/models) and the
+        names accepted for it."""
+        if model_id != self.model_name and model_id not in self.extra_models:
+            self.extra_models.append(model_id)
+        for a in aliases:
+            self.aliases.setdefault(a, model_id)
 
 
 def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, name: str,
@@ -134,17 +155,25 @@ def error_response(e: APIError) -> JSONResponse:
 
 # ---- small endpoints -------------------------------------------------------------------------
 
-def _model_card(st: ServerState) -> dict[str, Any]:
-    return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "edgeformer"}
+def _model_card(st: ServerState, model_id: str, root: str | None = None) -> dict[str, Any]:
+    card = {"id": model_id, "object": "model", "created": st.created, "owned_by": "edgeformer"}
+    if root is not None:
+        card["root"] = root
+    return card
 
 
 async def list_models(request: Request, st: ServerState) -> Response:
-    return JSONResponse({"object": "list", "data": [_model_card(st)]})
+    return JSONResponse({"object": "list", "data": [_model_card(st, m) for m in [st.model_name, *st.extra_models]]})
 
 
 async def get_model(request: Request, st: ServerState) -> Response:
-    _check_model(st, request.path_params["model_id"])
-    return JSONResponse(_model_card(st))
+    name = request.path_params["model_id"]
+    if name in st.extra_models:
+        return JSONResponse(_model_card(st, name))
+    if name in st.aliases:
+        return JSONResponse(_model_card(st, name, root=st.aliases[name]))
+    _check_model(st, name)
+    return JSONResponse(_model_card(st, st.model_name))
 
 
 async def health(request: Request, st: ServerState) -> Response:
@@ -157,9 +186,10 @@ async def metrics(request: Request, st: ServerState) -> Response:
 
 def _check_model(st: ServerState, name: str) -> None:
     if name != st.model_name:
-        raise APIError(404, f"The model `{name}` does not exist or you do not have access to it. "
-                            f"This server serves `{st.model_name}`.", "invalid_request_error", "model",
-                       "model_not_found")
+        what = ("is served here for another endpoint, not for text generation" if name in st.extra_models
+                or name in st.aliases else "does not exist or you do not have access to it")
+        raise APIError(404, f"The model `{name}` {what}. This server generates text with `{st.model_name}`.",
+                       "invalid_request_error", "model", "model_not_found")
 
 
 # ---- request bodies --------------------------------------------------------------------------

@@ -2,11 +2,17 @@
 the chat endpoints of `serve.app`.
 
     app = create_app(engine, model_name="smollm2-135m-instruct")
-    mount_audio_embeddings(app, AudioModels(embedder=TextEmbedder(dir, be), asr=load_whisper(), voice=load_piper_voice()))
+    mount_audio_embeddings(app, AudioModels(embedder=TextEmbedder(dir, be), asr=load_whisper(),
+                                            voice=load_piper_voice()))
 
 Each endpoint answers only when its model was given (404 `model_not_found` otherwise, as
-for an unknown model name), and `model` in a request must be the name it is served under.
-Requests and responses follow OpenAI's API reference:
+for an unknown model name), and `model` in a request must be the name it is served under
+or one of OpenAI's names for that kind of model, accepted as aliases: `whisper-1`
+(transcription), `tts-1`, `tts-1-hd`, `gpt-4o-mini-tts` (speech),
+`text-embedding-3-small`, `text-embedding-3-large`, `text-embedding-ada-002` (embeddings;
+the embeddings response names the model that ran). Mounting registers the served models
+with the chat app's state, so /v1/models lists them (aliases are not listed; see
+`serve.app`). Requests and responses follow OpenAI's API reference:
 - embeddings: `input` a string, a list of strings, a token-id list or a list of those;
   `encoding_format` "float" or "base64" (little-endian float32, which the official client
   asks for by default); `dimensions` only as the model's own width (the served models are
@@ -54,6 +60,10 @@ _SPEECH_FORMATS = {"mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"), "opus": ("OGG
                    "flac": ("FLAC", "PCM_16", "audio/flac"), "wav": ("WAV", "PCM_16", "audio/wav"),
                    "pcm": (None, None, "audio/pcm")}
 _TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# OpenAI's model names, accepted for the served model of the same kind
+EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
+ASR_ALIASES = ("whisper-1",)
+SPEECH_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
 @dataclass
@@ -67,14 +77,24 @@ class AudioModels:
     embedding_model: str = "all-minilm-l6-v2"
     asr_model: str = "whisper-tiny.en"
     speech_model: str = "piper-en_US-joe-medium"
+    embedding_aliases: tuple[str, ...] = EMBEDDING_ALIASES
+    asr_aliases: tuple[str, ...] = ASR_ALIASES
+    speech_aliases: tuple[str, ...] = SPEECH_ALIASES
     max_body_bytes: int = MAX_UPLOAD_BYTES
     locks: dict[str, threading.Lock] = field(default_factory=lambda: {k: threading.Lock() for k in ("e", "a", "s")})
 
 
 def mount_audio_embeddings(app: Starlette, models: AudioModels) -> None:
     """Add the three routes to `app` (a `serve.app.create_app` app: its request counter in
-    `app.state.server.metrics` counts them too)."""
-    metrics = getattr(getattr(app.state, "server", None), "metrics", None)
+    `app.state.server.metrics` counts them too, and its /v1/models lists the models given)."""
+    state = getattr(app.state, "server", None)
+    metrics = getattr(state, "metrics", None)
+    if state is not None:
+        for have, served, aliases in ((models.embedder, models.embedding_model, models.embedding_aliases),
+                                      (models.asr, models.asr_model, models.asr_aliases),
+                                      (models.voice, models.speech_model, models.speech_aliases)):
+            if have is not None:
+                state.add_model(served, tuple(aliases))
 
     def ep(handler: Callable[[Request, AudioModels], Awaitable[Response]], name: str) -> Callable:
         return endpoint(handler, models, name, metrics, input_errors=(EdgeformerError,))
@@ -84,10 +104,10 @@ def mount_audio_embeddings(app: Starlette, models: AudioModels) -> None:
         app.router.routes.append(Route(path, ep(handler, path), methods=["POST"]))
 
 
-def _model(have: Any, served: str, asked: Any) -> None:
+def _model(have: Any, served: str, asked: Any, aliases: tuple[str, ...] = ()) -> None:
     if not isinstance(asked, str) or not asked:
         raise bad("you must provide a model parameter", "model")
-    if have is None or asked != served:
+    if have is None or (asked != served and asked not in aliases):
         raise APIError(404, f"The model `{asked}` does not exist or you do not have access to it."
                             + (f" This server serves `{served}` here." if have is not None else ""),
                        "invalid_request_error", "model", "model_not_found")
@@ -142,7 +162,7 @@ async def embeddings(request: Request, m: AudioModels) -> Response:
     body = await read_json(request, m.max_body_bytes)
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    _model(m.embedder, m.embedding_model, body.get("model"))
+    _model(m.embedder, m.embedding_model, body.get("model"), m.embedding_aliases)
     items = _embedding_inputs(body.get("input"))
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
@@ -198,7 +218,7 @@ async def transcriptions(request: Request, m: AudioModels) -> Response:
 
 
 async def _transcribe_form(form: Any, m: AudioModels) -> Response:
-    _model(m.asr, m.asr_model, form.get("model"))
+    _model(m.asr, m.asr_model, form.get("model"), m.asr_aliases)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise bad("you must provide an audio file in the `file` part", "file")
@@ -266,7 +286,7 @@ async def speech(request: Request, m: AudioModels) -> Response:
     body = await read_json(request, m.max_body_bytes)
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    _model(m.voice, m.speech_model, body.get("model"))
+    _model(m.voice, m.speech_model, body.get("model"), m.speech_aliases)
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise bad("'input' must be a non-empty string", "input")

@@ -111,6 +111,10 @@ ENGINE_COUNTERS = {
     "cached_prompt_tokens": ("edgeformer_engine_cached_prompt_tokens_total",
                              "Prompt tokens served from the prefix cache instead of prefilled"),
     "steps": ("edgeformer_engine_steps_total", "Batched forward passes"),
+    # only with speculative decoding (--lookup / --draft)
+    "spec_rounds": ("edgeformer_spec_decode_rounds_total", "Draft-and-verify rounds (one per sequence and step)"),
+    "spec_draft_tokens": ("edgeformer_spec_decode_draft_tokens_total", "Draft tokens proposed"),
+    "spec_accepted_tokens": ("edgeformer_spec_decode_accepted_tokens_total", "Draft tokens accepted"),
 }
 
 

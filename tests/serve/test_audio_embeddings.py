@@ -2,7 +2,8 @@
 through the official `openai` client, on the shipped models: all-MiniLM-L6-v2 embeddings vs
 transformers BertModel + sentence-transformers' mean pooling; Piper speech that Whisper
 tiny.en must transcribe back word for word; every response format decoded by libsndfile;
-OpenAI's error classes for bad requests."""
+OpenAI's error classes for bad requests; /v1/models listing every served model, and
+OpenAI's model names (whisper-1, tts-1, text-embedding-3-small, ...) as aliases."""
 from __future__ import annotations
 
 import io
@@ -170,7 +171,7 @@ def test_speech_formats_decode_to_the_same_length(client, live):
 
 
 @pytest.mark.parametrize("kw, err", [
-    (dict(model="tts-1"), "NotFoundError"),
+    (dict(model="tts-2"), "NotFoundError"),
     (dict(input=""), "BadRequestError"),
     (dict(input="x" * 4097), "BadRequestError"),
     (dict(speed=5.0), "BadRequestError"),
@@ -183,7 +184,7 @@ def test_speech_errors(client, live, kw, err):
 
 
 @pytest.mark.parametrize("kw, err", [
-    (dict(model="whisper-1"), "NotFoundError"),
+    (dict(model="whisper-2"), "NotFoundError"),
     (dict(file=("x.wav", b"this is not audio")), "BadRequestError"),
     (dict(file=("x.wav", b"")), "BadRequestError"),
     (dict(language="de"), "BadRequestError"),
@@ -204,3 +205,41 @@ def test_requests_are_counted_and_chat_still_works(client, live):
     assert r.choices[0].message.content is not None
     text = live[0].state.metrics.render()
     assert '/v1/embeddings' in text and '/v1/audio/speech' in text
+
+
+def test_models_lists_every_served_model(client, live):
+    m = live[1]
+    served = ["tiny", m.embedding_model, m.asr_model, m.speech_model]
+    assert [x.id for x in client.models.list().data] == served       # each once, aliases not listed
+    for name in served:
+        card = client.models.retrieve(name)
+        assert card.id == name and card.object == "model" and card.owned_by == "edgeformer"
+    for alias, root in [("whisper-1", m.asr_model), ("tts-1", m.speech_model), ("tts-1-hd", m.speech_model),
+                        ("gpt-4o-mini-tts", m.speech_model), ("text-embedding-3-small", m.embedding_model),
+                        ("text-embedding-ada-002", m.embedding_model), ("text-embedding-3-large", m.embedding_model)]:
+        card = client.models.retrieve(alias)
+        assert card.id == alias and card.root == root
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    # another kind's model is no chat model
+    with pytest.raises(openai.NotFoundError, match="another endpoint"):
+        client.chat.completions.create(model="whisper-1", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_model_names_select_the_served_models(client, live, spoken_wav):
+    m = live[1]
+    ref = client.embeddings.create(model=m.embedding_model, input=SENTENCES[:2])
+    for alias in ("text-embedding-3-small", "text-embedding-ada-002", "text-embedding-3-large"):
+        r = client.embeddings.create(model=alias, input=SENTENCES[:2])
+        assert r.model == m.embedding_model                 # names the model that ran
+        assert [d.embedding for d in r.data] == [d.embedding for d in ref.data]
+    a = client.audio.transcriptions.create(model="whisper-1", file=("s.wav", spoken_wav), response_format="text")
+    b = client.audio.transcriptions.create(model=m.asr_model, file=("s.wav", spoken_wav), response_format="text")
+    assert a == b and _words(a) == _words(SPOKEN)
+    for alias in ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"):
+        wav = client.audio.speech.create(model=alias, voice="alloy", input="Hello there.", response_format="wav")
+        x, sr = sf.read(io.BytesIO(wav.content), dtype="float32")
+        assert sr == m.voice.sample_rate and 0.4 < x.size / sr < 3.0 and np.abs(x).max() > 0.05
+    # an alias of a kind this server does not serve is still unknown there
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="whisper-1", input="x")

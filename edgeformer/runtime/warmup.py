@@ -1,0 +1,102 @@
+"""Warm-up: run the kernels a generation uses once, on a scratch cache, before anything
+is timed, so compiling (first run) or loading (later runs) the Numba kernels lands in the
+load time instead of in the first prompt's prefill and decode figures.
+
+A backend that compiles (`Backend.compiles`) gets a 24-token prefill (large enough for
+the threaded attention kernel of typical models), two decode steps (the fused decode step
+is a kernel of its own) and a 3-token step (the serial attention kernel: short chunks,
+speculative verification). When its compiled-kernel cache is
+cold (`Backend.kernels_cached()` False) the two halves compile in parallel: a child
+process (`python -m edgeformer.runtime.warmup MODEL --decode`) compiles the decode kernels
+into the shared on-disk cache while this process compiles the prefill ones; then this
+process's decode steps load them from the cache. A first run on 2 cores takes about half
+as long this way. Progress is printed on stderr with the measured time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WARM_PROMPT = 24      # prefill rows: the T > 1 kernels (row dots for 4 tokens, threaded attention)
+WARM_DECODE = 2       # decode steps: the fused step, then a step from a non-empty cache
+WARM_CHUNK = 3        # a short multi-token step: the serial attention kernel
+WARM_LEN = WARM_PROMPT + WARM_DECODE + WARM_CHUNK
+
+
+def _prefill(model: Any, cache: Any) -> None:
+    model.forward(np.arange(1, WARM_PROMPT + 1) % model.config.vocab_size, cache, last_only=True)
+
+
+def _chunk(model: Any, cache: Any) -> None:
+    model.forward(np.arange(1, WARM_CHUNK + 1) % model.config.vocab_size, cache, last_only=True)
+
+
+def _decode(model: Any, cache: Any) -> None:
+    for _ in range(WARM_DECODE):
+        model.forward(np.array([1]), cache, last_only=True)
+
+
+def _decode_child(path: str | os.PathLike, activations: str | None) -> subprocess.Popen | None:
+    """Start the child that compiles the decode kernels; None where it cannot start."""
+    cmd = [sys.executable, "-m", "edgeformer.runtime.warmup", str(path), "--decode"]
+    if activations:
+        cmd += ["--activations", activations]
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=os.environ.copy())
+    except OSError:
+        return None
+
+
+def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = False) -> float:
+    """Run `model`'s kernels once (see the module docstring); returns the seconds spent.
+    A no-op for backends that do not compile. `path` (the model file) lets a cold cache
+    compile in two processes."""
+    be = model.backend
+    if not getattr(be, "compiles", False) or model.config.max_seq_len < WARM_LEN:
+        return 0.0
+    t0 = time.perf_counter()
+    cold = not be.kernels_cached()
+    child = None
+    if cold:         # the backend said so when it was made (CpuBackend's notice)
+        if path is not None and (os.cpu_count() or 1) >= 2:
+            child = _decode_child(path, getattr(be, "activations", None))
+    cache = model.make_cache(WARM_LEN)
+    _prefill(model, cache)
+    if child is not None:
+        child.wait()
+    _decode(model, cache)
+    _chunk(model, cache)
+    dt = time.perf_counter() - t0
+    if cold and not quiet:
+        print(f"edgeformer: kernels compiled in {dt:.1f} s", file=sys.stderr, flush=True)
+    return dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The decode half of a cold warm-up, in its own process (see `_decode_child`)."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("model")
+    ap.add_argument("--decode", action="store_true", help="compile only the decode kernels")
+    ap.add_argument("--activations", default=None)
+    args = ap.parse_args(argv)
+    from edgeformer.backends import get_backend
+    from edgeformer.formats import load_checkpoint
+    from edgeformer.models.decoder import Decoder
+    model = Decoder(load_checkpoint(Path(args.model)), get_backend("cpu", args.activations))
+    cache = model.make_cache(WARM_LEN)
+    if not args.decode:
+        _prefill(model, cache)
+    _decode(model, cache)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -116,6 +116,8 @@ def _child(args: argparse.Namespace) -> int:
         r = _run_llama(args.path, args.n_prompt, args.n_gen, args.repetitions, args.threads)
     else:
         r = _run_hf(args.path, args.engine.split("-")[1], args.n_prompt, args.n_gen, args.repetitions, args.threads)
+    from edgeformer.perf.memory import peak_rss_bytes
+    r["peak_rss_mib"] = peak_rss_bytes() / 2**20
     print(json.dumps(r))
     return 0
 
@@ -189,8 +191,8 @@ def _models() -> list[dict]:
 def _table(res: dict) -> str:
     a = res["args"]
     lines = [f"| model | qtype | test | edgeformer t/s | llama.cpp t/s | ours/llama.cpp | "
-             f"hf fp32 t/s | hf bf16 t/s | ours/hf fp32 | ours % of BW |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"hf fp32 t/s | hf bf16 t/s | ours/hf fp32 | ours % of BW | peak RSS MiB ours / llama.cpp |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in res["rows"]:
         o, lc = row.get("ours", {}), row.get("llama.cpp", {})
         hf = res["hf"].get(row["model"], {}) if row.get("hf") else {}
@@ -202,8 +204,10 @@ def _table(res: dict) -> str:
             bw = (f"{100 * om * o['bytes_per_token'] / res['bandwidth']:.0f}%" if k == "tg" and om else "")
             fmt = lambda v: f"{v:.1f}" if v else "n/a"  # noqa: E731
             ratio = lambda x, y: f"{x / y:.2f}x" if x and y else "n/a"  # noqa: E731
+            rss = (f"{o['peak_rss_mib']:.0f} / {lc['peak_rss_mib']:.0f}"
+                   if k == "tg" and "peak_rss_mib" in o and "peak_rss_mib" in lc else "")
             lines.append(f"| {row['model']} | {row['qtype']} | {test} | {fmt(om)} | {fmt(lm)} | {ratio(om, lm)} | "
-                         f"{fmt(f32)} | {fmt(b16)} | {ratio(om, f32)} | {bw} |")
+                         f"{fmt(f32)} | {fmt(b16)} | {ratio(om, f32)} | {bw} | {rss} |")
     return "\n".join(lines)
 
 
@@ -254,7 +258,8 @@ def main() -> int:
 
 NOTES = """How to read it: tg = decode from an empty cache, pp = prefill of a random prompt; all three
 engines run the same protocol in separate processes (`bench/compare.py`), edgeformer with the
-`cpu` backend (Numba). "% of BW" = tok/s x bytes per decode token (the tracer's prices of one step)
+`cpu` backend (Numba). Peak RSS: VmHWM of each engine's process after the whole protocol
+(pp and tg windows, context = prompt + 16), on the tg row. "% of BW" = tok/s x bytes per decode token (the tracer's prices of one step)
 / the streaming-read bandwidth measured at the start of the run; on a loaded machine that
 measurement is low, so the fraction can read high. llama.cpp's worker threads spin while
 waiting: when other processes occupy the cores its 2-thread figures collapse. edgeformer's

@@ -42,6 +42,18 @@ class Backend:
         """None if usable on this machine, else why not."""
         return None
 
+    # True for backends that compile kernels on first use (runtime/warmup.py runs them
+    # before anything is timed)
+    compiles: ClassVar[bool] = False
+
+    def kernels_cached(self) -> bool:
+        """Whether the compiled kernels are on disk already (False: the first use compiles)."""
+        return True
+
+    def after_forward(self) -> None:
+        """Called by models after each forward pass: housekeeping (the cpu backend hands
+        the compiler's code pages back once its kernels are loaded). Default: nothing."""
+
     def describe(self) -> str:
         """One line for start-up logs: the backend and the settings it computes with."""
         return f"{self.name} (float32 reference)" if self.name == "numpy" else self.name

@@ -151,9 +151,40 @@ def run(args: argparse.Namespace) -> int:
         from edgeformer.perf.bandwidth import host_ceilings
         bw, peak = host_ceilings(refresh=True)
     r = bench_model(model, args.n_prompt, args.n_gen, args.repetitions, bandwidth=bw, peak_flops=peak)
+    r["memory"] = memory_report(model, args.model, be.name, max(args.n_prompt, args.n_gen))
     threads = numba.get_num_threads()
     if args.json:
         print(json.dumps({"model": str(args.model), "backend": be.name, "threads": threads, **r}, indent=1))
     else:
         print(format_bench(str(args.model or "default"), be.name, threads, r))
+        print(format_memory(r["memory"]))
     return 0
+
+
+FOOTPRINT_SLACK = 0.15     # peak RSS may exceed floor + file + KV by this share of file + KV
+
+
+def memory_report(model: Any, name: str | None, backend: str, positions: int) -> dict[str, float]:
+    """This process's peak RSS next to its bound: the runtime floor (measured now in a
+    fresh process: `perf.memory.runtime_floor_bytes`) + the model file + the KV cache the
+    run allocated + FOOTPRINT_SLACK of file + KV (activations, allocator)."""
+    from pathlib import Path
+
+    from edgeformer.models.shipped import default_model, resolve_model
+    from edgeformer.perf.memory import peak_rss_bytes, runtime_floor_bytes
+    from edgeformer.perf.trace_model import kv_cache_bytes
+    peak = peak_rss_bytes()
+    path = Path(default_model() if name is None else resolve_model(name))
+    file = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    kv = kv_cache_bytes(model.config, positions, positions + 1)
+    floor = runtime_floor_bytes(backend)
+    bound = floor + (file + kv) * (1 + FOOTPRINT_SLACK)
+    return {"peak_rss": peak, "runtime_floor": floor, "file": file, "kv_cache": kv, "bound": bound}
+
+
+def format_memory(m: dict[str, float]) -> str:
+    mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
+    verdict = "within" if m["peak_rss"] <= m["bound"] else "OVER"
+    return (f"memory: peak RSS {mib(m['peak_rss'])}; bound {mib(m['bound'])} = runtime floor {mib(m['runtime_floor'])} "
+            f"(interpreter, numpy, numba, kernels) + (file {mib(m['file'])} + KV {mib(m['kv_cache'])}) "
+            f"x {1 + FOOTPRINT_SLACK:.2f}: {verdict}")

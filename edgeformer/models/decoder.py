@@ -241,6 +241,7 @@ class Decoder:
         logits = linear(x, self.output, None, name="result_output")
         if c.final_softcap:
             logits = ops.softcap(logits, c.final_softcap, name="result_softcap")
+        self.backend.after_forward()
         if last_only:
             return [logits[j:j + 1] for j in range(len(segs))]
         return [logits[a:b] for a, b, *_ in segs]

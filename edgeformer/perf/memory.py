@@ -210,6 +210,29 @@ def _run_probe(backend: str, path: str, prompt: int = 16) -> dict[str, Any]:
     return _run_worker(_P(path), backend, prompt, prompt + 48, True, timeout=600)
 
 
+def _tiny_probe(backend: str) -> dict[str, Any]:
+    """`_run_probe` on a model with ~no bytes (`TINY_MODEL`), twice, the second kept: the
+    first run after a kernel source changed compiles the kernels (Numba's on-disk cache is
+    dropped then) and LLVM's memory would count (measured: +50 MiB); the second loads
+    them, as `validate`'s and a user's runs do."""
+    import tempfile
+
+    from edgeformer.codesign.build import write_random_gguf
+    from edgeformer.config import DecoderConfig
+    with tempfile.TemporaryDirectory() as d:
+        tiny = Path(d) / "tiny.gguf"
+        write_random_gguf(DecoderConfig(**TINY_MODEL), tiny, "Q8_0", with_vocab=False)
+        _run_probe(backend, str(tiny))
+        return _run_probe(backend, str(tiny))
+
+
+def runtime_floor_bytes(backend: str = "cpu") -> int:
+    """The runtime floor: peak RSS of a fresh process that imports edgeformer, makes
+    `backend` and runs a model with ~no bytes (prefill + decode), i.e. the interpreter +
+    numpy + numba + the compiled kernels. What any model's peak adds to."""
+    return int(_tiny_probe(backend)["peak_rss"])
+
+
 def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path | None = None) -> MemoryCalibration:
     """Fit the host RSS model in fresh processes running `validate.measure_worker`:
     a tiny model gives the baselines (backend imported; kernels warm); the calibration
@@ -228,15 +251,7 @@ def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path 
         except (OSError, ValueError, TypeError):
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tiny = path.with_name(path.stem + ".tiny.gguf")
-    write_random_gguf(DecoderConfig(**TINY_MODEL), tiny, "Q8_0", with_vocab=False)
-    # twice: the first run after a kernel source changed compiles the kernels (Numba's
-    # on-disk cache is dropped then), and LLVM's memory would land in the baseline
-    # (measured: +50 MiB on every prediction); the second loads them, as `validate`'s
-    # and a user's runs do
-    _run_probe(backend, str(tiny))
-    probe = _run_probe(backend, str(tiny))
-    tiny.unlink(missing_ok=True)
+    probe = _tiny_probe(backend)             # the runtime floor (runtime_floor_bytes)
     base, load_base = probe["peak_rss"], probe["rss_backend"]
     cfg = DecoderConfig(**CALIB_MODEL)
     residency: dict[str, float] = {}

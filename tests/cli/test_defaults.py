@@ -65,11 +65,10 @@ def test_run_help_states_the_true_defaults(capsys):
     assert "temp 0.8" not in out and "(default: 0.0)" in out
 
 
-def test_readme_load_line_uses_the_default_backend_and_greedy_chat():
+def test_readme_load_line_uses_the_default_backend_and_greedy_chat(shipped):
     """The README's Python line: `edgeformer.load()` then `.chat(...)` with no params."""
     import edgeformer
-    from conftest import shipped_path
-    shipped_path("smollm2-135m-instruct")            # skips when the package is missing
+    shipped.path("smollm2-135m-instruct")            # skips when the package is missing
     eng = edgeformer.load(n_ctx=256)
     assert eng.backend.name == base.default_backend_name()
     msgs = [{"role": "user", "content": "What is the capital of France?"}]

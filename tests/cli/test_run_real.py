@@ -36,11 +36,10 @@ def test_run_invalid_utf8_file_is_a_clear_error(tmp_path):
     assert "not valid UTF-8" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_base_model_runs_as_plain_continuation():
+def test_base_model_runs_as_plain_continuation(shipped):
     """The shipped Gemma 3 270M is a base model with no template: `run` continues the prompt
     as plain text (what `--raw` does) and says so; `--chat-template gemma` wraps it."""
-    from conftest import shipped_path
-    shipped_path("gemma3-270m")
+    shipped.path("gemma3-270m")
     args = ["-m", "edgeformer.cli", "run", "gemma3-270m", "-p", "The capital of Japan is", "-n", "8",
             "--no-stats"]
     plain = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
@@ -54,12 +53,11 @@ def test_base_model_runs_as_plain_continuation():
     assert eng.render_chat([{"role": "user", "content": "Hi"}]).startswith("<bos><start_of_turn>user\nHi")
 
 
-def test_shipped_instruct_model_answers_with_its_template(tmp_path, monkeypatch):
+def test_shipped_instruct_model_answers_with_its_template(shipped, tmp_path, monkeypatch):
     """The shipped Qwen2.5-Coder-0.5B-Instruct (six registry parts) is assembled once,
     checked against its pinned sha256, and chats with its own template."""
-    from conftest import shipped_path
-    from edgeformer.models import shipped
-    path = shipped_path("qwen2.5-coder-0.5b-instruct")
+    from edgeformer.models import shipped as shipped_models
+    path = shipped.path("qwen2.5-coder-0.5b-instruct")
     assert path.stat().st_size == 491_400_064
     r = subprocess.run([sys.executable, "-m", "edgeformer.cli", "run", "qwen2.5-coder-0.5b-instruct", "-p",
                         "What is the capital of France? Answer in one word.", "-n", "8", "--no-stats"],
@@ -68,12 +66,12 @@ def test_shipped_instruct_model_answers_with_its_template(tmp_path, monkeypatch)
     assert "no chat template" not in r.stderr
     # a damaged part is caught by the hash, and nothing half-made is left behind
     monkeypatch.setenv("EDGEFORMER_CACHE", str(tmp_path))
-    real = shipped.package_file
+    real = shipped_models.package_file
     bad = tmp_path / "part03.bin"
     bad.write_bytes(b"\0" * 1024)
-    monkeypatch.setattr(shipped, "package_file",
+    monkeypatch.setattr(shipped_models, "package_file",
                         lambda d, match, *a: bad if d.endswith("part3") else real(d, match, *a))
     from edgeformer.errors import InputError
     with pytest.raises(InputError, match="sha256"):
-        shipped.resolve_model("qwen2.5-coder-0.5b-instruct")
+        shipped_models.resolve_model("qwen2.5-coder-0.5b-instruct")
     assert not any(p.name.endswith(".gguf") or p.name.endswith(".tmp") for p in tmp_path.iterdir())

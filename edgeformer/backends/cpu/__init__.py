@@ -110,6 +110,32 @@ def _choose_wait_policy() -> None:
         os.environ["GOMP_SPINCOUNT"] = str(SPINCOUNT)
 
 
+def _release_compiler_pages() -> int:
+    """Drop the resident pages of LLVM's machine code (libllvmlite.so's executable
+    mappings) from this process's resident set; returns the bytes advised. Numba needs
+    LLVM to load or compile a kernel; once the kernels a model uses are loaded it runs
+    only their code, yet LLVM's start-up left ~50 MB of its code resident. Executable
+    pages of a shared library are never written, so MADV_DONTNEED only unmaps them: a
+    later kernel load faults them back in from the file (page cache), unchanged."""
+    if sys.platform != "linux":
+        return 0
+    spans = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "r-xp" and parts[5].endswith("/libllvmlite.so"):
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    spans.append((lo, hi - lo))
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        for lo, n in spans:
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(n), 4)      # MADV_DONTNEED
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(n for _, n in spans)
+
+
 def _keep_freed_memory() -> None:
     """Let glibc reuse freed blocks of up to 64 MiB instead of returning each to the OS.
     A prefill allocates its activations fresh per op (a 512-token SmolLM2 step: ~6 MB per
@@ -180,8 +206,8 @@ class CpuBackend(Backend):
         if "NUMBA_CACHE_DIR" not in os.environ or isa.requested() == "avx2":
             _drop_stale_cache()
         if not _cache_warm():
-            print("edgeformer: compiling the CPU kernels (first run only, ~10-30 s; cached afterwards)",
-                  file=sys.stderr, flush=True)
+            print("edgeformer: compiling the CPU kernels on first use (once for this CPU, typically 20-50 s "
+                  "on 2 cores; cached afterwards)", file=sys.stderr, flush=True)
         from edgeformer.backends.cpu import activation, attention, embed, matmul, norm, rope
         isa.verify()        # Numba compiles for what EDGEFORMER_CPU_ISA asked
         from edgeformer.kernels.elementwise import add_ref, mul_ref
@@ -195,6 +221,12 @@ class CpuBackend(Backend):
         self._linear_kernels = matmul.KERNELS
         self._dequant_warned: set[str] = set()      # qtypes already warned about (once each)
         self.kernels.update(__import__("edgeformer.backends.cpu.conv", fromlist=["KERNELS"]).KERNELS)  # conv1d, conv_transpose1d
+        self._forwards = 0                          # forward passes seen (after_forward)
+        # Numba's first kernel call starts LLVM, which leaves ~50 MB of its code resident:
+        # start it now, before any weights, and hand those pages back (they are needed again
+        # only to load or compile a kernel), so a model's peak does not carry them
+        norm.rms_norm(np.ones((1, 32), np.float32), None, 1e-6)
+        _release_compiler_pages()
 
     @classmethod
     def available(cls) -> str | None:
@@ -204,6 +236,20 @@ class CpuBackend(Backend):
         except ImportError as e:
             return f"numba is not importable: {e}"
         return None
+
+    compiles = True
+
+    def kernels_cached(self) -> bool:
+        return _cache_warm()
+
+    def after_forward(self) -> None:
+        """After forward passes 1, 2, 4, 8, ...: release LLVM's code pages (see
+        `_release_compiler_pages`). Kernels load on first use, so the early passes may
+        bring pages back (a new batch size, prefill after decode); doubling the interval
+        keeps the cost (one /proc read) negligible."""
+        self._forwards += 1
+        if self._forwards & (self._forwards - 1) == 0:
+            _release_compiler_pages()
 
     def describe(self) -> str:
         import numba

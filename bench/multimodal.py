@@ -196,7 +196,7 @@ def bench_tts(args, backends, base: str | None) -> list[dict]:
     gap = int(round(0.2 * voice.sample_rate))     # piper's sentence silence, as synthesize adds
     out = {}
 
-    def run_ort() -> None:        # phonemizes too (espeak-ng, ~50 ms here), as synthesize does
+    def run_ort() -> None:        # phonemizes too (libespeak-ng, <1 ms per sentence), as synthesize does
         sentences = list(text_to_ids(TTS_TEXT, voice.phoneme_id_map, voice.espeak_voice))
         waves = [sess.run(None, {"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
                                  "scales": scales})[0].reshape(-1) for ids in sentences]

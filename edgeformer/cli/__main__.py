@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`edgeformer info --json | head`): stop quietly, as a
+        # SIGPIPE-killed Unix tool would; stdout goes to /dev/null so the interpreter's
+        # final flush does not raise again
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

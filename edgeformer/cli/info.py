@@ -98,13 +98,14 @@ def format_summary(s: ModelSummary) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="describe a GGUF file or HF model directory")
-    p.add_argument("path", help="GGUF file or HF model directory")
+    p.add_argument("path", help="GGUF file, HF model directory or shipped model name")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    s = summarize(args.path)
+    from edgeformer.models.shipped import resolve_model
+    s = summarize(resolve_model(args.path))
     if args.json:
         d = {**s.__dict__, "path": str(s.path), "qtypes": {k: {"count": n, "bytes": b} for k, (n, b) in s.qtypes.items()}}
         print(json.dumps(d, indent=2))

@@ -77,3 +77,28 @@ def test_readme_load_line_uses_the_default_backend_and_greedy_chat(shipped):
     for _ in range(2):
         assert eng.chat(msgs).token_ids[:24] == greedy
     assert "Paris" in eng.chat(msgs).text
+
+
+def test_info_takes_short_names(shipped, capsys):
+    from edgeformer.cli.__main__ import main
+    shipped.path("smollm2-135m-instruct")
+    assert main(["info", "--json", "smollm2-135m-instruct"]) == 0
+    assert '"arch": "llama"' in capsys.readouterr().out
+    assert main(["info", "no-such-model"]) == 1
+    assert "shipped models:" in capsys.readouterr().err
+
+
+def test_broken_pipe_ends_quietly(shipped):
+    """`edgeformer info --json MODEL | head`: no traceback when the reader has gone."""
+    import os
+    import subprocess
+    import sys
+    shipped.path("smollm2-135m-instruct")
+    r, w = os.pipe()
+    os.close(r)                    # the reader left before the first write
+    try:
+        p = subprocess.run([sys.executable, "-m", "edgeformer.cli", "info", "--json", "smollm2-135m-instruct"],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and "Traceback" not in p.stderr, p.stderr

@@ -110,13 +110,40 @@ def _choose_wait_policy() -> None:
         os.environ["GOMP_SPINCOUNT"] = str(SPINCOUNT)
 
 
+def _clean_file_runs(lo: int, hi: int) -> list[tuple[int, int]]:
+    """(start, length) runs of [lo, hi) whose pages are resident and still the file's own
+    (not copy-on-write copies: e.g. relocated read-only data), from /proc/self/pagemap
+    (bit 63 present, bit 61 file page; readable without privileges). [] if unreadable."""
+    import mmap
+    import struct
+    page = mmap.PAGESIZE
+    n = (hi - lo) // page
+    try:
+        with open("/proc/self/pagemap", "rb") as pm:
+            pm.seek(lo // page * 8)
+            entries = struct.unpack(f"<{n}Q", pm.read(n * 8))
+    except (OSError, struct.error):
+        return []
+    runs, start = [], None
+    for i, e in enumerate(entries + (0,)):
+        clean = (e >> 63) & 1 and (e >> 61) & 1
+        if clean and start is None:
+            start = i
+        elif not clean and start is not None:
+            runs.append((lo + start * page, (i - start) * page))
+            start = None
+    return runs
+
+
 def _release_compiler_pages() -> int:
-    """Drop the resident pages of LLVM's machine code (libllvmlite.so's executable
-    mappings) from this process's resident set; returns the bytes advised. Numba needs
-    LLVM to load or compile a kernel; once the kernels a model uses are loaded it runs
-    only their code, yet LLVM's start-up left ~50 MB of its code resident. Executable
-    pages of a shared library are never written, so MADV_DONTNEED only unmaps them: a
-    later kernel load faults them back in from the file (page cache), unchanged."""
+    """Drop LLVM's resident pages (libllvmlite.so) from this process's resident set;
+    returns the bytes advised. Numba needs LLVM only to load or compile a kernel; once the
+    kernels a model uses are loaded it runs only their code, yet LLVM's start-up left ~50
+    MB of its machine code and ~15 MB of its read-only data resident. Executable pages of
+    a shared library are never written; of its read-only data only the pages still
+    backed by the file are taken (relocated ones are private copies and stay). So
+    MADV_DONTNEED only unmaps file pages: a later kernel load faults them back in from
+    the page cache, unchanged."""
     if sys.platform != "linux":
         return 0
     spans = []
@@ -124,9 +151,13 @@ def _release_compiler_pages() -> int:
         with open("/proc/self/maps") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 6 and parts[1] == "r-xp" and parts[5].endswith("/libllvmlite.so"):
-                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if len(parts) < 6 or not parts[5].endswith("/libllvmlite.so"):
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if parts[1] == "r-xp":
                     spans.append((lo, hi - lo))
+                elif parts[1] == "r--p":
+                    spans += _clean_file_runs(lo, hi)
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         for lo, n in spans:

@@ -190,8 +190,8 @@ def _models() -> list[dict]:
 
 def _table(res: dict) -> str:
     a = res["args"]
-    lines = [f"| model | qtype | test | edgeformer t/s | llama.cpp t/s | ours/llama.cpp | "
-             f"hf fp32 t/s | hf bf16 t/s | ours/hf fp32 | ours % of BW | peak RSS MiB ours / llama.cpp |",
+    lines = ["| model | qtype | test | edgeformer t/s | llama.cpp t/s | ours/llama.cpp | "
+             "hf fp32 t/s | hf bf16 t/s | ours/hf fp32 | ours % of BW | peak RSS MiB ours / llama.cpp |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in res["rows"]:
         o, lc = row.get("ours", {}), row.get("llama.cpp", {})
@@ -256,7 +256,7 @@ def main() -> int:
     return 0
 
 
-NOTES = """How to read it: tg = decode from an empty cache, pp = prefill of a random prompt; all three
+NOTES = r"""How to read it: tg = decode from an empty cache, pp = prefill of a random prompt; all three
 engines run the same protocol in separate processes (`bench/compare.py`), edgeformer with the
 `cpu` backend (Numba). Peak RSS: VmHWM of each engine's process after the whole protocol
 (pp and tg windows, context = prompt + 16), on the tg row. "% of BW" = tok/s x bytes per decode token (the tracer's prices of one step)

@@ -135,7 +135,7 @@ def main() -> None:
                                  weight_bytes=qt.nbytes, packed_bytes=ws[0].nbytes, gb_per_s=gbs,
                                  fraction_of_stream_bw=gbs / bw[t]))
                 print(f"{q.name:6} {f'{n}x{k}':>11} {t:>3} {sec * 1e6:9.1f} {gbs:7.1f} {gbs / bw[t]:6.0%}")
-            del ws
+            ws = None               # free the copies before the next shape
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(

@@ -32,9 +32,10 @@ if what in ("all", "kld"):
     seq = ids[:320]
     def run(dtype):
         c = PagedKVCache.for_model(dec, budget_bytes=64 << 20, dtype=dtype, max_chunk=64)
-        v = c.new_sequence(); outs = []
+        v, outs = c.new_sequence(), []
         for a in range(0, len(seq), 64):
-            outs.append(dec.forward(np.array(seq[a:a + 64]), v)); v.commit(seq[a:a + 64])
+            outs.append(dec.forward(np.array(seq[a:a + 64]), v))
+            v.commit(seq[a:a + 64])
         return np.concatenate(outs)
     ref = run("f32")
     for dt in ("f16", "bf16", "int8"):
@@ -50,8 +51,12 @@ if what in ("all", "ttft"):
         eng = BatchEngine(dec, tok, kv_budget_bytes=256 << 20, kv_dtype="f16", prefill_chunk=256,
                           prefix_sharing=sharing)
         p = SamplingParams(temperature=0, max_tokens=4)
-        h1 = eng.submit(system + q1, p); eng.run_until_idle(); r1 = h1.result()
-        h2 = eng.submit(system + q2, p); eng.run_until_idle(); r2 = h2.result()
+        h1 = eng.submit(system + q1, p)
+        eng.run_until_idle()
+        r1 = h1.result()
+        h2 = eng.submit(system + q2, p)
+        eng.run_until_idle()
+        r2 = h2.result()
         res[sharing] = r2
         out[f"ttft_first_s_sharing={sharing}"] = r1.stats.ttft_s
         out[f"ttft_second_s_sharing={sharing}"] = r2.stats.ttft_s
@@ -68,7 +73,7 @@ if what in ("all", "tput"):
             while any(eng.scheduler.running[h.id].prefilling if h.id in eng.scheduler.running else True
                       for h in hs) :
                 eng.step()
-            t = time.perf_counter(); n0 = eng.metrics()["tokens_generated"]
+            t, n0 = time.perf_counter(), eng.metrics()["tokens_generated"]
             eng.run_until_idle()
             dt = time.perf_counter() - t
             out[f"decode_tok_s_batch{nb}_invariant={inv}"] = (eng.metrics()["tokens_generated"] - n0) / dt

@@ -11,6 +11,7 @@ on values and the reference quantizers are slow.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,13 @@ from edgeformer.config import DecoderConfig
 from edgeformer.quant.qtypes import QTensor, QType
 
 TILE_ROWS = 64
+
+
+def _loader(shape: tuple[int, ...], qtype: QType, rng: np.random.Generator) -> Callable[[], QTensor]:
+    """What writes one tensor: ones for a vector (norms), a random matrix otherwise."""
+    if len(shape) == 1:
+        return lambda: QTensor.from_array(np.ones(shape[0], np.float32))
+    return lambda: _matrix(shape, qtype, rng)
 
 
 def _matrix(shape: tuple[int, ...], qtype: QType, rng: np.random.Generator) -> QTensor:
@@ -56,11 +64,7 @@ def write_random_gguf(config: DecoderConfig, path: str | os.PathLike, qtype: QTy
         md.update(_vocab_metadata(config.vocab_size))
     tensors = []
     for name, st in config_tensors(config, qtype, embed_qtype=embed_qtype).items():
-        if len(st.shape) == 1:
-            load = (lambda n=st.shape[0]: QTensor.from_array(np.ones(n, np.float32)))
-        else:
-            load = (lambda s=st.shape, q=st.qtype: _matrix(s, q, rng))
-        tensors.append(TensorToWrite(name, st.qtype, st.shape, load))
+        tensors.append(TensorToWrite(name, st.qtype, st.shape, _loader(st.shape, st.qtype, rng)))
     for name, arr in extra_gguf_tensors(config).items():
         tensors.append(TensorToWrite(name, QType.F32, arr.shape, lambda a=arr: QTensor.from_array(a)))
     path.parent.mkdir(parents=True, exist_ok=True)

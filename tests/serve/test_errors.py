@@ -57,7 +57,7 @@ def test_invalid_chat_requests(tiny_server, body, param):
 
 def test_malformed_json_unknown_model_and_routes(tiny_server):
     url = tiny_server.base_url
-    _error(httpx.post(url + "/chat/completions", content=b'{"model": "tiny", "messages": [', 
+    _error(httpx.post(url + "/chat/completions", content=b'{"model": "tiny", "messages": [',
                       headers={"content-type": "application/json"}), 400)
     _error(httpx.post(url + "/completions", content=b"\xff\xfe not utf-8"), 400)
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)

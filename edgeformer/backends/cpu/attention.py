@@ -457,7 +457,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
 def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
     """Every (kv head, block of bq queries) task; tasks that met a non-finite value are
     redone by the exact kernel."""
-    t_, hq = q.shape[0], q.shape[1]
+    t_ = q.shape[0]
     s_, hkv = k.shape[0], k.shape[1]
     ksorted, consec = True, True
     for j in range(1, s_):

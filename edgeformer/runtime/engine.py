@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.sampler import (SamplingParams, apply_processors, log_softmax, make_logits_processors,
-                                        make_rng, make_sampler, top_logprobs)
+                                        make_rng, make_sampler, top_logprobs, usable_logits)
 from edgeformer.runtime.stops import StopMatcher
 
 DEFAULT_N_CTX = 4096      # like llama.cpp's default context; the model's own maximum caps it
@@ -373,7 +373,7 @@ class Engine:
             raise
         self._cache_ids.extend(int(t) for t in ids)
         out = np.asarray(logits, dtype=np.float32)[-1]
-        if np.isnan(out).any() or not np.isfinite(out).any():
+        if not usable_logits(out):
             self.reset()
             raise EdgeformerError(f"the model produced NaN (or no finite) logits at position "
                                   f"{len(self._cache_ids) - 1}: broken weights or a numerical overflow")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeformer.errors import InputError
+from edgeformer.quant.metrics import log_softmax  # noqa: F401  (the one log-softmax; re-exported)
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Sampler = Callable[[np.ndarray, np.random.Generator], int]
@@ -223,11 +224,10 @@ def apply_processors(procs: Sequence[LogitsProcessor], tokens: np.ndarray, logit
 
 # ---- truncation and sampling ------------------------------------------------------------
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """float64 log-softmax over the last axis; -inf logits stay -inf."""
-    x = np.asarray(logits, dtype=np.float64)
-    m = np.max(x, axis=-1, keepdims=True)
-    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+def usable_logits(logits: np.ndarray) -> bool:
+    """The one check a model's logits pass before anything samples from them: no NaN and
+    at least one finite value (banned tokens are -inf; +inf is a usable certainty)."""
+    return not np.isnan(logits).any() and bool(np.isfinite(logits).any())
 
 
 PRESELECT = 1024   # top-p on a big vocabulary sorts only this many first (if they hold the mass)

@@ -45,7 +45,7 @@ from edgeformer.runtime.batch import row_invariant_linear
 from edgeformer.runtime.engine import GenerationResult, GenerationStats, TokenEvent, TokenLogprob, collect
 from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
 from edgeformer.runtime.sampler import (SamplingParams, apply_processors, log_softmax, make_logits_processors,
-                                        make_rng, make_sampler, top_logprobs)
+                                        make_rng, make_sampler, top_logprobs, usable_logits)
 from edgeformer.runtime.speculative import SpeculativeConfig, TokenPicker, verify
 from edgeformer.runtime.stops import StopMatcher
 
@@ -517,7 +517,7 @@ class BatchEngine:
 
     def _sample(self, rid: int, logits: np.ndarray) -> None:
         req, st = self._requests[rid], self.scheduler.running[rid]
-        if np.isnan(logits).any() or not np.isfinite(logits).any():
+        if not usable_logits(logits):
             self.scheduler.finish(rid)
             self._fail(rid, EdgeformerError(f"request {rid}: the model produced NaN (or no finite) logits"))
             return

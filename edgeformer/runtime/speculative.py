@@ -41,7 +41,7 @@ import numpy as np
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.drafters import Drafter, ModelDrafter, PromptLookupDrafter
 from edgeformer.runtime.sampler import (SamplingParams, apply_processors, candidates, make_logits_processors,
-                                        make_rng, make_sampler)
+                                        make_rng, make_sampler, usable_logits)
 
 if TYPE_CHECKING:
     from edgeformer.runtime.engine import Engine, TokenEvent
@@ -194,7 +194,7 @@ def verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
 
 
 def _check_finite(row: np.ndarray, pos: int) -> None:
-    if np.isnan(row).any() or not np.isfinite(row).any():
+    if not usable_logits(row):
         raise EdgeformerError(f"the model produced NaN (or no finite) logits at position {pos}: "
                               f"broken weights or a numerical overflow")
 

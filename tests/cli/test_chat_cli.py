@@ -9,7 +9,7 @@ import pytest
 from edgeformer.cli import run as run_cmd
 from edgeformer.cli.__main__ import main
 from edgeformer.runtime.engine import Engine
-from runtime.fakes import ByteTokenizer, FakeModel
+from support.fakes import ByteTokenizer, FakeModel
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")

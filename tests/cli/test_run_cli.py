@@ -8,7 +8,7 @@ from edgeformer.cli import run as run_cmd
 from edgeformer.cli.__main__ import main
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
-from runtime.fakes import ByteTokenizer, FakeModel
+from support.fakes import ByteTokenizer, FakeModel
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from edgeformer.kernels import OPS
 from edgeformer.kernels.activation import activation_ref, glu_ref, softcap_ref, softmax_ref
-from kernel_testutil import assert_f32_close, randn, rng_for, t64
+from support.kernel_testutil import assert_f32_close, randn, rng_for, t64
 
 TORCH_ACT = {
     "silu": F.silu,

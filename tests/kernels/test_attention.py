@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from edgeformer.kernels import OPS
 from edgeformer.kernels.attention import attention_ref
-from kernel_testutil import assert_f32_close, randn, rng_for, t64
+from support.kernel_testutil import assert_f32_close, randn, rng_for, t64
 
 
 def torch_mask(t, s, q_pos, k_pos, causal, window):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from edgeformer.kernels.conv import (CONV1D, CONV_TRANSPOSE1D, conv1d_out_len, conv1d_ref,
                                      conv_transpose1d_out_len, conv_transpose1d_ref)
-from kernel_testutil import assert_f32_close, rng_for, t64
+from support.kernel_testutil import assert_f32_close, rng_for, t64
 
 
 def _randn(r, *shape):

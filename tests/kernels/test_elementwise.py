@@ -6,7 +6,7 @@ import pytest
 
 from edgeformer.kernels import OPS
 from edgeformer.kernels.elementwise import add_ref, mul_ref
-from kernel_testutil import assert_f32_close, randn, rng_for, t64
+from support.kernel_testutil import assert_f32_close, randn, rng_for, t64
 
 CASES = [((45, 65), (45, 65)), ((2, 3, 33), (33,)), ((1, 1025), ()), ((64, 99), (1, 99)), ((1,), (1,))]
 

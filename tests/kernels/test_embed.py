@@ -11,7 +11,7 @@ from edgeformer.backends.conformance import random_qtensor, with_nan
 from edgeformer.kernels import OPS
 from edgeformer.kernels.embed import embed_ref
 from edgeformer.quant.qtypes import QType
-from kernel_testutil import assert_f32_close, gguf_f32, rng_for
+from support.kernel_testutil import assert_f32_close, gguf_f32, rng_for
 
 
 @pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"])

@@ -10,7 +10,7 @@ from edgeformer.backends.conformance import random_qtensor
 from edgeformer.kernels import OPS
 from edgeformer.kernels.matmul import linear_ref
 from edgeformer.quant.qtypes import QType
-from kernel_testutil import assert_f32_close, gguf_f32, randn, rng_for, t64
+from support.kernel_testutil import assert_f32_close, gguf_f32, randn, rng_for, t64
 
 
 # (T, N, K): 1, 33, 45x65, 64x99, 1025 along the axes that matter

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from edgeformer.kernels import OPS
 from edgeformer.kernels.norm import layer_norm_ref, rms_norm_ref
-from kernel_testutil import assert_f32_close, randn, rng_for, t64
+from support.kernel_testutil import assert_f32_close, randn, rng_for, t64
 
 SHAPES = [(1, 1), (1, 33), (45, 65), (64, 99), (2, 1025), (2, 3, 33)]
 

@@ -9,7 +9,7 @@ import torch
 
 from edgeformer.kernels import OPS
 from edgeformer.kernels.rope import rope_ref
-from kernel_testutil import assert_f32_close, randn, rng_for
+from support.kernel_testutil import assert_f32_close, randn, rng_for
 
 hf_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
 hf_gptj = pytest.importorskip("transformers.models.gptj.modeling_gptj")

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from families import BY_NAME, hf_model, save_hf  # noqa: E402
+from support.families import BY_NAME, hf_model, save_hf  # noqa: E402
 
 
 class Built:

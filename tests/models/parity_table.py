@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))   # tests/: the support package
 
-from families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf,  # noqa: E402
+from support.families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf,  # noqa: E402
                       checkpoint_from_hf_dir, convert_gguf, hf_logits, hf_model, prompt, rel_err,
                       round_matrices_f16, save_hf, write_gguf_reference)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from families import checkpoint_from_hf_dir, prompt, rel_err
+from support.families import checkpoint_from_hf_dir, prompt, rel_err
 
 from edgeformer.backends import get_backend
 from edgeformer.errors import InputError

@@ -7,7 +7,7 @@ import json
 
 import gguf
 import pytest
-from families import FAMILIES
+from support.families import FAMILIES
 from safetensors.numpy import load_file
 
 from edgeformer.config import DecoderConfig

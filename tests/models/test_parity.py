@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf, checkpoint_from_hf_dir,
+from support.families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf, checkpoint_from_hf_dir,
                       convert_gguf, hf_logits, hf_model, prompt, rel_err, round_matrices_f16,
                       write_gguf_reference)
 

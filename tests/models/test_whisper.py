@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from whisper_util import (hf_generate, ids, save_tiny_hf_dir, tiny_hf_config,  # noqa: E402
+from support.whisper_util import (hf_generate, ids, save_tiny_hf_dir, tiny_hf_config,  # noqa: E402
                           tiny_tokenizer, whisper_generation_config)
 
 from edgeformer.backends import get_backend  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from whisper_util import (
+from support.whisper_util import (
     hf_generate,
     ids,
     tiny_hf_config,

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from whisper_util import hf_generate, hf_model_from_ours, whisper_generation_config
+from support.whisper_util import hf_generate, hf_model_from_ours, whisper_generation_config
 
 from edgeformer.audio import log_mel_spectrogram
 from edgeformer.audio.io import to_mono_16k

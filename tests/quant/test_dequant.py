@@ -10,7 +10,7 @@ from edgeformer.errors import UnsupportedError
 from edgeformer.quant import DEQUANTIZABLE, QTensor, QType, dequantize, nbytes
 from edgeformer.quant import dequant as dequant_mod
 
-from .quant_testutil import bits_equal
+from support.quant_testutil import bits_equal
 
 BLOCK_TYPES = sorted(q for q in DEQUANTIZABLE if q.block_size > 1)
 GGUF_TYPES = sorted(q for q in DEQUANTIZABLE if q != QType.F64)

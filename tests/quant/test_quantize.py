@@ -11,7 +11,7 @@ import pytest
 from edgeformer.errors import InputError, UnsupportedError
 from edgeformer.quant import QUANTIZABLE, QTensor, QType, dequantize, quantize
 
-from .quant_testutil import bits_equal
+from support.quant_testutil import bits_equal
 
 GGUF_QUANTIZED = [QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0,
                   QType.Q5_1]

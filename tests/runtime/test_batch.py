@@ -3,14 +3,11 @@ row-invariant linear every sequence's logits are bit-identical whatever else is 
 batch, on the numpy and the Numba cpu backends."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-from families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, rel_err, save_hf  # noqa: E402
+from support.families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, rel_err, save_hf  # noqa: E402
 
 from edgeformer.backends import get_backend  # noqa: E402
 from edgeformer.backends.base import Ops  # noqa: E402

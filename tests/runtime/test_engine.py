@@ -10,7 +10,7 @@ from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams, log_softmax, make_rng, make_sampler
 
-from .fakes import BOS, EOS, EOT, ByteTokenizer, FakeModel, ScriptedModel
+from support.fakes import BOS, EOS, EOT, ByteTokenizer, FakeModel, ScriptedModel
 
 
 def _engine(model=None, **kw) -> Engine:

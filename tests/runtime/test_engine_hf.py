@@ -9,7 +9,7 @@ import pytest
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
 
-from .fakes import ByteTokenizer
+from support.fakes import ByteTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

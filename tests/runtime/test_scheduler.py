@@ -4,15 +4,12 @@ the KV budget makes requests wait or refuses them, cancel frees blocks, and 16 r
 in one batch give exactly the tokens each gives alone."""
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-from families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, save_hf  # noqa: E402
+from support.families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, save_hf  # noqa: E402
 
 from edgeformer.backends import get_backend  # noqa: E402
 from edgeformer.errors import InputError  # noqa: E402
@@ -22,7 +19,7 @@ from edgeformer.runtime.kv_cache import CapacityError, PagedKVCache  # noqa: E40
 from edgeformer.runtime.sampler import SamplingParams  # noqa: E402
 from edgeformer.runtime.scheduler import BatchEngine, Scheduler  # noqa: E402
 
-from .fakes import ByteTokenizer  # noqa: E402
+from support.fakes import ByteTokenizer  # noqa: E402
 
 pytest.importorskip("torch")
 GREEDY = SamplingParams(temperature=0, max_tokens=6)

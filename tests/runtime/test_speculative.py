@@ -13,7 +13,7 @@ from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
 from edgeformer.runtime.speculative import SpeculativeConfig
 
-from .fakes import EOS, ByteTokenizer, FakeModel, ScriptedModel
+from support.fakes import EOS, ByteTokenizer, FakeModel, ScriptedModel
 
 
 def _plain(model, **kw) -> Engine:

@@ -8,14 +8,11 @@ paged cache holds exactly the committed tokens; a failing drafter fails only its
 request; cancels free every block."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-from families import BY_NAME, VOCAB, checkpoint_from_hf_dir, hf_model, save_hf  # noqa: E402
+from support.families import BY_NAME, VOCAB, checkpoint_from_hf_dir, hf_model, save_hf  # noqa: E402
 
 from edgeformer.backends import get_backend  # noqa: E402
 from edgeformer.errors import InputError  # noqa: E402
@@ -25,7 +22,7 @@ from edgeformer.runtime.sampler import SamplingParams  # noqa: E402
 from edgeformer.runtime.scheduler import BatchEngine, Scheduler  # noqa: E402
 from edgeformer.runtime.speculative import SpeculativeConfig  # noqa: E402
 
-from .fakes import ByteTokenizer  # noqa: E402
+from support.fakes import ByteTokenizer  # noqa: E402
 
 pytest.importorskip("torch")
 N_CTX = 96
@@ -226,7 +223,7 @@ def test_cancel_mid_run_frees_blocks(models):
 
 
 def test_mismatched_draft_and_step_budget(models):
-    from .fakes import FakeModel
+    from support.fakes import FakeModel
     dec = models[0]["qwen2", "numpy"]
     with pytest.raises(InputError, match="vocabulary"):
         _engine(dec, SpeculativeConfig.draft_model(FakeModel(), 2))

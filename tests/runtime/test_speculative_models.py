@@ -6,8 +6,6 @@ lookup on repetitive prompts. Plain greedy decoding itself is checked against
 transformers in test_engine_hf.py."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +14,11 @@ from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
 from edgeformer.runtime.speculative import SpeculativeConfig
 
-from .fakes import ByteTokenizer
+from support.fakes import ByteTokenizer
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-from families import BY_NAME, VOCAB, checkpoint_from_hf_dir, hf_model, save_hf  # noqa: E402
+from support.families import BY_NAME, VOCAB, checkpoint_from_hf_dir, hf_model, save_hf  # noqa: E402
 
 N_PROMPTS = 10
 N_TOKENS = 24

@@ -18,7 +18,7 @@ from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
 from edgeformer.runtime.speculative import SpeculativeConfig
 
-from .fakes import ByteTokenizer, FakeModel
+from support.fakes import ByteTokenizer, FakeModel
 
 torch = pytest.importorskip("torch")
 

@@ -122,7 +122,7 @@ def _plant(a: np.ndarray, idx: tuple, value: float = np.nan) -> np.ndarray:
 
 
 FLOAT_QTYPES = (QType.F32, QType.F16, QType.BF16)
-BLOCK_QTYPES = (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q4_K, QType.Q5_K, QType.Q6_K)
+BLOCK_QTYPES = (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q4_K, QType.Q5_K, QType.Q6_K)
 WEIGHT_QTYPES = FLOAT_QTYPES + BLOCK_QTYPES
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeformer.backends.base import Ops
 from edgeformer.models.encoder import TensorSource
-from edgeformer.models.vits import VitsConfig, conv_weight
+from edgeformer.models.vits_config import VitsConfig, conv_weight
 
 _POST_SLOPE = 0.01   # VITS calls F.leaky_relu(x) before conv_post: torch's default slope
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeformer.backends.base import Ops
 from edgeformer.models.encoder import TensorSource
-from edgeformer.models.vits import VitsConfig, conv_weight
+from edgeformer.models.vits_config import VitsConfig, conv_weight
 
 
 # ---- DDSConv (dilated depth-separable convs) -------------------------------------------------

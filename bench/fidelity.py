@@ -302,10 +302,10 @@ def model_info(name: str) -> tuple[Path, list[int], int | None, dict]:
     """(path, corpus ids by edgeformer's tokenizer, BOS to put at each chunk start or None,
     facts incl. whether llama.cpp tokenizes the corpus to the same ids)."""
     from edgeformer.formats import load_checkpoint
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     from edgeformer.models.shipped import resolve_model
     path = resolve_model(name)
-    tok = Tokenizer.from_checkpoint(load_checkpoint(path))
+    tok = tokenizer_from_checkpoint(load_checkpoint(path))
     text = CORPUS.read_text(encoding="utf-8")
     ids = list(tok.encode(text, add_bos=True))
     bos = tok.bos_id if tok.add_bos else None

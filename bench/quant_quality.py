@@ -146,8 +146,8 @@ def text_ids(path: Path, text: str = TEXT) -> list[int]:
     """`text` tokenized by edgeformer's tokenizer for the model at `path` (BOS if the file
     asks for one)."""
     from edgeformer.formats import load_checkpoint
-    from edgeformer.formats.tokenizer import Tokenizer
-    return list(Tokenizer.from_checkpoint(load_checkpoint(path)).encode(text, add_bos=True))
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
+    return list(tokenizer_from_checkpoint(load_checkpoint(path)).encode(text, add_bos=True))
 
 
 def all_logits(path: Path, ids: list[int], backend: str = "numpy") -> np.ndarray:

@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the fresh-process cold start")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "real_models.json"))
     a = ap.parse_args()
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.shipped import resolve_model
     rows, load_before = [], os.getloadavg()
@@ -178,7 +178,7 @@ def main() -> None:
                                        loadavg_before=load_before, loadavg_after=os.getloadavg()), indent=2))
     for model in a.models.split(","):
         path = resolve_model(model)
-        ids = prompt_ids(Tokenizer.from_checkpoint(load_checkpoint(path)))
+        ids = prompt_ids(tokenizer_from_checkpoint(load_checkpoint(path)))
         lc = bench_llama(path, ids, a.threads, a.runs, a.min_time)
         for backend in a.backends.split(","):
             cold = (cold_start(model, backend) if not a.no_cold

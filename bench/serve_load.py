@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     args.levels = [int(x) for x in args.levels.split(",")]
 
     from edgeformer.formats import load_checkpoint
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     from edgeformer.models.shipped import default_model
     model = str(args.model or default_model())
-    tok = Tokenizer.from_checkpoint(load_checkpoint(model))
+    tok = tokenizer_from_checkpoint(load_checkpoint(model))
     bias = {str(t): -100.0 for t in sorted(tok.stop_ids())}   # exactly max_tokens tokens per request
     system = system_prompt(tok)
 

@@ -51,7 +51,7 @@ def load(path_or_name: str | os.PathLike | None = None, backend: Any = None,
     from edgeformer.backends import get_backend
     from edgeformer.formats import load_checkpoint
     from edgeformer.formats.chat_template import ChatTemplate
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     from edgeformer.models.decoder import Decoder
     from edgeformer.models.shipped import default_model, resolve_model
 
@@ -69,7 +69,7 @@ def load(path_or_name: str | os.PathLike | None = None, backend: Any = None,
     model = Decoder(ckpt, be)
     from edgeformer.runtime.warmup import warm_up
     warm_up(model, path)          # compiling/loading kernels counts as load time, not prefill
-    tokenizer = Tokenizer.from_checkpoint(ckpt)
+    tokenizer = tokenizer_from_checkpoint(ckpt)
     template = ChatTemplate.for_tokenizer(ckpt.chat_template, tokenizer, origin=str(path), override=chat_template)
     engine = Engine(model, tokenizer, template, be, n_ctx=n_ctx, load_s=time.perf_counter() - t0)
     if spec_for is not None:

@@ -56,7 +56,8 @@ def clean_spaces(b: bytes) -> bytes:
 
 
 class Tokenizer:
-    """One vocabulary. Build with `from_gguf_metadata`, `from_hf` or `from_checkpoint`.
+    """One vocabulary. Build with `from_gguf_metadata`, or
+    `tokenizer_load.tokenizer_from_checkpoint` / `tokenizer_from_hf` (which may give an HFTokenizer).
 
     Attributes: `kind` ("bpe" | "spm" | "hf"), `vocab_size`, `bos_id` / `eos_id` / `eot_id`
     / `unk_id` / `pad_id` (int or None), `eog_ids` (every id that ends generation),
@@ -170,23 +171,6 @@ class Tokenizer:
         self._specials = [(self.tokens[i], i) for i in specials]
         self._user_specials = [(t, i) for t, i in self._specials if not self.attrs[i] & _SPECIAL]
         self._pieces: list[bytes] = [self._piece_uncached(i) for i in range(self.vocab_size)]
-
-    @classmethod
-    def from_hf(cls, tokenizer_json: str | Path, tokenizer_config: Mapping[str, Any] | None = None) -> "Tokenizer":
-        """From an HF `tokenizer.json` (+ the parsed `tokenizer_config.json`), run by the
-        `tokenizers` library. Raises FormatError if the file cannot be read."""
-        from edgeformer.formats.tokenizer_hf import HFTokenizer
-        return HFTokenizer(Path(tokenizer_json), dict(tokenizer_config or {}))
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Any) -> "Tokenizer":
-        """From a `Checkpoint`'s TokenizerSpec (GGUF metadata or HF files)."""
-        spec = ckpt.tokenizer
-        if spec.gguf_metadata is not None:
-            return cls.from_gguf_metadata(spec.gguf_metadata, source=ckpt.path)
-        if spec.tokenizer_json is not None:
-            return cls.from_hf(spec.tokenizer_json, spec.tokenizer_config)
-        raise FormatError(ckpt.path, "the model has no tokenizer (no tokenizer.ggml.* keys / tokenizer.json)")
 
     # ---- encoding ----
 

@@ -173,10 +173,10 @@ def load_vlm(path: str | os.PathLike, backend: Any = None, n_ctx: int | None = N
     Errors as `load_llava`; FormatError if the directory has no tokenizer."""
     from edgeformer.backends import get_backend
     from edgeformer.formats.chat_template import ChatTemplate
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     t0 = time.perf_counter()
     be = get_backend(backend, activations) if backend is None or isinstance(backend, str) else backend
     model, ckpt, proc = load_llava(path, be)
-    tok = Tokenizer.from_checkpoint(ckpt)
+    tok = tokenizer_from_checkpoint(ckpt)
     template = ChatTemplate.for_tokenizer(ckpt.chat_template, tok, origin=str(path), override=chat_template)
     return VLMEngine(model, tok, proc, template, be, n_ctx=n_ctx, load_s=time.perf_counter() - t0)

@@ -7,7 +7,7 @@ import pytest
 
 from edgeformer.errors import InputError
 from edgeformer.formats import load_checkpoint
-from edgeformer.formats.tokenizer import Tokenizer
+from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
 from edgeformer.models import shipped as shipped_mod
 
 
@@ -37,7 +37,7 @@ def test_gemma_assembled_once(shipped, monkeypatch):
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
 def test_from_checkpoint(shipped, name):
     ckpt = load_checkpoint(shipped.path(name), validate=False)
-    tok = Tokenizer.from_checkpoint(ckpt)
+    tok = tokenizer_from_checkpoint(ckpt)
     ref = shipped.tokenizer(name)
     assert tok.vocab_size == ref.vocab_size and tok.bos_id == ref.bos_id and tok.eog_ids == ref.eog_ids
     text = "Checkpoint path: <|im_start|> 😀 12345"

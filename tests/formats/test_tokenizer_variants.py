@@ -11,6 +11,7 @@ import pytest
 
 from edgeformer.errors import FormatError, InputError, UnsupportedError
 from edgeformer.formats.tokenizer import Tokenizer
+from edgeformer.formats.tokenizer_load import tokenizer_from_hf
 
 TEXTS = [
     "", "Hello world", "Hello , world ! Is it ? Yes . Done", "I'm here, you're there; it's 'quoted' text",
@@ -155,7 +156,7 @@ def test_hf_tokenizer_json(shipped, tmp_path):
     hf.save_pretrained(tmp_path)
     import json
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    tok = Tokenizer.from_hf(tmp_path / "tokenizer.json", cfg)
+    tok = tokenizer_from_hf(tmp_path / "tokenizer.json", cfg)
     gg = shipped.tokenizer("gemma3-270m")
     assert tok.bos_id == gg.bos_id and tok.add_bos and tok.eos_id == gg.eos_id
     for s in TEXTS:

@@ -260,12 +260,12 @@ def test_chat_with_image(saved, tmp_path):
     """chat(): `<image>` inside a message becomes the image token (as HF processors
     tokenize the rendered template), then generation matches transformers."""
     from PIL import Image
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_hf
     from edgeformer.runtime.vlm_engine import VLMEngine
     m, d = saved("clip_llama")
     _tokenizer_files(d)
     model, _, proc = load_llava(d, get_backend("numpy"))
-    tok = Tokenizer.from_hf(d / "tokenizer.json", json.loads((d / "tokenizer_config.json").read_text()))
+    tok = tokenizer_from_hf(d / "tokenizer.json", json.loads((d / "tokenizer_config.json").read_text()))
     tmpl = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}{% if add_generation_prompt %}w5{% endif %}"
     eng = VLMEngine(model, tok, proc, tmpl, "numpy", n_ctx=64)
     img = Image.fromarray(np.random.default_rng(12).integers(0, 256, (30, 30, 3), dtype=np.uint8))

@@ -242,14 +242,14 @@ def _greedy_vs_numpy(name: str, prompt_text: str, n_new: int, cpu=None) -> None:
     and the cpu's pick must be below the logit error there (a near tie flipped by
     rounding), and it is printed."""
     from edgeformer.formats import load_checkpoint
-    from edgeformer.formats.tokenizer import Tokenizer
+    from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
     from edgeformer.kernels.matmul import LINEAR
     from edgeformer.models.shipped import resolve_model
     try:
         path = resolve_model(name)
     except Exception as e:
         pytest.skip(f"real {name} file unavailable: {e}")
-    tok = Tokenizer.from_checkpoint(load_checkpoint(path))
+    tok = tokenizer_from_checkpoint(load_checkpoint(path))
     prompt = np.array(tok.encode(prompt_text), dtype=np.int64)
     cpu, ref = cpu or _decoder(path, "cpu"), _decoder(path, "numpy")
     cc, rc = cpu.make_cache(128), ref.make_cache(128)

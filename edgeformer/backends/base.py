@@ -56,7 +56,7 @@ class Backend:
 
     def describe(self) -> str:
         """One line for start-up logs: the backend and the settings it computes with."""
-        return f"{self.name} (float32 reference)" if self.name == "numpy" else self.name
+        return self.name
 
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
         """Turn a matmul/embedding weight into this backend's layout, once, at load."""

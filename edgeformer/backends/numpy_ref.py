@@ -11,6 +11,9 @@ class NumpyBackend(Backend):
     name = "numpy"
     kernels = {name: spec.reference for name, spec in OPS.items()}
 
+    def describe(self) -> str:
+        return "numpy (float32 reference)"
+
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
         from edgeformer.quant import dequantize
         return Weight(name, qt.qtype, qt.shape, qt.nbytes, dequantize(qt), None)

@@ -77,7 +77,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from edgeformer.perf.calibrate import calibrate, fastest_backend, setup_name, use_setup
+    from edgeformer.backends.base import default_backend_name
+    from edgeformer.perf.calibrate import calibrate, setup_name, use_setup
     from edgeformer.perf.validate import markdown, run_grid, verdict_lines
     use_setup(args.threads, args.clock)
     if args.backend is not None:
@@ -88,7 +89,7 @@ def run_validate(args: argparse.Namespace) -> int:
         rows = repredict(args.from_json, args.backend)
     else:
         rows = run_grid(args.quick, args.backend, args.prefill_budget_s, out_json=args.json)
-    host = calibrate(args.backend or fastest_backend())     # cached: the one just used
+    host = calibrate(args.backend or default_backend_name())     # cached: the one just used
     measured = sorted({r.setup or "an unrecorded setup" for r in rows})
     print(f"\nmeasured with {', '.join(measured)}; predicted with the {setup_name()} calibration "
           f"(backend {host.backend})")

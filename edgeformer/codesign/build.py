@@ -80,11 +80,10 @@ def build_candidate(cand: object, out: str | os.PathLike, max_seq_len: int = 204
     from edgeformer.backends import get_backend
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.decoder import Decoder
-    from edgeformer.perf.calibrate import fastest_backend
     c = cand.config(max_seq_len)                       # type: ignore[attr-defined]
     tag = cand.label().split(" kv:")[0].replace("/", "-").replace(" ", "_")   # type: ignore[attr-defined]
     path = write_random_gguf(c, Path(out) / f"codesign_{tag}.gguf", cand.qtype)   # type: ignore[attr-defined]
-    model = Decoder(load_checkpoint(path), get_backend(backend or fastest_backend()))
+    model = Decoder(load_checkpoint(path), get_backend(backend))
     logits = model.forward(np.arange(4), model.make_cache(16))
     if logits.shape != (4, c.vocab_size) or not np.isfinite(logits).all():
         raise RuntimeError(f"built model {path} produced bad logits {logits.shape}")

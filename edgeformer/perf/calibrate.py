@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeformer.backends.base import Ops, get_backend
+from edgeformer.backends.base import Ops, default_backend_name, get_backend
 from edgeformer.errors import ConfigError
 from edgeformer.perf import calib_tables as tables
 from edgeformer.perf.bandwidth import DEFAULT_MIN_TIME, cpu_model, host_slug, host_spec, time_per_call
@@ -47,12 +47,6 @@ __all__ = ["HostModel", "calibrate", "fit", "measure", "Measurements", "describe
 CALIB_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "F16")   # F16: K-quant fallback rows
 GEMV_BYTES = 96 * 2**20        # 3x this host's 32 MiB L3: decode weights come from DRAM
 VERSION = 12                    # bump when the benchmarks change: old caches are ignored
-
-
-def fastest_backend() -> str:
-    """The default backend (`backends.base.default_backend_name`)."""
-    from edgeformer.backends.base import default_backend_name
-    return default_backend_name()
 
 
 def _random_weight(qtype: str, n: int, k: int, seed: int = 0) -> Any:
@@ -171,7 +165,7 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
             gemv_bytes: int = GEMV_BYTES, fused: bool = True, prefill: bool = True,
             gemm_grid: tuple[tuple[int, ...], tuple[int, ...]] = (tables.GEMM_KS, tables.GEMM_TS),
             attn_lengths: tuple[int, ...] = tables.ATTN_LENGTHS) -> Measurements:
-    """Run every microbenchmark through `backend` (default `fastest_backend()`), each a
+    """Run every microbenchmark through `backend` (default: `default_backend_name()`), each a
     loop of >= `min_time` s, best of `repeats`; GEMV cycles >= `gemv_bytes` of weights.
     `gemm_grid` (K values, T values) and `attn_lengths` size the rate tables; `fused`:
     also time the fused decode step (a ~100 MB synthetic model); `prefill`: also time a
@@ -182,7 +176,7 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     t_start = time.perf_counter()
     monitor = CpuMonitor().start()
     qtypes = tuple(qtypes)
-    name = backend or fastest_backend()
+    name = backend or default_backend_name()
     be = get_backend(name)
     ops = Ops(be)
     m = Measurements(name, cpu_model(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -486,7 +480,7 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
               min_time: float = DEFAULT_MIN_TIME, verbose: bool = False) -> HostModel:
     """The HostModel of this machine + `backend` (default the fastest available): from
     the JSON cache when present, else measured (under a minute) and cached."""
-    name = backend or fastest_backend()
+    name = backend or default_backend_name()
     path = _cache_path(name, cache_dir)
     device = host_spec(refresh=refresh)
     if not refresh and path.is_file():

@@ -248,8 +248,8 @@ def fused_decode(model: Any, backend: str | None) -> bool:
     handle type and qtype `prepare_weight` would give them (block.py's contract)."""
     from edgeformer.backends.base import _BACKENDS
     if backend is None:
-        from edgeformer.perf.calibrate import fastest_backend
-        backend = fastest_backend()
+        from edgeformer.backends.base import default_backend_name
+        backend = default_backend_name()
     if backend != "cpu" or not hasattr(_BACKENDS.get(backend), "decode_layers"):
         return False
     from edgeformer.backends.cpu.block import why_not_fused
@@ -282,8 +282,8 @@ def backend_fuses(backend: str | None) -> bool:
     what `edgeformer run` uses): it does when the backend has `concat_weights`."""
     from edgeformer.backends.base import _BACKENDS, backend_names
     if backend is None:
-        from edgeformer.perf.calibrate import fastest_backend
-        backend = fastest_backend()
+        from edgeformer.backends.base import default_backend_name
+        backend = default_backend_name()
     if backend not in backend_names():
         from edgeformer.errors import UnsupportedError
         raise UnsupportedError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")

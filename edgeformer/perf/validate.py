@@ -258,9 +258,10 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
     """Calibrate (cached), then measure and predict every grid point, echoing each row
     (each measurement's `others_cores` recorded for `judge`)."""
     from edgeformer.perf.busy import CpuMonitor
-    from edgeformer.perf.calibrate import calibrate, fastest_backend, setup_name
+    from edgeformer.backends.base import default_backend_name
+    from edgeformer.perf.calibrate import calibrate, setup_name
     from edgeformer.perf.memory import calibrate_memory
-    backend = backend or fastest_backend()
+    backend = backend or default_backend_name()
     host = calibrate(backend, verbose=True)
     mem = calibrate_memory(backend)
     rows: list[Row] = []
@@ -286,9 +287,10 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
 def repredict(rows_json: Path, backend: str | None = None, echo: Any = print) -> list[Row]:
     """Predictions for measurements saved by `run_grid(out_json=...)`, recomputed with
     the current code and calibrations (the measured columns are kept as they were)."""
-    from edgeformer.perf.calibrate import calibrate, fastest_backend
+    from edgeformer.backends.base import default_backend_name
+    from edgeformer.perf.calibrate import calibrate
     from edgeformer.perf.memory import calibrate_memory
-    backend = backend or fastest_backend()
+    backend = backend or default_backend_name()
     host, mem = calibrate(backend, verbose=True), calibrate_memory(backend)
     out = []
     for raw in json.loads(Path(rows_json).read_text()):

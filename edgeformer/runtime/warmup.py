@@ -30,17 +30,14 @@ WARM_CHUNK = 3        # a short multi-token step: the serial attention kernel
 WARM_LEN = WARM_PROMPT + WARM_DECODE + WARM_CHUNK
 
 
-def _prefill(model: Any, cache: Any) -> None:
-    model.forward(np.arange(1, WARM_PROMPT + 1) % model.config.vocab_size, cache, last_only=True)
-
-
-def _chunk(model: Any, cache: Any) -> None:
-    model.forward(np.arange(1, WARM_CHUNK + 1) % model.config.vocab_size, cache, last_only=True)
+def _step(model: Any, cache: Any, n: int) -> None:
+    """One forward of `n` tokens (1..n, within the vocabulary)."""
+    model.forward(np.arange(1, n + 1) % model.config.vocab_size, cache, last_only=True)
 
 
 def _decode(model: Any, cache: Any) -> None:
     for _ in range(WARM_DECODE):
-        model.forward(np.array([1]), cache, last_only=True)
+        _step(model, cache, 1)
 
 
 def _decode_child(path: str | os.PathLike, activations: str | None) -> subprocess.Popen | None:
@@ -69,11 +66,11 @@ def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = Fal
         if path is not None and (os.cpu_count() or 1) >= 2:
             child = _decode_child(path, getattr(be, "activations", None))
     cache = model.make_cache(WARM_LEN)
-    _prefill(model, cache)
+    _step(model, cache, WARM_PROMPT)
     if child is not None:
         child.wait()
     _decode(model, cache)
-    _chunk(model, cache)
+    _step(model, cache, WARM_CHUNK)
     dt = time.perf_counter() - t0
     if cold and not quiet:
         print(f"edgeformer: kernels compiled in {dt:.1f} s", file=sys.stderr, flush=True)
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Decoder(load_checkpoint(Path(args.model)), get_backend("cpu", args.activations))
     cache = model.make_cache(WARM_LEN)
     if not args.decode:
-        _prefill(model, cache)
+        _step(model, cache, WARM_PROMPT)
     _decode(model, cache)
     return 0
 

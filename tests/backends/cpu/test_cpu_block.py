@@ -19,6 +19,7 @@ from edgeformer.backends.cpu import CpuBackend
 from edgeformer.backends.trace import Tracer
 from edgeformer.kernels.matmul import LINEAR
 from edgeformer.quant.qtypes import QTensor, QType
+from support.random_gguf import random_gguf
 
 pytest.importorskip("numba")
 
@@ -87,26 +88,12 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from edgeformer.formats.convert import convert
     made = {}
 
     def get(name: str, qtype: str):
         if (name, qtype) not in made:
             kind, kw = CONFIGS[name]
-            d = tmp_path_factory.mktemp(name)
-            cfg = transformers.AutoConfig.for_model(kind, **kw)
-            torch.manual_seed(0)
-            model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-            with torch.no_grad():     # larger than HF's std 0.02 init, so the logits vary
-                for p in model.parameters():
-                    p.normal_(0.0, 0.15)
-            model.save_pretrained(d / "hf")
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*no tokenizer.json.*")
-                convert(d / "hf", d / "m.gguf", QType.from_name(qtype))
-            made[name, qtype] = (model, d / "m.gguf")
+            made[name, qtype] = random_gguf(tmp_path_factory.mktemp(name), kind, kw, qtype)
         return made[name, qtype]
     return get
 

@@ -4,11 +4,12 @@ default must sit closer to the float reference than llama.cpp's int8 scheme."""
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from support.random_gguf import random_gguf
 
 pytest.importorskip("numba")
 
@@ -24,25 +25,10 @@ def _fidelity():
 
 @pytest.fixture(scope="module")
 def tiny_q4_0(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from edgeformer.formats.convert import convert
-    from edgeformer.quant.qtypes import QType
-    d = tmp_path_factory.mktemp("fidelity")
-    cfg = transformers.AutoConfig.for_model(
-        "llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=211, max_position_embeddings=128, tie_word_embeddings=False,
-        rms_norm_eps=1e-5)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():     # larger than HF's std 0.02 init, so the logits vary
-        for p in model.parameters():
-            p.normal_(0.0, 0.15)
-    model.save_pretrained(d / "hf")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no tokenizer.json.*")
-        convert(d / "hf", d / "m.gguf", QType.Q4_0)
-    return d / "m.gguf"
+    cfg = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=211, max_position_embeddings=128, tie_word_embeddings=False,
+               rms_norm_eps=1e-5)
+    return random_gguf(tmp_path_factory.mktemp("fidelity"), "llama", cfg, "Q4_0")[1]
 
 
 def test_chunks_follow_llamacpp() -> None:

@@ -13,7 +13,6 @@ GGUF semantics are llama.cpp's (`src/llama-vocab.cpp`), which defines them:
 from __future__ import annotations
 
 import codecs
-import json
 import re
 from collections.abc import Iterable, Mapping
 from enum import IntFlag
@@ -279,10 +278,6 @@ class Tokenizer:
 
     # ---- token classes ----
 
-    def is_eog(self, tid: int) -> bool:
-        """Whether `tid` ends generation (EOS, EOT, <|im_end|>, <end_of_turn>...)."""
-        return tid in self.eog_ids
-
     def stop_ids(self) -> set[int]:
         """The end-of-generation ids (engine interface)."""
         return set(self.eog_ids)
@@ -349,14 +344,3 @@ class IncrementalDecoder:
         self._pending = b""
         return self._utf8.decode(out, final=True)
 
-
-def load_tokenizer_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed `tokenizer_config.json` of an HF directory ({} if absent). Raises
-    FormatError for invalid JSON."""
-    p = Path(directory) / "tokenizer_config.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise FormatError(p, f"cannot read tokenizer config: {e}") from e

@@ -12,7 +12,7 @@ Pillow is imported lazily: only image input needs it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,3 @@ PRESETS: dict[str, ImageProcessor] = {
                              std=IMAGENET_DEFAULT_STD),
 }
 
-
-def preprocess(images: Sequence[Any], processor: ImageProcessor) -> list[np.ndarray]:
-    """Apply `processor` to each image; a list of (3, H, W) float32 arrays."""
-    return [processor(im) for im in images]

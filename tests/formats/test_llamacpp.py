@@ -65,9 +65,9 @@ def test_llama_cpp_logits_match_transformers(tiny_llama, tmp_path, hf_model_and_
 def test_our_decoder_matches_llama_cpp_on_converted_file(tiny_llama, tmp_path, hf_model_and_tokenizer):
     """Same GGUF file (F32, so no quantized-activation differences) in llama.cpp and in
     our decoder: logits at every prompt position, then 8 greedy tokens."""
-    decoder = pytest.importorskip("edgeformer.models.decoder")
     from edgeformer.backends.numpy_ref import NumpyBackend
     from edgeformer.formats import load_checkpoint
+    from edgeformer.models.decoder import Decoder
 
     _, tok = hf_model_and_tokenizer
     out = tmp_path / "tiny-f32.gguf"
@@ -76,7 +76,7 @@ def test_our_decoder_matches_llama_cpp_on_converted_file(tiny_llama, tmp_path, h
     ids = tok(TEXTS[0])["input_ids"]
     llm.eval(ids)
     ref = np.asarray(llm.scores[: len(ids)])
-    model = decoder.Decoder(load_checkpoint(out), NumpyBackend())
+    model = Decoder(load_checkpoint(out), NumpyBackend())
     cache = model.make_cache(64)
     ours = model.forward(np.array(ids), cache)
     np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max() + 1e-5, rtol=0)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1]))   # tests/: the support package
 
-from support.families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf,  # noqa: E402
+from support.families import (FAMILIES, N_DECODE, PROMPT_LENS,  # noqa: E402
                       checkpoint_from_hf_dir, convert_gguf, hf_logits, hf_model, prompt, rel_err,
                       round_matrices_f16, save_hf, write_gguf_reference)
 
@@ -49,6 +49,7 @@ def _incremental_err(dec, model) -> float:
 
 def family_row(fam, root: Path) -> dict[str, str]:
     from edgeformer.backends import get_backend
+    from edgeformer.formats import load_checkpoint
     from edgeformer.models import Decoder
     model = hf_model(fam)
     hf_dir = save_hf(model, root / fam.name)
@@ -66,7 +67,7 @@ def family_row(fam, root: Path) -> dict[str, str]:
                     convert_gguf(hf_dir, out, qtype)
                 else:
                     write_gguf_reference(hf_dir, out, qtype == "F16")
-                ck = checkpoint_from_gguf(out)
+                ck = load_checkpoint(out)
                 if qtype == "F16":
                     ref = hf_model(fam)
                     round_matrices_f16(ref)

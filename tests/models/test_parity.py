@@ -6,17 +6,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-from support.families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_gguf, checkpoint_from_hf_dir,
+from support.families import (FAMILIES, N_DECODE, PROMPT_LENS, checkpoint_from_hf_dir,
                       convert_gguf, hf_logits, hf_model, prompt, rel_err, round_matrices_f16,
                       write_gguf_reference)
 
 from edgeformer.backends import get_backend
+from edgeformer.formats import load_checkpoint
 from edgeformer.models import Decoder
 
 TOL = 1e-4
 NAMES = [f.name for f in FAMILIES]
-# `formats.convert` does not yet write the rope tensors llama.cpp's converter derives
-# from the config (`tensor_map.extra_gguf_tensors`: rope_freqs, rope_factors_long/short).
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_gguf_path_matches_transformers(built, backend, tmp_path, name, writer, 
         convert_gguf(b.dir, path, qtype)
     else:
         write_gguf_reference(b.dir, path, qtype == "F16")
-    ck = checkpoint_from_gguf(path)
+    ck = load_checkpoint(path)
     assert ck.config.arch == checkpoint_from_hf_dir(b.dir).config.arch
     ref_model = b.model
     if qtype == "F16":

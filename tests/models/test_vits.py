@@ -13,18 +13,6 @@ from edgeformer.models.vits import VitsConfig, VitsModel, vits_tensors_from_hf
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _conv_ops(monkeypatch):
-    """Until kernels/__init__.py lists the conv ops, register them for these tests."""
-    from edgeformer.backends.numpy_ref import NumpyBackend
-    from edgeformer.kernels import OPS
-    from edgeformer.kernels.conv import CONV1D, CONV_TRANSPOSE1D
-    for spec in (CONV1D, CONV_TRANSPOSE1D):
-        if spec.name not in OPS:
-            monkeypatch.setitem(OPS, spec.name, spec)
-            monkeypatch.setitem(NumpyBackend.kernels, spec.name, spec.reference)
-
-
 TINY = dict(vocab_size=23, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, window_size=2,
             ffn_dim=24, ffn_kernel_size=3, flow_size=8, upsample_initial_channel=16, upsample_rates=[4, 2],
             upsample_kernel_sizes=[8, 4], resblock_kernel_sizes=[3, 5], resblock_dilation_sizes=[[1, 3], [1, 2]],

@@ -190,21 +190,6 @@ def write_gguf_reference(hf_dir: Path, out: Path, f16: bool) -> Path:
     return out
 
 
-def checkpoint_from_gguf(path: Path):
-    """Checkpoint of a GGUF file through `formats.load_checkpoint`.
-
-    `load_gguf` does not yet tell `from_gguf` the tensor names, so a GGUF without
-    `output.weight` (tied) would fail validation: until it does, the config is rebuilt
-    here with them and validated."""
-    from edgeformer.config import DecoderConfig
-    from edgeformer.formats import load_checkpoint
-    from edgeformer.formats.validate import validate_checkpoint
-    ck = load_checkpoint(path, validate=False)
-    ck.config = DecoderConfig.from_gguf(ck.metadata, list(ck.tensors))
-    validate_checkpoint(ck)
-    return ck
-
-
 def convert_gguf(hf_dir: Path, out: Path, qtype: str) -> Path:
     """The HF model converted by `edgeformer.formats.convert` (F32 or F16)."""
     import warnings

@@ -5,19 +5,18 @@ espeak-ng's own, as the bundled library reports it."""
 from __future__ import annotations
 
 import pytest
+from support.speech import needs_espeak
 
 from edgeformer.errors import InputError
 from edgeformer.tts import phonemize as ph
 from edgeformer.tts.phonemize import (
     Clause,
-    espeak_available,
     phoneme_ids,
     phonemize,
     split_clauses,
     text_to_ids,
 )
 
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
 needs_bundled = pytest.mark.skipif(ph._bundled_library()[0] is None, reason="the piper-phonemize-fix wheel is absent")
 
 # piper-phonemize's DEFAULT_PHONEME_ID_MAP entries used by its test (the shipped voices use it)

@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from support.speech import needs_espeak
 
 from edgeformer.errors import FormatError, InputError
-from edgeformer.tts.phonemize import espeak_available
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
 
 # Measured: relative L2 error 1.7e-5 (deterministic) on "The quick brown fox...": float32
 # convolutions summed in a different order over ~20 layers. 1e-4 leaves margin and still
@@ -125,7 +124,7 @@ def test_text_without_phonemes_is_input_error(joe_voice, text):
         joe_voice.synthesize(text)
 
 
-def test_bad_voice_files(tmp_path, _conv_ops):
+def test_bad_voice_files(tmp_path):
     from edgeformer.tts.piper import load_piper_voice
     with pytest.raises(InputError):
         load_piper_voice(tmp_path / "nope.onnx")
@@ -142,7 +141,7 @@ def test_bad_voice_files(tmp_path, _conv_ops):
         load_piper_voice(junk)
 
 
-def test_onnx_without_vits_weights_is_format_error(tmp_path, _conv_ops):
+def test_onnx_without_vits_weights_is_format_error(tmp_path):
     from onnx import TensorProto, helper
 
     from edgeformer.tts.piper import load_piper_voice

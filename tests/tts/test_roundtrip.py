@@ -1,18 +1,16 @@
 """Round trip: `edgeformer speak` with the shipped Piper voice, then Whisper (the shipped
-tiny.en, `edgeformer transcribe`, or its Python API while the command is missing) must
-give the words back."""
+tiny.en, `edgeformer transcribe`) must give the words back."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
 import pytest
+from support.speech import needs_espeak
 
 from edgeformer.cli.__main__ import main
-from edgeformer.tts.phonemize import espeak_available
 
-pytestmark = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
+pytestmark = needs_espeak
 
 FOX = "The quick brown fox jumps over the lazy dog."
 OTHERS = ["Please call Stella.", "It is a beautiful day today, isn't it?", "I would like two cups of coffee, please."]
@@ -23,28 +21,18 @@ def _words(text: str) -> list[str]:
 
 
 def _transcribe(path, capsys) -> str:
-    if importlib.util.find_spec("edgeformer.cli.transcribe") is not None:
-        capsys.readouterr()
-        assert main(["transcribe", str(path)]) == 0
-        out = capsys.readouterr().out.strip()
-        try:
-            doc = json.loads(out)
-            return doc["text"] if isinstance(doc, dict) else out
-        except ValueError:
-            return out
-    whisper = pytest.importorskip("edgeformer.models.whisper_decode")
-    if not hasattr(whisper, "transcribe"):
-        pytest.skip("no `edgeformer transcribe` and no whisper_decode.transcribe yet")
-    return whisper.transcribe(str(path)).text
+    capsys.readouterr()
+    assert main(["transcribe", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["text"]
 
 
 @pytest.fixture(scope="module")
 def _has_whisper():
-    whisper = pytest.importorskip("edgeformer.models.whisper_decode")
     from edgeformer.errors import InputError
+    from edgeformer.models.whisper_decode import shipped_whisper_dir
     try:
-        whisper.shipped_whisper_dir()
-    except (InputError, AttributeError) as e:
+        shipped_whisper_dir()
+    except InputError as e:
         pytest.skip(f"no shipped Whisper model: {e}")
 
 

@@ -7,13 +7,10 @@ import wave
 
 import numpy as np
 import pytest
+from support.speech import needs_espeak
 
 from edgeformer.cli.__main__ import main
 from edgeformer.tts import phonemize as ph
-from edgeformer.tts.phonemize import espeak_available
-
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="no eSpeak NG (piper-phonemize-fix wheel or program)")
-
 
 @needs_espeak
 def test_speak_writes_wav(tmp_path, joe_voice):
@@ -30,7 +27,7 @@ def test_speak_writes_wav(tmp_path, joe_voice):
 @pytest.mark.parametrize("args", [["...", "-o", "{d}/x.wav"], ["hi", "-o", "{d}/x.wav", "--speed", "0"],
                                   ["hi", "-o", "{d}/x.wav", "--voice", "{d}/missing.onnx"],
                                   ["hi", "-o", "{d}/nodir/x.wav"]])
-def test_speak_bad_input(tmp_path, capsys, args, _conv_ops):
+def test_speak_bad_input(tmp_path, capsys, args):
     assert main(["speak", *(a.format(d=tmp_path) for a in args)]) == 1
     assert "edgeformer: error:" in capsys.readouterr().err
     assert not (tmp_path / "x.wav").exists()

@@ -34,7 +34,7 @@ WINDOW_S = 1.0
 
 def _windows(unit, tokens_per_unit: int, reps: int) -> list[float]:
     """`reps` rates (tok/s), each from whole `unit()` calls repeated for >= WINDOW_S."""
-    from edgeformer.perf.bandwidth import timed_windows
+    from edgeformer.perf.clock import timed_windows
     return [n * tokens_per_unit / wall for wall, _, n in timed_windows(unit, reps, WINDOW_S)]
 
 
@@ -116,7 +116,7 @@ def _child(args: argparse.Namespace) -> int:
         r = _run_llama(args.path, args.n_prompt, args.n_gen, args.repetitions, args.threads)
     else:
         r = _run_hf(args.path, args.engine.split("-")[1], args.n_prompt, args.n_gen, args.repetitions, args.threads)
-    from edgeformer.perf.memory import peak_rss_bytes
+    from edgeformer.perf.runner import peak_rss_bytes
     r["peak_rss_mib"] = peak_rss_bytes() / 2**20
     print(json.dumps(r))
     return 0
@@ -149,7 +149,8 @@ def _bandwidth(threads: int) -> float:
     import numba
     import numpy as np
 
-    from edgeformer.perf.bandwidth import stream_read_bandwidth, time_per_call
+    from edgeformer.perf.bandwidth import stream_read_bandwidth
+    from edgeformer.perf.clock import time_per_call
     CpuBackend()                                  # OpenMP wait policy before the pool starts
     bw = stream_read_bandwidth(threads=(threads,))
     sys.path.insert(0, str(HERE))

@@ -209,7 +209,7 @@ def measure(path: str | Path, ids: Sequence[int], engines: Sequence[str] = SETTI
 
 def _child_decode(engine: str, path: str, n: int, reps: int, threads: int) -> dict:
     """tg`n` windows (bench/compare.py's protocol) of one engine, in this process."""
-    from edgeformer.perf.bandwidth import timed_windows
+    from edgeformer.perf.clock import timed_windows
     if engine in (LLAMACPP, LLAMACPP_F32):
         import llama_cpp
         llm = llama_cpp.Llama(path, n_ctx=n + 16, n_threads=threads, n_threads_batch=threads, verbose=False,

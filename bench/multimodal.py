@@ -70,7 +70,7 @@ def timed(fn: Callable[[], object], runs: int, min_time: float) -> float:
     """Median wall seconds per call over `runs` windows of >= min_time s each (one warm-up
     call). Also leaves the median CPU seconds per call in _LAST_CPU: on a shared machine it
     moves less than wall time, but it counts spin-waiting thread pools as work."""
-    from edgeformer.perf.bandwidth import timed_windows
+    from edgeformer.perf.clock import timed_windows
     w = timed_windows(fn, runs, min_time)
     _LAST_CPU[0] = statistics.median(cpu / n for _, cpu, n in w)
     return statistics.median(wall / n for wall, _, n in w)

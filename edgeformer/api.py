@@ -73,8 +73,7 @@ def load(path_or_name: str | os.PathLike | None = None, backend: Any = None,
     template = ChatTemplate.for_tokenizer(ckpt.chat_template, tokenizer, origin=str(path), override=chat_template)
     engine = Engine(model, tokenizer, template, be, n_ctx=n_ctx, load_s=time.perf_counter() - t0)
     if spec_for is not None:
-        from edgeformer.runtime.speculative import enable
-        enable(engine, spec_for(be))        # InputError for a draft with another vocabulary
+        engine.speculative = spec_for(be)   # InputError for a draft with another vocabulary
         engine.load_s = time.perf_counter() - t0
     return engine
 

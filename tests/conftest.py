@@ -129,16 +129,9 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture
-def perf_setup_restored(monkeypatch):
-    """The perf CLIs set Numba's thread count and the perf clock process-wide: undo it."""
-    from edgeformer.perf import calibrate as cal
-    monkeypatch.setenv("EDGEFORMER_PERF_CLOCK", os.environ.get("EDGEFORMER_PERF_CLOCK", "wall"))
-    threads, clock = cal.threads(), cal.clock_name()
+def perf_setup_restored():
+    """The perf CLIs set Numba's thread count process-wide: undo it."""
+    import numba
+    threads = numba.get_num_threads()
     yield
-    cal.set_clock("wall")
-    try:
-        import numba
-        numba.set_num_threads(threads)
-    except ImportError:
-        pass
-    cal.set_clock(clock)
+    numba.set_num_threads(threads)

@@ -23,7 +23,7 @@ LOG_FLOOR = 1e-10        # transformers spectrogram(mel_floor=1e-10)
 DYNAMIC_RANGE = 8.0      # log10 units kept below the maximum (80 dB)
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: float | np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
     f = np.asarray(f, dtype=np.float64)
     min_log_hz, min_log_mel, logstep = 1000.0, 15.0, 27.0 / np.log(6.4)

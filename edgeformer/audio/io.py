@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeformer.audio.features import SAMPLE_RATE
 from edgeformer.errors import InputError
+from edgeformer.extras import require
 
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -29,7 +30,7 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE
     if not np.isfinite(x).all():
         raise InputError("audio contains NaN or Inf samples")
     if sample_rate != target_rate:
-        import soxr
+        soxr = require("soxr", "audio", "resampling audio")
         x = soxr.resample(x, int(sample_rate), target_rate, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(x)
 
@@ -39,8 +40,7 @@ def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> np.nd
 
     InputError if the file does not exist, is empty, is not audio libsndfile can read,
     or holds no samples. Silence is valid audio and is returned as is."""
-    import soundfile as sf
-
+    sf = require("soundfile", "audio", "reading audio files")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such audio file")

@@ -7,6 +7,7 @@ A missing op falls back to `kernels/`' reference, with one warning naming it.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import numpy as np
 
 from edgeformer.errors import UnsupportedError
 from edgeformer.kernels import OPS
+from edgeformer.quant import dequantize
 from edgeformer.quant.qtypes import QTensor, QType
 
 
@@ -64,7 +66,6 @@ class Backend:
 
     def prepare_vector(self, qt: QTensor) -> np.ndarray:
         """Small float vectors (norm weights, biases) as float32 host arrays."""
-        from edgeformer.quant import dequantize
         return np.ascontiguousarray(dequantize(qt), dtype=np.float32)
 
     def unsupported(self, op: str, **attrs: Any) -> list[str]:
@@ -110,11 +111,24 @@ class Ops:
         return lambda *args, **kw: self(op, *args, **kw)
 
 
+# name -> "module:Class" of the built-in backends, imported on first use (so this module
+# imports none of the backends it lists)
+BUILTIN_BACKENDS = {"numpy": "edgeformer.backends.numpy_ref:NumpyBackend",
+                    "cpu": "edgeformer.backends.cpu:CpuBackend"}
 _BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     _BACKENDS[name] = factory
+
+
+def backend_class(name: str) -> Callable[..., Backend] | None:
+    """The factory registered under `name` (a built-in one is imported on first use);
+    None if no backend has that name."""
+    if name not in _BACKENDS and name in BUILTIN_BACKENDS:
+        module, cls = BUILTIN_BACKENDS[name].split(":")
+        _BACKENDS[name] = getattr(importlib.import_module(module), cls)
+    return _BACKENDS.get(name)
 
 
 # the backend used when none is named: the first of these that runs here (fastest first)
@@ -125,10 +139,9 @@ def default_backend_name() -> str:
     """The one default of `load()`, every command and the server: the first backend of
     PREFERENCE that is registered and whose `available()` is None. The numpy reference
     (always available) is the last resort; falling back to it says why on stderr, once."""
-    from edgeformer import backends  # noqa: F401  (registers the built-in backends)
-    skipped = []
+    skipped: list[str] = []
     for name in PREFERENCE:
-        factory = _BACKENDS.get(name)
+        factory = backend_class(name)
         if factory is None:
             continue
         why = factory.available() if hasattr(factory, "available") else None
@@ -151,20 +164,20 @@ def get_backend(name: str | None = None, activations: str | None = None) -> Back
     errors list the known ones. `activations` (None = the backend's default) is the cpu
     backend's activation setting (int16 / int8 / f32, see backends/cpu/act_quant.py);
     other backends compute in float32 and accept only None, "auto" or "f32"."""
-    from edgeformer import backends  # noqa: F401  (registers the built-in backends)
     if name is None:
         name = default_backend_name()
-    if name not in _BACKENDS:
-        raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+    factory = backend_class(name)
+    if factory is None:
+        raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(backend_names())}")
     if activations in (None, "auto"):
-        return _BACKENDS[name]()
+        return factory()
     if name != "cpu":
         if activations == "f32":
-            return _BACKENDS[name]()
+            return factory()
         raise UnsupportedError(f"backend {name!r} computes in float32; --activations {activations} is for cpu")
-    return _BACKENDS[name](activations=activations)
+    return factory(activations=activations)
 
 
 def backend_names() -> list[str]:
-    from edgeformer import backends  # noqa: F401
-    return sorted(_BACKENDS)
+    """Names of the registered and built-in backends, sorted."""
+    return sorted({*_BACKENDS, *BUILTIN_BACKENDS})

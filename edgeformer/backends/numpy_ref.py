@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgeformer.backends.base import Backend, Weight
 from edgeformer.kernels import OPS
+from edgeformer.quant import dequantize
 from edgeformer.quant.qtypes import QTensor
 
 
@@ -15,5 +16,4 @@ class NumpyBackend(Backend):
         return "numpy (float32 reference)"
 
     def prepare_weight(self, qt: QTensor, name: str = "") -> Weight:
-        from edgeformer.quant import dequantize
         return Weight(name, qt.qtype, qt.shape, qt.nbytes, dequantize(qt), None)

@@ -10,7 +10,7 @@ array `.shape/.nbytes`), so tracing works on any backend's buffers.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -112,7 +112,8 @@ def summary_table(summary: TraceSummary, by: str = "op") -> "Table":
     """A rich Table of `summary` grouped `by` "op", "name" or "layer": calls, GFLOP,
     MB read, MB written, share of total bytes."""
     from rich.table import Table
-    groups = {"op": summary.by_op, "name": summary.by_name, "layer": summary.by_layer}[by]
+    by_key: dict[str, Mapping[Any, Total]] = {"op": summary.by_op, "name": summary.by_name, "layer": summary.by_layer}
+    groups = by_key[by]
     t = Table(title=f"cost by {by}")
     for col in (by, "calls", "GFLOP", "MB read", "MB written", "% bytes"):
         t.add_column(col, justify="left" if col == by else "right")

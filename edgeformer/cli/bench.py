@@ -171,7 +171,8 @@ def memory_report(model: Any, name: str | None, backend: str, positions: int) ->
     from pathlib import Path
 
     from edgeformer.models.shipped import default_model, resolve_model
-    from edgeformer.perf.memory import peak_rss_bytes, runtime_floor_bytes
+    from edgeformer.perf.memory import runtime_floor_bytes
+    from edgeformer.perf.runner import peak_rss_bytes
     from edgeformer.perf.trace_model import kv_cache_bytes
     peak = peak_rss_bytes()
     path = Path(default_model() if name is None else resolve_model(name))

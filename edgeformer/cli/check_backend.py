@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         from edgeformer.backends.cpu import isa
         title += f", SIMD path {isa.describe()}"
     table = Table(title=title)
-    for col, just in (("op", "left"), ("case", "left"), ("nmse", "right"), ("bound", "right"), ("ok", "left")):
-        table.add_column(col, justify=just)
+    for col in ("op", "case", "nmse", "bound", "ok"):
+        table.add_column(col, justify="right" if col in ("nmse", "bound") else "left")
     for r in report.results:
         if args.failures_only and r.ok:
             continue
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if r.message and r.status != "ok":
             mark += f" [dim]{r.message}"
         table.add_row(r.op, r.case, "-" if r.nmse is None else f"{r.nmse:.2e}",
-                      "-" if r.bound is None else f"{r.bound:.0e}", mark)
+                      f"{r.bound:.0e}", mark)
     console.print(table)
 
     cov = Table(title="coverage")

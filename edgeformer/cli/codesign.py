@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from edgeformer.codesign.space import Candidate
 from edgeformer.codesign.verify import MIN_TAU_CANDIDATES
 
 
@@ -48,21 +50,20 @@ def run(args: argparse.Namespace) -> int:
     from edgeformer.codesign.space import SearchSpace, parse_count, parse_range
     con = Console(width=max(Console().width, 140))
     tokens = parse_count(args.train_tokens.replace("T", "000B").replace("t", "000b"))
-    from dataclasses import replace
+    axes: dict[str, Any] = {axis: tuple(val) for axis, val in
+                            (("layers", args.layers), ("dims", args.dims), ("vocabs", args.vocabs)) if val}
     space = SearchSpace(qtypes=tuple(q.upper() for q in args.qtypes), kv_dtypes=tuple(args.kv),
-                        params=parse_range(args.params))
-    for axis, val in (("layers", args.layers), ("dims", args.dims), ("vocabs", args.vocabs)):
-        if val:
-            space = replace(space, **{axis: tuple(val)})
+                        params=parse_range(args.params), **axes)
     if args.verify:
         from edgeformer.codesign.verify import check_n
         check_n(args.verify_n)                 # refuse before the search, not after it
+    clock = "wall"
     if args.device.strip().lower() == "host" or args.verify or args.threads is not None or args.clock is not None:
         # price and measure in the setup `perf validate` calibrates and measures in
-        from edgeformer.perf.calibrate import use_setup
-        use_setup(args.threads, args.clock)
+        from edgeformer.perf.clock import use_setup
+        _, clock = use_setup(args.threads, args.clock)
     res = search(args.device, space, args.latency_ms, args.memory_gb, args.prompt, args.context,
-                 tokens, args.max_candidates)
+                 tokens, args.max_candidates, clock=clock)
     con.print(f"{res.n_evaluated} candidates priced on {res.device}; {len(res.feasible)} within budgets; "
               f"Pareto front (loss, latency, memory): {len(res.front)}")
     if not res.front:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from edgeformer.codesign.verify import summary_lines, verify
         r = verify(res, parse_count(args.verify_max_params), args.verify_n, args.context, args.out,
-                   echo=con.print)
+                   echo=con.print, clock=clock)
         for line in summary_lines(r):
             con.print(line)
     return 0
@@ -105,7 +106,7 @@ def front_table(front: list) -> object:
     return t
 
 
-def build_and_check(cand: object, out: Path) -> Path:
+def build_and_check(cand: Candidate, out: Path) -> Path:
     """Write the candidate's random-weight GGUF, load it and run a 4-token forward."""
     from edgeformer.codesign.build import build_candidate
     return build_candidate(cand, out)

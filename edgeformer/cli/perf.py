@@ -7,7 +7,7 @@
 
 Every action measures (and finds its cached calibration) with the setup the shipped
 calibration and validation numbers were made with: one kernel thread timed by process
-CPU time (`--threads 1 --clock cpu`, `perf.calibrate.CALIBRATED_*`); `--threads N` /
+CPU time (`--threads 1 --clock cpu`, `perf.clock.CALIBRATED_*`); `--threads N` /
 `--clock wall` select another setup, calibrated separately. `validate` also watches the
 other processes' CPU use while it measures and prints "machine busy: results not
 judged" rather than a miss made from their noise (`perf.busy`).
@@ -60,11 +60,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeformer.perf.calibrate import calibrate, describe, use_setup
+    from edgeformer.perf.calibrate import calibrate, describe
+    from edgeformer.perf.clock import use_setup
     from edgeformer.perf.memory import calibrate_memory, fmt_bytes
-    use_setup(args.threads, args.clock)
-    host = calibrate(args.backend, refresh=args.refresh, verbose=True)
-    mem = calibrate_memory(host.backend, refresh=args.refresh)
+    _, clock = use_setup(args.threads, args.clock)
+    host = calibrate(args.backend, refresh=args.refresh, verbose=True, clock=clock)
+    mem = calibrate_memory(host.backend, refresh=args.refresh, clock=clock)
     t = Table(title=f"calibration: {host.device.display_name} / {host.backend}")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -78,22 +79,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     from edgeformer.backends.base import default_backend_name
-    from edgeformer.perf.calibrate import calibrate, setup_name, use_setup
+    from edgeformer.perf.calibrate import calibrate
+    from edgeformer.perf.clock import setup_name, use_setup
     from edgeformer.perf.validate import markdown, run_grid, verdict_lines
-    use_setup(args.threads, args.clock)
+    _, clock = use_setup(args.threads, args.clock)
     if args.backend is not None:
         from edgeformer.backends import get_backend
         get_backend(args.backend)   # unknown name -> UnsupportedError
     if args.from_json is not None:
         from edgeformer.perf.validate import repredict
-        rows = repredict(args.from_json, args.backend)
+        rows = repredict(args.from_json, args.backend, clock=clock)
     else:
-        rows = run_grid(args.quick, args.backend, args.prefill_budget_s, out_json=args.json)
-    host = calibrate(args.backend or default_backend_name())     # cached: the one just used
+        rows = run_grid(args.quick, args.backend, args.prefill_budget_s, out_json=args.json, clock=clock)
+    host = calibrate(args.backend or default_backend_name(), clock=clock)     # cached: the one just used
     measured = sorted({r.setup or "an unrecorded setup" for r in rows})
-    print(f"\nmeasured with {', '.join(measured)}; predicted with the {setup_name()} calibration "
+    print(f"\nmeasured with {', '.join(measured)}; predicted with the {setup_name(clock)} calibration "
           f"(backend {host.backend})")
-    if measured != [setup_name()]:
+    if measured != [setup_name(clock)]:
         print("warning: pass the --threads / --clock the rows were measured with, to compare them with "
               "the calibration made in that setup")
     for line in verdict_lines(rows, getattr(host.measurements, "others_cores", None)):
@@ -113,9 +115,10 @@ def run_trace(args: argparse.Namespace) -> int:
     con = Console()
     con.print(summary_table(summarize(tr.decode), args.by))
     if args.device == "host":
-        from edgeformer.perf.calibrate import calibrate, use_setup
-        use_setup(args.threads, args.clock)
-        host = calibrate(verbose=True)
+        from edgeformer.perf.calibrate import calibrate
+        from edgeformer.perf.clock import use_setup
+        _, clock = use_setup(args.threads, args.clock)
+        host = calibrate(verbose=True, clock=clock)
         pre, dec = host.predict(tr.prefill), host.predict_decode(tr)
     else:
         from edgeformer.perf.device_spec import get_device

@@ -168,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if args.draft is not None:
         spec = speculative_config(args, engine.backend)
     if spec is not None:
-        from edgeformer.runtime.speculative import enable
-        enable(engine, spec)
+        engine.speculative = spec
     if engine.chat_template is not None and not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": prompt}]

@@ -20,6 +20,7 @@ from pathlib import Path
 from edgeformer.cli.backend_choice import add_backend_args, make_backend
 from edgeformer.cli.run import add_chat_template_arg, add_speculative_args, speculative_config
 from edgeformer.errors import InputError
+from edgeformer.extras import require
 
 DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
                 prefill_chunk=256, max_body="4MiB")
@@ -83,8 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    uvicorn = require("uvicorn", "serve", "edgeformer serve")
     from edgeformer.api import load
     from edgeformer.serve.app import create_app
 
@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if spec is not None:
         import sys
 
-        from edgeformer.runtime.speculative import enable
-        enable(engine, spec)                                # InputError for a draft with another vocabulary
+        engine.speculative = spec                           # InputError for a draft with another vocabulary
         what = f"prompt lookup, {args.lookup}" if args.lookup is not None else f"draft {args.draft}, {args.draft_n}"
         print(f"edgeformer serve: speculative decoding ({what} tokens per step)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,

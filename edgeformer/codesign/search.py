@@ -17,6 +17,9 @@ from typing import Any
 from edgeformer.codesign.quality import DEFAULT_TRAIN_TOKENS, predicted_loss
 from edgeformer.codesign.space import Candidate, SearchSpace
 from edgeformer.errors import InputError
+from edgeformer.perf.bandwidth import device_or_host
+from edgeformer.perf.calibrate import calibrate
+from edgeformer.perf.device_spec import get_device, normalize_name
 from edgeformer.perf.memory import estimate
 from edgeformer.perf.roofline import DEFAULT_CALIBRATION, energy_per_token, predict
 from edgeformer.perf.trace_model import trace_decoder_repeated
@@ -52,15 +55,14 @@ class SearchResult:
 class Pricer:
     """`price(records)` -> Prediction on a device; `price.decode(trace)` prices a trace's
     decode step as it runs there (on "host", the calibrated HostModel prices the cpu
-    backend's fused decode step when the trace says it is fused)."""
+    backend's fused decode step when the trace says it is fused; its calibration is the
+    one timed by `clock` at the current thread count)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, clock: str = "wall") -> None:
         self.host = None
-        if device.strip().lower() == "host":
-            from edgeformer.perf.calibrate import calibrate
-            self.host = calibrate()
+        if normalize_name(device) == "host":
+            self.host = calibrate(clock=clock)
         else:
-            from edgeformer.perf.device_spec import get_device
             self.dev = get_device(device)
 
     def __call__(self, records: list) -> Any:
@@ -70,9 +72,9 @@ class Pricer:
         return self.host.predict_decode(trace) if self.host else self(trace.decode)
 
 
-def pricer(device: str) -> Pricer:
-    """The Pricer of `device` (a catalog name, or "host")."""
-    return Pricer(device)
+def pricer(device: str, clock: str = "wall") -> Pricer:
+    """The Pricer of `device` (a catalog name, or "host" calibrated with `clock`)."""
+    return Pricer(device, clock)
 
 
 def score(c: Candidate, price: Pricer, device_spec: Any, prompt_len: int,
@@ -101,17 +103,18 @@ def pareto_front(items: list[Scored], keys: Callable[[Scored], tuple[float, ...]
 def search(device: str, space: SearchSpace = SearchSpace(), latency_ms: float | None = None,
            memory_gb: float | None = None, prompt_len: int = 128, context_len: int = 1024,
            train_tokens: float = DEFAULT_TRAIN_TOKENS, max_candidates: int | None = None,
-           progress: Callable[[int, int], None] | None = None) -> SearchResult:
+           progress: Callable[[int, int], None] | None = None, clock: str = "wall") -> SearchResult:
     """Price every candidate of `space` on `device`, mark those within the latency
     (decode ms/token) and memory (GB; also the device's memory) budgets, and return
     the Pareto front of the feasible ones over (loss, latency, memory).
-    `max_candidates` keeps an evenly spaced subset of the grid. UnsupportedError for
-    an unknown device; InputError for non-positive budgets or an empty space."""
+    `max_candidates` keeps an evenly spaced subset of the grid; `clock` picks the
+    "host" calibration. UnsupportedError for an unknown device; InputError for
+    non-positive budgets or an empty space."""
     for name, v in (("latency-ms", latency_ms), ("memory-gb", memory_gb)):
         if v is not None and not v > 0:
             raise InputError(f"--{name} must be positive, got {v}")
-    price = pricer(device)
-    spec = _spec(device)
+    price = pricer(device, clock)
+    spec = device_or_host(device)
     cands = list(space.candidates())
     if not cands:
         raise InputError(f"the search space has no shape within {space.params[0]:.3g}..{space.params[1]:.3g} parameters")
@@ -130,11 +133,6 @@ def search(device: str, space: SearchSpace = SearchSpace(), latency_ms: float | 
     feas = [s for s in scored if s.feasible]
     front = pareto_front(feas, lambda s: (s.loss, s.decode_s, s.memory))
     return SearchResult(getattr(spec, "name", device), scored, front, len(cands))
-
-
-def _spec(device: str) -> Any:
-    from edgeformer.perf.device_spec import get_device
-    return get_device(device)
 
 
 def infeasible_reason(res: SearchResult, latency_ms: float | None, memory_gb: float | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 from edgeformer.config import DecoderConfig
@@ -112,7 +112,6 @@ class SearchSpace:
 
     def candidates(self) -> Iterator[Candidate]:
         """Every shape x qtype x KV precision."""
-        from dataclasses import replace
         for c in self.shapes():
             for q in self.qtypes:
                 for kv in self.kv_dtypes:

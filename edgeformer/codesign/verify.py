@@ -1,10 +1,10 @@
 """`codesign --verify`: build small candidates, measure their decode latency on this host
 and compare with the calibrated host prediction, as `perf validate` does.
 
-Both sides are `perf validate`'s: the measurement is `validate.measure_worker` in a fresh
+Both sides are `perf validate`'s: the measurement is `runner.measure_worker` in a fresh
 process (warmed up, so Numba's compile or cache load is not timed; the cache filled to
 `context` positions; the median of up to 16 one-token steps) with the current measuring
-setup (`calibrate.use_setup`, default one thread timed by CPU time), and the prediction
+setup (`clock.use_setup`, default one thread timed by CPU time), and the prediction
 is `validate.predict_row` of the same GGUF file with the `HostModel` calibrated in that
 setup (`calibrate.calibrate`), for the same backend. Other processes' CPU use is
 recorded per measurement (`perf.busy`): on a busy machine a miss is "not judged".
@@ -21,8 +21,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeformer.codesign.build import build_candidate
+from edgeformer.codesign.search import kendall_tau
 from edgeformer.codesign.space import Candidate
 from edgeformer.errors import InputError
+from edgeformer.perf.busy import CpuMonitor
+from edgeformer.perf.calibrate import calibrate, calibration_busy
+from edgeformer.perf.clock import setup_name
+from edgeformer.perf.runner import run_worker
+from edgeformer.perf.validate import NOT_JUDGED, TARGETS, busy_reason, predict_row
 
 MIN_TAU_CANDIDATES = 8
 TAU_TARGET = 0.9
@@ -79,35 +86,31 @@ def choose(res: Any, max_params: float, n: int) -> list[Candidate]:
 
 
 def verify(res: Any, max_params: float, n: int, context: int, out: Path,
-           echo: Callable[[str], None] = print, host: Any = None) -> VerifyResult:
-    """Build and measure `choose(res, max_params, n)` (module docstring), echoing one line
-    per candidate. InputError, before anything is built, when `n` or the candidates
-    available are fewer than MIN_TAU_CANDIDATES. `host`: the HostModel to predict with
-    (default: `calibrate()` in the current setup)."""
-    from edgeformer.codesign.build import build_candidate
-    from edgeformer.perf.busy import CpuMonitor
-    from edgeformer.perf.calibrate import calibrate, calibration_busy, setup_name
-    from edgeformer.perf.validate import NOT_JUDGED, TARGETS, _run_worker, busy_reason, predict_row
+           echo: Callable[[str], None] = print, host: Any = None, clock: str = "wall") -> VerifyResult:
+    """Build and measure `choose(res, max_params, n)` (module docstring), timed by `clock`
+    at the current thread count, echoing one line per candidate. InputError, before
+    anything is built, when `n` or the candidates available are fewer than
+    MIN_TAU_CANDIDATES. `host`: the HostModel to predict with (default: `calibrate` in
+    the same setup)."""
     check_n(n)
     chosen = choose(res, max_params, n)
     if len(chosen) < MIN_TAU_CANDIDATES:
         raise InputError(f"--verify: only {len(chosen)} distinct candidates of <= {max_params / 1e6:.0f}M "
                          f"parameters were priced; a rank correlation needs >= {MIN_TAU_CANDIDATES} "
                          "(widen --params, add --dims / --layers values or raise --verify-max-params)")
-    host = host or calibrate()
+    host = host or calibrate(clock=clock)
     backend = host.backend
     max_seq = context + 64
     rows = []
     for c in chosen:
         path = build_candidate(c, out, max_seq_len=max(2048, max_seq), backend=backend)
         with CpuMonitor() as mon:
-            m = _run_worker(path, backend, context, max_seq, False, timeout=600.0)
+            m = run_worker(path, backend, context, max_seq, False, timeout=600.0, clock=clock)
         p = 1.0 / predict_row(path, context, max_seq, host, None, backend, m["steps"], False)["decode"]
         row = VerifyRow(c, p, m["decode_s"], mon.load.others_cores if mon.load else None)
         rows.append(row)
         echo(f"  {c.label():60s} predicted {p * 1e3:8.2f} ms  measured {row.measured_s * 1e3:8.2f} ms  "
              f"({100 * (p - row.measured_s) / row.measured_s:+.0f} %)")
-    from edgeformer.codesign.search import kendall_tau
     tau = kendall_tau([r.predicted_s for r in rows], [r.measured_s for r in rows])
     med = statistics.median(r.ape for r in rows)
     calib_others = host.measurements.others_cores if calibration_busy(host.measurements) else None
@@ -116,12 +119,11 @@ def verify(res: Any, max_params: float, n: int, context: int, out: Path,
     def verdict(ok: bool) -> str:
         return "meets" if ok else NOT_JUDGED if why else "MISSES"
     return VerifyResult(rows, tau, med, verdict(med <= TARGETS["decode"]), verdict(tau >= TAU_TARGET), why,
-                        setup_name())
+                        setup_name(clock))
 
 
 def summary_lines(r: VerifyResult) -> list[str]:
     """What `codesign --verify` prints after the candidate lines."""
-    from edgeformer.perf.validate import NOT_JUDGED, TARGETS
     lines = [f"measured with {r.setup}, each candidate in a fresh process (as `perf validate`)",
              f"decode latency: median APE {r.median_ape:.1f} % (n={len(r.rows)}; target median <= "
              f"{TARGETS['decode']:.0f} %, as `perf validate`: {r.latency_verdict})",

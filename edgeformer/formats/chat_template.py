@@ -138,10 +138,11 @@ class ChatTemplate:
             return cls(template, builtin=False, special_tokens=sp, origin=origin) if template else None
         family = override.strip().lower()
         if family == "auto":
-            family = detect_family(tokenizer.token_to_id)
-            if family is None:
+            detected = detect_family(tokenizer.token_to_id)
+            if detected is None:
                 raise InputError(f"--chat-template auto: the vocabulary has none of the turn markers of "
                                  f"{', '.join(BUILTIN_FAMILIES)}; name a template")
+            family = detected
         if family in BUILTIN_FAMILIES:
             return cls(builtin_template(family), builtin=True, family=family, special_tokens=sp,
                        origin=f"<built-in {family}>")

@@ -18,7 +18,7 @@ class LazyTensors(Mapping[str, QTensor]):
     """name -> QTensor, each built on first access by a loader function and not cached
     (a memmap-backed QTensor is cheap to rebuild; caching would pin transformed copies)."""
 
-    def __init__(self, loaders: dict[str, Callable[[], QTensor]], infos: dict[str, tuple] | None = None) -> None:
+    def __init__(self, loaders: Mapping[str, Callable[[], QTensor]], infos: dict[str, tuple] | None = None) -> None:
         self._loaders = loaders
         # name -> (qtype, shape) known without loading, for `info` and validation
         self.infos = infos or {}

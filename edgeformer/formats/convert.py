@@ -21,9 +21,15 @@ from typing import Any
 import numpy as np
 
 from edgeformer.errors import UnsupportedError
+from edgeformer.formats import load_checkpoint
+from edgeformer.formats.checkpoint import LazyTensors
 from edgeformer.formats.gguf import GGUFFile, TensorToWrite, write_gguf
 from edgeformer.formats.hf import to_float32
+from edgeformer.formats.hf_vocab import gguf_tokenizer_metadata
+from edgeformer.formats.tensor_map import extra_gguf_tensors
+from edgeformer.quant.dequant import dequantize
 from edgeformer.quant.qtypes import QTensor, QType
+from edgeformer.quant.quantize import quantize
 
 GGML_QUANT_VERSION = 2  # ggml.h GGML_QNT_VERSION, written as general.quantization_version
 
@@ -69,37 +75,19 @@ def plan_qtype(shape: tuple[int, ...], source: QType, target: QType) -> QType:
     return QType.F16
 
 
+def _loader(get: Callable[[str], QTensor], name: str, target: QType) -> Callable[[], QTensor]:
+    """What writes tensor `name`: `get` it, then `requantize` it to `target`."""
+    return lambda: requantize(get(name), target)
+
+
 def requantize(t: QTensor, target: QType) -> QTensor:
     """`t` stored as `target`: raw bytes when the type already matches, else via float32
-    (F16 by numpy rounding, BF16 round-to-nearest-even like gguf-py, quantized types by
-    `edgeformer.quant.quantize`)."""
+    by `edgeformer.quant.quantize` (F16 by numpy rounding, BF16 round-to-nearest-even like
+    gguf-py, block types by llama.cpp's reference quantizers)."""
     if t.qtype == target:
         return t
-    if t.qtype.is_float:
-        a = to_float32(t)
-    else:
-        from edgeformer.quant import dequantize
-        a = np.asarray(dequantize(t), dtype=np.float32).reshape(t.shape)
-    if target == QType.F32:
-        return QTensor.from_array(np.ascontiguousarray(a, dtype=np.float32))
-    if target == QType.F16:
-        return QTensor.from_array(a.astype(np.float16))
-    if target == QType.BF16:
-        return QTensor(f32_to_bf16_bits(a).reshape(-1).view(np.uint8), QType.BF16, t.shape)
-    try:
-        from edgeformer.quant import quantize
-    except ImportError:
-        raise UnsupportedError(f"quantizing to {target.name} needs edgeformer.quant.quantize, "
-                               f"which is not available") from None
-    return quantize(np.ascontiguousarray(a, dtype=np.float32), target)
-
-
-def f32_to_bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), round to nearest even, NaN kept quiet
-    (gguf-py `quants.BF16.quantize_blocks`, ggml `ggml_compute_fp32_to_bf16`)."""
-    n = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    n = np.where((n & 0x7FFFFFFF) > 0x7F800000, (n & np.uint32(0xFFFF0000)) | np.uint32(64 << 16), n)
-    return ((n.astype(np.uint64) + (0x7FFF + ((n >> 16) & 1))) >> 16).astype(np.uint16)
+    a = to_float32(t) if t.qtype.is_float else np.asarray(dequantize(t), dtype=np.float32).reshape(t.shape)
+    return quantize(a, target)
 
 
 def _tensor_order(name: str) -> tuple:
@@ -111,8 +99,6 @@ def _tensor_order(name: str) -> tuple:
 
 def hf_metadata(ckpt: Any, name: str | None) -> dict[str, Any]:
     """GGUF metadata for an HF checkpoint: general.*, config.to_gguf(), tokenizer.*."""
-    from edgeformer.formats.hf_vocab import gguf_tokenizer_metadata
-
     md: dict[str, Any] = {"general.architecture": ckpt.config.arch,
                           "general.name": name or ckpt.path.name}
     md.update(ckpt.config.to_gguf())
@@ -134,13 +120,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, qtype: QType | str =
     `on_tensor(i, n, name, stored_qtype)` is called after the i-th of n (progress). Raises FormatError /
     UnsupportedError / ConfigError for bad or unsupported input, UnsupportedError for a
     target type convert cannot write."""
-    target = QType.from_name(qtype) if isinstance(qtype, str) else QType(qtype)
+    target = QType.from_name(qtype) if isinstance(qtype, str) else QType.from_id(qtype)
     if target not in TARGETS:
         raise UnsupportedError(f"cannot convert to {target.name}; targets: "
                                f"{', '.join(q.name for q in TARGETS)}")
     src = Path(src)
     value_types: dict = {}
     array_types: dict = {}
+    get: Callable[[str], QTensor]
     if src.is_file():
         g = GGUFFile(src)  # GGUF -> GGUF: copy metadata with its exact types, no config needed
         md = dict(g.metadata)
@@ -150,14 +137,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, qtype: QType | str =
         if name:
             md["general.name"] = name
     else:
-        from edgeformer.formats import load_checkpoint
         ckpt = load_checkpoint(src)
+        assert isinstance(ckpt.tensors, LazyTensors)   # what every reader returns
         md = hf_metadata(ckpt, name)
         infos = {n: ckpt.tensors.infos.get(n) or (ckpt.tensors[n].qtype, ckpt.tensors[n].shape)
                  for n in ckpt.tensors}
         # rope data llama.cpp's converter derives from the config (llama3 rope_freqs,
         # longrope factors) goes into the file as F32 tensors, as it does there
-        from edgeformer.formats.tensor_map import extra_gguf_tensors
         extra = {n: QTensor.from_array(np.ascontiguousarray(a, dtype=np.float32))
                  for n, a in extra_gguf_tensors(ckpt.config).items() if n not in infos}
         infos.update({n: (t.qtype, t.shape) for n, t in extra.items()})
@@ -176,7 +162,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, qtype: QType | str =
         if q != target and len(shape) > 1 and (src_q.is_float or src_q.block_size > 1):
             report.fallbacks.append((tname, target, q))
         report.qtype_counts[q] += 1
-        specs.append(TensorToWrite(tname, q, tuple(shape), lambda n=tname, q=q: requantize(get(n), q)))
+        specs.append(TensorToWrite(tname, q, tuple(shape), _loader(get, tname, q)))
     index = {t.name: i for i, t in enumerate(specs)}
     done = (lambda t: on_tensor(index[t.name] + 1, len(specs), t.name, t.qtype)) if on_tensor else None
     report.file_bytes = write_gguf(out, md, specs, value_types=value_types, array_types=array_types,

@@ -33,8 +33,9 @@ import numpy as np
 from edgeformer.errors import FormatError, UnsupportedError
 
 MAX_BINARY_VERSION = 6
-_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)   # id 5 = bfloat16 (raw uint16)
-_ITEM_SIZE_DTYPES = {4: np.float32, 2: np.int16, 1: np.int8}
+# dtype id -> numpy type; id 5 = bfloat16 (raw uint16)
+_DTYPES: tuple[type[np.generic] | None, ...] = (np.float32, np.int8, np.int16, np.int32, np.float16, None)
+_ITEM_SIZE_DTYPES: dict[int, type[np.generic]] = {4: np.float32, 2: np.int16, 1: np.int8}
 
 
 @dataclass

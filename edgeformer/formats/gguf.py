@@ -24,16 +24,16 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from edgeformer.errors import ConfigError, FormatError, UnsupportedError
+from edgeformer.config import DecoderConfig
+from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
+from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
 from edgeformer.quant.qtypes import QTensor, QType, nbytes
-
-if TYPE_CHECKING:
-    from edgeformer.formats.checkpoint import Checkpoint
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32          # ggml GGUF_DEFAULT_ALIGNMENT
@@ -67,7 +67,7 @@ _FMT = {
     GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
 _DTYPE = {t: np.dtype(f) for t, f in _FMT.items()}
-_DTYPE_TO_VTYPE = {d: t for t, d in _DTYPE.items() if t != GGUFValueType.BOOL}
+_DTYPE_TO_VTYPE: dict[np.dtype, GGUFValueType] = {d: t for t, d in _DTYPE.items() if t != GGUFValueType.BOOL}
 _DTYPE_TO_VTYPE[np.dtype("bool")] = GGUFValueType.BOOL
 
 
@@ -285,7 +285,7 @@ def infer_value_type(value: Any) -> GGUFValueType:
     llama.cpp's converter: bool -> BOOL; int -> UINT32 (its counts and ids), INT32 if
     negative, INT64 if out of 32-bit range; float -> FLOAT32; str -> STRING;
     list/tuple/ndarray -> ARRAY. numpy int64/float64 scalars (numpy's defaults) count as
-    int/float; other numpy scalars keep their dtype."""
+    int/float; other numpy scalars keep their dtype. UnsupportedError for anything else."""
     if isinstance(value, (bool, np.bool_)):
         return GGUFValueType.BOOL
     if isinstance(value, np.generic) and value.dtype not in (np.int64, np.float64):
@@ -301,14 +301,14 @@ def infer_value_type(value: Any) -> GGUFValueType:
         return GGUFValueType.STRING
     if isinstance(value, (list, tuple, np.ndarray)):
         return GGUFValueType.ARRAY
-    raise TypeError(f"cannot write {type(value).__name__} as GGUF metadata")
+    raise UnsupportedError(f"cannot write {type(value).__name__} as GGUF metadata")
 
 
 def _vtype_of_dtype(dt: np.dtype) -> GGUFValueType:
     try:
         return _DTYPE_TO_VTYPE[np.dtype(dt).newbyteorder("=")]
     except KeyError:
-        raise TypeError(f"no GGUF metadata type for numpy dtype {dt}") from None
+        raise UnsupportedError(f"no GGUF metadata type for numpy dtype {dt}") from None
 
 
 _INT_TYPES = {GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.INT64}
@@ -329,7 +329,7 @@ def _array_elem_type(value: Any) -> GGUFValueType:
             return GGUFValueType.INT32
         return GGUFValueType.UINT32 if lo >= 0 and hi < 2**32 else GGUFValueType.INT64
     if len(types) != 1:
-        raise TypeError(f"GGUF arrays are homogeneous; got {sorted(t.name for t in types)}")
+        raise UnsupportedError(f"GGUF arrays are homogeneous; got {sorted(t.name for t in types)}")
     return types.pop()
 
 
@@ -380,6 +380,8 @@ def write_gguf(path: str | os.PathLike, metadata: Mapping[str, Any], tensors: It
     in metadata sets the alignment (default 32). Tensors are written in the given order,
     each padded to the alignment; `on_tensor` is called after each (progress bars).
     Writes to `path + '.tmp'` and renames on success. Returns the file size in bytes.
+    InputError for a bad alignment, duplicate names or a tensor whose loader returns other
+    than it declared; UnsupportedError for a metadata value GGUF cannot hold.
     """
     path = Path(path)
     tensors = list(tensors)
@@ -387,9 +389,9 @@ def write_gguf(path: str | os.PathLike, metadata: Mapping[str, Any], tensors: It
     array_types = array_types or {}
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     if alignment <= 0 or alignment & (alignment - 1):
-        raise ValueError(f"general.alignment must be a power of two, got {alignment}")
+        raise InputError(f"general.alignment must be a power of two, got {alignment}")
     if len({t.name for t in tensors}) != len(tensors):
-        raise ValueError("duplicate tensor names")
+        raise InputError("duplicate tensor names")
     header = [GGUF_MAGIC, struct.pack("<IQQ", 3, len(tensors), len(metadata))]
     for key, value in metadata.items():
         vt = value_types.get(key)
@@ -429,13 +431,13 @@ def _write_tensor(f: BinaryIO, t: TensorToWrite, size: int) -> None:
     data = t.load()
     if isinstance(data, QTensor):
         if data.qtype != t.qtype or tuple(data.shape) != tuple(t.shape):
-            raise ValueError(f"tensor {t.name!r}: declared {t.qtype.name}{list(t.shape)}, "
+            raise InputError(f"tensor {t.name!r}: declared {t.qtype.name}{list(t.shape)}, "
                              f"produced {data.qtype.name}{list(data.shape)}")
         data = data.data
     data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     if data.size != size:
-        raise ValueError(f"tensor {t.name!r}: {data.size} bytes, expected {size}")
-    f.write(memoryview(data))
+        raise InputError(f"tensor {t.name!r}: {data.size} bytes, expected {size}")
+    f.write(data.data)
 
 
 def _pad(f: BinaryIO, n: int, alignment: int) -> None:
@@ -444,13 +446,10 @@ def _pad(f: BinaryIO, n: int, alignment: int) -> None:
 
 # ---------------------------------------------------------------- Checkpoint
 
-def load_gguf(path: str | os.PathLike) -> "Checkpoint":
+def load_gguf(path: str | os.PathLike) -> Checkpoint:
     """Checkpoint from a GGUF file: config from `DecoderConfig.from_gguf(metadata)`,
     lazy memmap-backed tensors, tokenizer from `tokenizer.ggml.*` metadata.
     Raises FormatError / UnsupportedError as `GGUFFile` and the config do."""
-    from edgeformer.config import DecoderConfig
-    from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
-
     g = GGUFFile(path)
     md = g.metadata
     if not isinstance(md.get("general.architecture"), str):
@@ -459,7 +458,7 @@ def load_gguf(path: str | os.PathLike) -> "Checkpoint":
         config = DecoderConfig.from_gguf(md, g.tensors)
     except (UnsupportedError, ConfigError) as e:  # add the file to the message
         raise type(e)(f"{g.path}: {e}") from None
-    loaders = {name: (lambda n=name: g.tensor(n)) for name in g.tensors}
+    loaders = {name: partial(g.tensor, name) for name in g.tensors}
     infos = {name: (t.qtype, t.shape) for name, t in g.tensors.items()}
     tmpl = md.get("tokenizer.chat_template")
     return Checkpoint(path=g.path, format="gguf", config=config, tensors=LazyTensors(loaders, infos),

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError, FormatError, UnsupportedError
 from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
 from edgeformer.formats.safetensors import SafetensorsFile
+from edgeformer.formats.tensor_map import hf_to_gguf_name, transform_hf_tensor
 from edgeformer.quant.qtypes import QTensor, QType
 
 
@@ -84,9 +87,6 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
     missing config.json, corrupt safetensors, a missing shard, two HF tensors mapping to
     one GGUF name; UnsupportedError/ConfigError from the config for unsupported models.
     """
-    from edgeformer.config import DecoderConfig
-    from edgeformer.formats.tensor_map import hf_to_gguf_name
-
     d = Path(path)
     if not (d / "config.json").is_file():
         raise FormatError(d, "not an HF model directory: no config.json")
@@ -98,7 +98,8 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
     except (UnsupportedError, ConfigError) as e:  # add the file to the message
         raise type(e)(f"{d / 'config.json'}: {e}") from None
     shards = open_shards(d)
-    loaders, infos, names = {}, {}, {}
+    loaders, infos = {}, {}
+    names: dict[str, str] = {}   # GGUF name -> the HF name mapped to it
     for hf_name, st in shards.items():
         gname = hf_to_gguf_name(config.arch, hf_name)
         if gname is None:
@@ -106,7 +107,7 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
         if gname in names:
             raise FormatError(d, f"{hf_name!r} and {names[gname]!r} both map to {gname!r}")
         names[gname] = hf_name
-        loaders[gname] = _loader(config, st, hf_name, gname)
+        loaders[gname] = tensor_loader(config, st, hf_name, gname)
         info = st.tensors[hf_name]
         infos[gname] = (info.qtype, info.shape)
     tok_cfg = read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
@@ -120,17 +121,16 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
         file_bytes=sum(st.file_bytes for st in files))
 
 
-def _loader(config: Any, st: SafetensorsFile, hf_name: str, gname: str):
+def tensor_loader(config: DecoderConfig, st: SafetensorsFile, hf_name: str, gname: str) -> Callable[[], QTensor]:
+    """What loads HF tensor `hf_name` of `st` as GGUF tensor `gname` (`transform_to_qtensor`)."""
     return lambda: transform_to_qtensor(config, gname, st.qtensor(hf_name))
 
 
-def transform_to_qtensor(config: Any, gname: str, raw: QTensor) -> QTensor:
+def transform_to_qtensor(config: DecoderConfig, gname: str, raw: QTensor) -> QTensor:
     """Apply tensor_map's transform to a float QTensor, keeping its qtype where exact.
 
     The transform sees float32 (numpy has no bfloat16, and e.g. Gemma's +1 on norm weights
     must not round in f16); an unchanged result returns the raw memmap view."""
-    from edgeformer.formats.tensor_map import transform_hf_tensor
-
     if not raw.qtype.is_float:
         return raw
     a = to_float32(raw)
@@ -159,4 +159,4 @@ def to_float32(t: QTensor) -> np.ndarray:
         return (t.data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
     if t.qtype == QType.F64:
         return t.data.view(np.float64).reshape(t.shape).astype(np.float32)
-    raise ValueError(f"to_float32 takes a float QTensor, got {t.qtype.name}")
+    raise UnsupportedError(f"to_float32 takes a float QTensor, got {t.qtype.name}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeformer.errors import FormatError, UnsupportedError
+from edgeformer.extras import require
 
 # gguf.TokenType values (llama.cpp `enum llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -70,11 +71,11 @@ def spm_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
     `tokenizer.model`, then added tokens from `added_tokens.json` and
     tokenizer_config.json `added_tokens_decoder`; ids past the model are `[PAD{i}]`."""
     import gguf
-    from sentencepiece import SentencePieceProcessor
+    spm = require("sentencepiece", "convert", "converting a SentencePiece tokenizer (tokenizer.model)")
 
     path = d / "tokenizer.model"
     try:
-        sp = SentencePieceProcessor(model_file=str(path))
+        sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise FormatError(path, f"cannot load SentencePiece model: {e}") from None
     n = vocab_size or sp.vocab_size()

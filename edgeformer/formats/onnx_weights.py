@@ -1,6 +1,6 @@
 """ONNX files -> vision-encoder weights: read the initializers (the `onnx` package) of a
 ViT / DINOv2 backbone exported from transformers by torch.onnx, and map them to our
-tensor names (`models/vision.py`).
+tensor names (`models/vision.py`, through `tensor_map.vision_tensors_from_hf`).
 
 The exporter keeps module names for parameters used directly (`backbone.embeddings.
 cls_token`, `...norm1.weight`, biases, layer scales) but constant-folds the rest into
@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeformer.encoder_config import EncoderConfig, VisionConfig
 from edgeformer.errors import FormatError, UnsupportedError
-from edgeformer.models.encoder import EncoderConfig
-from edgeformer.models.vision import VisionConfig, vision_tensors_from_hf
+from edgeformer.extras import require
+from edgeformer.formats.tensor_map import vision_tensors_from_hf
 
 _LAYER_IDX = re.compile(r"encoder\.layer\.(\d+)\.")
 
@@ -142,9 +143,9 @@ def _heads(model: Any, consts: dict[str, np.ndarray], prefix: str, dim: int) -> 
     for n in model.graph.node:
         if n.op_type != "Concat" or not _scope(n).startswith(want) or len(n.input) < 4:
             continue
-        tail = [consts.get(i) for i in n.input[-2:]]
-        if all(t is not None and t.size == 1 for t in tail):
-            h, hd = int(tail[0].reshape(-1)[0]), int(tail[1].reshape(-1)[0])
+        a, b = consts.get(n.input[-2]), consts.get(n.input[-1])
+        if a is not None and b is not None and a.size == 1 and b.size == 1:
+            h, hd = int(a.reshape(-1)[0]), int(b.reshape(-1)[0])
             if h > 0 and h * hd == dim:
                 return h
     return None
@@ -177,6 +178,7 @@ def load_onnx_vision(source: str | os.PathLike | Any, n_heads: int | None = None
     """A ViT/DINOv2 encoder's config and weights (our names) from an ONNX export.
     `n_heads` overrides what the graph says. FormatError for a file we cannot read or an
     initializer of unknown layout; UnsupportedError for an encoder family we do not know."""
+    require("onnx", "vision", "ONNX vision weights")
     model, path = read_onnx(source)
     inits = initializers(model)
     keys = [k for k in inits if k.endswith("embeddings.patch_embeddings.projection.weight")]

@@ -66,8 +66,7 @@ class SafetensorsFile:
                     raise FormatError(self.path, f"corrupt safetensors header: length {n} "
                                                  f"in a {self.file_bytes}-byte file")
                 raw = f.read(n)
-                self._mm = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                            if self.file_bytes else None)
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)   # not empty: 8 + n bytes
         except OSError as e:
             raise FormatError(self.path, f"cannot open: {e.strerror or e}") from None
         try:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from enum import IntFlag
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeformer.errors import FormatError, InputError, UnsupportedError
 from edgeformer.formats.tokenizer_bpe import BPEModel, byte_decoder, pre_tokenizer
@@ -54,6 +54,15 @@ def clean_spaces(b: bytes) -> bytes:
     return _CLEAN_3.sub(b"", _CLEAN_2.sub(b"'", _CLEAN_1.sub(b"", b)))
 
 
+class TextDecoder(Protocol):
+    """A streaming decoder (`Tokenizer.incremental_decoder`): the outputs of `add` and
+    `flush` concatenate to the decoded text, and each is valid text."""
+
+    def add(self, tid: int) -> str: ...
+
+    def flush(self) -> str: ...
+
+
 class Tokenizer:
     """One vocabulary. Build with `from_gguf_metadata`, or
     `tokenizer_load.tokenizer_from_checkpoint` / `tokenizer_from_hf` (which may give an HFTokenizer).
@@ -74,6 +83,11 @@ class Tokenizer:
     add_eos: bool = False
     add_space_prefix: bool = False
     clean_spaces: bool = False
+    tokens: list[str]                 # the vocabulary strings, by id
+    token_to_id: dict[str, int]
+    attrs: list[TokenAttr]            # by id
+    _model: BPEModel | SPMModel
+    _eom_id: int | None
 
     # ---- construction ----
 
@@ -271,7 +285,7 @@ class Tokenizer:
         `special`. Invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
         return self.decode_bytes(ids, special).decode("utf-8", errors="replace")
 
-    def incremental_decoder(self, special: bool = False) -> "IncrementalDecoder":
+    def incremental_decoder(self, special: bool = False) -> TextDecoder:
         """A streaming decoder: `add(id) -> str` and `flush() -> str`, whose outputs
         concatenate to `decode(all ids, special)` and are each valid text."""
         return IncrementalDecoder(self, special)

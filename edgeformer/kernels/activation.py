@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from edgeformer.kernels.base import Cost, OpSpec, nbytes_of
+from edgeformer.kernels.base import Case, Cost, OpSpec, nbytes_of, same_shape
+from edgeformer.kernels.inputs import plant, randn
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -78,7 +79,58 @@ def softcap_cost(x, cap) -> Cost:
     return Cost(flops=3 * n, bytes_read=nbytes_of(x), bytes_written=n * 4)
 
 
-ACTIVATION = OpSpec("activation", activation_ref, activation_cost, max_nmse={"default": 1e-10})
-GLU = OpSpec("glu", glu_ref, glu_cost, max_nmse={"default": 1e-10})
-SOFTMAX = OpSpec("softmax", softmax_ref, softmax_cost, max_nmse={"default": 1e-10})
-SOFTCAP = OpSpec("softcap", softcap_ref, softcap_cost, max_nmse={"default": 1e-10})
+_SHAPES = [(1,), (33,), (45, 65), (1025,)]
+KINDS = ("silu", "gelu", "gelu_tanh", "relu")
+
+
+def activation_cases() -> list[Case]:
+    """Every kind on awkward shapes, at extremes (+-1e4, +-1e-6) and with a NaN."""
+    cases = []
+    for kind in KINDS:
+        for i, s in enumerate(_SHAPES):
+            cases.append(Case("activation", f"{kind}_{'x'.join(map(str, s))}",
+                              lambda r, s=s, kind=kind: ((randn(r, *s, scale=4.0),), {"kind": kind}), quick=i == 2))
+        cases.append(Case("activation", f"{kind}_extremes",
+                          lambda r, kind=kind: ((np.array([-1e4, -100, -20, -1e-6, 0, 1e-6, 20, 100, 1e4], np.float32),),
+                                                {"kind": kind})))
+        cases.append(Case("activation", f"{kind}_nan", lambda r, kind=kind: ((plant(randn(r, 3, 33), (1, 4)),), {"kind": kind}),
+                          check="nonfinite", quick=True))
+    return cases
+
+
+def glu_cases() -> list[Case]:
+    """The gated kinds on awkward shapes, and a NaN in `up`."""
+    cases = []
+    for kind in ("silu", "gelu", "gelu_tanh"):
+        for s in [(1, 33), (45, 65), (3, 1025)]:
+            cases.append(Case("glu", f"{kind}_{'x'.join(map(str, s))}",
+                              lambda r, s=s, kind=kind: ((randn(r, *s, scale=3.0), randn(r, *s)), {"kind": kind}),
+                              quick=s == (45, 65) and kind == "silu"))
+    cases.append(Case("glu", "silu_nan_up", lambda r: ((randn(r, 4, 33), plant(randn(r, 4, 33), (2, 2))), {"kind": "silu"}),
+                      check="nonfinite", quick=True))
+    return cases
+
+
+def softmax_cases() -> list[Case]:
+    """Awkward shapes, large logits, -inf (masked) entries, a NaN row."""
+    cases = [Case("softmax", "x".join(map(str, s)), lambda r, s=s: ((randn(r, *s, scale=3.0),), {}), quick=i == 2)
+             for i, s in enumerate([(1, 1), (1, 33), (45, 65), (2, 1025)])]
+    return cases + [
+        Case("softmax", "large_logits", lambda r: ((randn(r, 7, 99, scale=100.0),), {})),
+        Case("softmax", "masked_entries", lambda r: ((plant(randn(r, 5, 33), (slice(None), slice(20, None)), -np.inf),), {})),
+        Case("softmax", "nan_row", lambda r: ((plant(randn(r, 5, 33), (3, 3)),), {}), check="nonfinite", quick=True),
+    ]
+
+
+def softcap_cases() -> list[Case]:
+    """Logits far past the cap, and a NaN."""
+    cases = [Case("softcap", f"cap{cap:g}", lambda r, cap=cap: ((randn(r, 45, 65, scale=100.0), cap), {}),
+                  quick=cap == 30.0) for cap in (30.0, 50.0)]
+    return cases + [Case("softcap", "nan", lambda r: ((plant(randn(r, 3, 33), (0, 0)), 30.0), {}), check="nonfinite")]
+
+
+ACTIVATION = OpSpec("activation", activation_ref, activation_cost, same_shape, activation_cases,
+                    max_nmse={"default": 1e-10})
+GLU = OpSpec("glu", glu_ref, glu_cost, same_shape, glu_cases, max_nmse={"default": 1e-10})
+SOFTMAX = OpSpec("softmax", softmax_ref, softmax_cost, same_shape, softmax_cases, max_nmse={"default": 1e-10})
+SOFTCAP = OpSpec("softcap", softcap_ref, softcap_cost, same_shape, softcap_cases, max_nmse={"default": 1e-10})

@@ -2,9 +2,13 @@
 window and logit soft-capping."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from edgeformer.kernels.base import Cost, OpSpec, nbytes_of, out_bytes
+from edgeformer.kernels.base import Case, Cost, OpSpec, nbytes_of, out_bytes
+from edgeformer.kernels.inputs import plant, randn
 
 
 def attention_mask(t: int, s: int, q_pos: np.ndarray | None, k_pos: np.ndarray | None,
@@ -85,7 +89,55 @@ def attention_cost(q, k, v, q_pos=None, k_pos=None, *, scale, causal=True, windo
     per_pair = 2 * (d + dv) + 5 + (3 if softcap else 0)
     return Cost(flops=float(hq * pairs * per_pair),
                 bytes_read=nbytes_of(q) + nbytes_of(k) + nbytes_of(v),
-                bytes_written=out_bytes((t, hq, dv)))
+                bytes_written=out_bytes(attention_shape(q, k, v)))
 
 
-ATTENTION = OpSpec("attention", attention_ref, attention_cost, max_nmse={"default": 1e-9})
+def attention_shape(q, k, v, *args, **attrs) -> tuple[int, ...]:
+    return tuple(q.shape[:2]) + (v.shape[2],)
+
+
+def _attn(t: int, s: int, hq: int, hkv: int, d: int, dv: int | None = None, *, pos: str = "default",
+          nan: tuple[str, tuple] | None = None, **attrs: Any) -> Callable:
+    """Builder of an attention case; pos: "default" (queries are the last T keys),
+    "offset" (explicit positions from 100), "early" (some queries precede every key)."""
+    def build(r: np.random.Generator) -> tuple[tuple, dict]:
+        q, k, v = randn(r, t, hq, d), randn(r, s, hkv, d), randn(r, s, hkv, dv or d)
+        if nan is not None:
+            which, idx = nan
+            q, k, v = [(plant(a, idx) if w == which else a) for a, w in ((q, "q"), (k, "k"), (v, "v"))]
+        qp = kp = None
+        if pos == "offset":
+            kp = np.arange(100, 100 + s)
+            qp = kp[s - t:]
+        elif pos == "early":
+            kp = np.arange(10, 10 + s)
+            qp = np.arange(5, 5 + t)
+        return (q, k, v, qp, kp), {"scale": 1.0 / np.sqrt(d), **attrs}
+    return build
+
+
+def attention_cases() -> list[Case]:
+    """Decode and prefill, GQA, offsets, window, softcap, Dv != D, fully masked rows, and
+    NaN in q, k, v (one a window hides)."""
+    # batch/chunk invariance (a query alone vs with others, prefill whole vs in chunks) is
+    # not checked here yet: it needs a "rows"-style check of its own
+    a = "attention"
+    return [
+        Case(a, "single_token", _attn(1, 1, 2, 1, 64), quick=True),
+        Case(a, "prefill_t33_gqa1", _attn(33, 33, 3, 3, 64)),
+        Case(a, "prefill_t33_gqa7", _attn(33, 33, 7, 1, 32), quick=True),
+        Case(a, "decode_s1500_gqa2", _attn(1, 1500, 4, 2, 64)),
+        Case(a, "chunk_t5_s45_offset", _attn(5, 45, 4, 2, 64, pos="offset")),
+        Case(a, "window8_offset", _attn(33, 45, 4, 2, 64, pos="offset", window=8), quick=True),
+        Case(a, "softcap50", _attn(17, 17, 2, 1, 64, softcap=50.0)),
+        Case(a, "noncausal_dv48", _attn(9, 13, 6, 2, 64, 48, causal=False)),
+        Case(a, "fully_masked_rows", _attn(10, 10, 2, 2, 32, pos="early")),
+        Case(a, "nan_q_row", _attn(8, 8, 4, 2, 32, nan=("q", (3, 1, 5))), check="nonfinite", quick=True),
+        Case(a, "nan_k_mid", _attn(8, 8, 4, 2, 32, nan=("k", (4, 0, 2))), check="nonfinite"),
+        Case(a, "nan_v_mid", _attn(8, 8, 4, 2, 32, nan=("v", (4, 1, 7))), check="nonfinite"),
+        Case(a, "nan_k_outside_window", _attn(12, 12, 2, 1, 32, window=4, nan=("k", (1, 0, 0))), check="nonfinite"),
+    ]
+
+
+ATTENTION = OpSpec("attention", attention_ref, attention_cost, attention_shape, attention_cases,
+                   op_class="attention", max_nmse={"default": 1e-9})

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from edgeformer.kernels.base import Cost, OpSpec, nbytes_of, out_bytes
+from edgeformer.kernels.base import Case, Cost, OpSpec, nbytes_of, out_bytes
+from edgeformer.kernels.inputs import plant, randn
 
 
-def _pads(padding: int | tuple[int, int]) -> tuple[int, int]:
+def conv_pads(padding: int | tuple[int, int]) -> tuple[int, int]:
     """(left, right) from an int (both sides) or a pair (asymmetric, e.g. even kernels)."""
     if isinstance(padding, (tuple, list)):
         left, right = int(padding[0]), int(padding[1])
@@ -25,7 +26,7 @@ def _pads(padding: int | tuple[int, int]) -> tuple[int, int]:
 
 def conv1d_out_len(t: int, k: int, *, stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1) -> int:
     """Output length of `conv1d` (torch's formula)."""
-    left, right = _pads(padding)
+    left, right = conv_pads(padding)
     return (t + left + right - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -44,7 +45,7 @@ def conv1d_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, str
         raise ValueError(f"conv1d: x has {c_in} channels, w {w.shape}, groups={groups}: inconsistent")
     if stride < 1 or dilation < 1:
         raise ValueError(f"conv1d: stride {stride} and dilation {dilation} must be >= 1")
-    left, right = _pads(padding)
+    left, right = conv_pads(padding)
     t_out = conv1d_out_len(t, k, stride=stride, padding=(left, right), dilation=dilation)
     if t_out < 1:
         raise ValueError(f"conv1d: input of length {t} is too short for kernel {k} (dilation {dilation})")
@@ -65,11 +66,15 @@ def conv1d_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, str
 def conv1d_cost(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1) -> Cost:
     """2 FLOPs per multiply-add (C_out * C_in/groups * K per output frame) plus the bias;
     x and w read once, (C_out, T_out) float32 written."""
-    c_out, cg, k = w.shape
-    t_out = conv1d_out_len(x.shape[-1], k, stride=stride, padding=padding, dilation=dilation)
+    _, cg, k = w.shape
+    c_out, t_out = conv1d_shape(x, w, stride=stride, padding=padding, dilation=dilation)
     return Cost(flops=2.0 * c_out * cg * k * t_out + (c_out * t_out if b is not None else 0),
                 bytes_read=nbytes_of(x) + nbytes_of(w) + nbytes_of(b),
                 bytes_written=out_bytes((c_out, t_out)))
+
+
+def conv1d_shape(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1) -> tuple[int, ...]:
+    return (w.shape[0], conv1d_out_len(x.shape[-1], w.shape[-1], stride=stride, padding=padding, dilation=dilation))
 
 
 def conv_transpose1d_out_len(t: int, k: int, *, stride: int = 1, padding: int = 0, output_padding: int = 0,
@@ -120,17 +125,53 @@ def conv_transpose1d_cost(x, w, b=None, *, stride=1, padding=0, output_padding=0
     channel; plus the bias. x and w read once, (C_out, T_out) float32 written."""
     c_in, og, k = w.shape
     t = x.shape[-1]
-    c_out = og * groups
-    t_out = conv_transpose1d_out_len(t, k, stride=stride, padding=padding, output_padding=output_padding,
-                                     dilation=dilation)
+    c_out, t_out = conv_transpose1d_shape(x, w, stride=stride, padding=padding, output_padding=output_padding,
+                                          dilation=dilation, groups=groups)
     return Cost(flops=2.0 * c_in * og * k * t + (c_out * t_out if b is not None else 0),
                 bytes_read=nbytes_of(x) + nbytes_of(w) + nbytes_of(b),
                 bytes_written=out_bytes((c_out, t_out)))
 
 
+def conv_transpose1d_shape(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                           groups=1) -> tuple[int, ...]:
+    return (w.shape[1] * groups, conv_transpose1d_out_len(x.shape[-1], w.shape[-1], stride=stride, padding=padding,
+                                                          output_padding=output_padding, dilation=dilation))
+
+
+def conv1d_cases() -> list[Case]:
+    """Pointwise, dilated, depthwise, grouped with stride, T = 1, asymmetric padding, NaN."""
+    cases = []
+    for name, (ci, co, t, k, s, p, d, g) in {
+            "pointwise_33to7_t45": (33, 7, 45, 1, 1, 0, 1, 1), "k7_d3_t99": (16, 16, 99, 7, 1, 9, 3, 1),
+            "depthwise_d9_t37": (12, 12, 37, 3, 1, 9, 9, 12), "grouped_stride2": (6, 9, 50, 5, 2, 2, 1, 3),
+            "t1": (3, 4, 1, 3, 1, 1, 1, 1)}.items():
+        cases.append(Case("conv1d", name, lambda r, ci=ci, co=co, t=t, k=k, s=s, p=p, d=d, g=g: (
+            (randn(r, ci, t), randn(r, co, ci // g, k), randn(r, co)),
+            {"stride": s, "padding": p, "dilation": d, "groups": g}), quick=name == "k7_d3_t99"))
+    cases.append(Case("conv1d", "asym_pad", lambda r: ((randn(r, 6, 30), randn(r, 5, 6, 4), None), {"padding": (1, 2)})))
+    cases.append(Case("conv1d", "nan", lambda r: ((plant(randn(r, 4, 33), (1, 5)), randn(r, 4, 4, 3), None),
+                                                  {"padding": 1}), check="nonfinite", quick=True))
+    return cases
+
+
+def conv_transpose1d_cases() -> list[Case]:
+    """HiFi-GAN-like upsampling (stride 8 and 4), odd sizes, T = 1, NaN."""
+    cases = []
+    for name, (ci, co, t, k, s, p) in {"up8_k16": (16, 8, 13, 16, 8, 4), "up4_k8": (8, 4, 33, 8, 4, 2),
+                                       "odd": (7, 5, 10, 5, 3, 1), "t1": (3, 5, 1, 7, 5, 1)}.items():
+        cases.append(Case("conv_transpose1d", name, lambda r, ci=ci, co=co, t=t, k=k, s=s, p=p: (
+            (randn(r, ci, t), randn(r, ci, co, k), randn(r, co)), {"stride": s, "padding": p}),
+            quick=name == "up8_k16"))
+    # a NaN at input step 4 reaches only the outputs its kernel window touches
+    cases.append(Case("conv_transpose1d", "nan", lambda r: (
+        (plant(randn(r, 4, 21), (2, 4)), randn(r, 4, 3, 6), None), {"stride": 2, "padding": 1}),
+        check="nonfinite", quick=True))
+    return cases
+
+
 # float32 sums over C_in/groups * K terms (up to a few thousand), like linear's
-CONV1D = OpSpec("conv1d", conv1d_ref, conv1d_cost, max_nmse={"default": 1e-9},
+CONV1D = OpSpec("conv1d", conv1d_ref, conv1d_cost, conv1d_shape, conv1d_cases, max_nmse={"default": 1e-9},
                 doc="1-D convolution (stride, padding, dilation, groups), channels-first")
-CONV_TRANSPOSE1D = OpSpec("conv_transpose1d", conv_transpose1d_ref, conv_transpose1d_cost,
-                          max_nmse={"default": 1e-9},
+CONV_TRANSPOSE1D = OpSpec("conv_transpose1d", conv_transpose1d_ref, conv_transpose1d_cost, conv_transpose1d_shape,
+                          conv_transpose1d_cases, max_nmse={"default": 1e-9},
                           doc="1-D transposed convolution (HiFi-GAN upsampling), channels-first")

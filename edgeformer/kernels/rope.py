@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeformer.kernels.base import Cost, OpSpec, nbytes_of, out_bytes
+from edgeformer.kernels.base import Case, Cost, OpSpec, nbytes_of, out_bytes, same_shape
+from edgeformer.kernels.inputs import plant, randn
 
 
 def rope_ref(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, *,
@@ -46,4 +47,26 @@ def rope_cost(x, positions, inv_freq, *, neox=True, mscale=1.0) -> Cost:
                 bytes_written=out_bytes((t, h, d)))
 
 
-ROPE = OpSpec("rope", rope_ref, rope_cost, max_nmse={"default": 1e-10})
+def _inv_freq(r: int, theta: float = 10000.0) -> np.ndarray:
+    return (1.0 / theta ** (np.arange(0, r, 2, dtype=np.float64) / r)).astype(np.float32)
+
+
+def rope_cases() -> list[Case]:
+    """Both pair layouts; partial rotation, mscale, a head dim of 2, far positions, NaN."""
+    # (T, H, D, R, neox, mscale, max position)
+    spec = [(1, 1, 64, 64, True, 1.0, 10), (33, 3, 64, 64, True, 1.0, 5000), (7, 2, 128, 64, True, 1.23, 100),
+            (33, 3, 64, 64, False, 1.0, 5000), (5, 4, 80, 40, False, 1.0, 50), (1, 5, 2, 2, True, 1.0, 3)]
+    cases = []
+    for i, (t, h, d, rr, neox, ms, pmax) in enumerate(spec):
+        cases.append(Case("rope", f"t{t}_h{h}_d{d}_r{rr}_{'neox' if neox else 'norm'}_ms{ms}",
+                          lambda r, t=t, h=h, d=d, rr=rr, neox=neox, ms=ms, pmax=pmax:
+                          ((randn(r, t, h, d), np.sort(r.integers(0, pmax, t)), _inv_freq(rr)), {"neox": neox, "mscale": ms}),
+                          quick=i in (1, 3)))
+    for neox in (True, False):
+        cases.append(Case("rope", f"nan_{'neox' if neox else 'norm'}",
+                          lambda r, neox=neox: ((plant(randn(r, 4, 2, 64), (2, 1, 3)), np.arange(7, 11), _inv_freq(64)),
+                                                {"neox": neox}), check="nonfinite", quick=True))
+    return cases
+
+
+ROPE = OpSpec("rope", rope_ref, rope_cost, same_shape, rope_cases, max_nmse={"default": 1e-10})

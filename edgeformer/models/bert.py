@@ -12,50 +12,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeformer.backends.base import Backend, Ops
+from edgeformer.encoder_config import BertConfig, EncoderConfig
 from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
-from edgeformer.models.encoder import (EncoderConfig, EncoderLayer, Norm, TensorSource, encoder_forward,
-                                       hf_activation, linear, load_encoder_layers, load_linear, load_norm, mlp,
-                                       norm)
+from edgeformer.models.encoder import (EncoderLayer, Norm, TensorSource, encoder_forward, linear, load_encoder_layers,
+                                       load_linear, load_norm, mlp, norm)
 from edgeformer.quant.qtypes import QTensor
 
-BERT_MODEL_TYPES = ("bert",)
 # tokens per packed encoder pass in `TextEmbedder.embed_ids`: big enough that the linears
 # see GEMM-sized inputs, small enough to bound activation memory (~4096 x ffn_dim floats)
 BATCH_TOKENS = 4096
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    encoder: EncoderConfig
-    vocab_size: int
-    max_positions: int
-    type_vocab_size: int
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping) -> "BertConfig":
-        """From an HF `config.json` dict of a BERT model; ConfigError/UnsupportedError on
-        missing keys or variants we do not implement (relative position embeddings)."""
-        mt = cfg.get("model_type")
-        if mt not in BERT_MODEL_TYPES:
-            raise UnsupportedError(f"not a BERT config: model_type {mt!r}; supported: {', '.join(BERT_MODEL_TYPES)}")
-        pet = cfg.get("position_embedding_type", "absolute")
-        if pet != "absolute":
-            raise UnsupportedError(f"BERT position_embedding_type {pet!r} is not supported (only 'absolute')")
-        try:
-            enc = EncoderConfig(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
-                                n_heads=cfg["num_attention_heads"], ffn_dim=cfg["intermediate_size"],
-                                norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), norm_position="post",
-                                act=hf_activation(cfg.get("hidden_act", "gelu")))
-            return cls(enc, int(cfg["vocab_size"]), int(cfg.get("max_position_embeddings", 512)),
-                       int(cfg.get("type_vocab_size", 2)))
-        except KeyError as e:
-            raise ConfigError(f"BERT config lacks {e.args[0]!r}") from None
 
 
 # HF module path inside `encoder.layer.{i}.` -> our name inside `blk.{i}.`
@@ -140,11 +110,12 @@ class Bert:
         if token_types is not None and len(token_types) != len(batch):
             raise InputError(f"token_types has {len(token_types)} entries for {len(batch)} sequences")
         seqs = [self._check_ids(ids) for ids in batch]
-        types = [self._check_types(None if token_types is None else token_types[i], a.size)
-                 for i, a in enumerate(seqs)]
+        checked = [self._check_types(None if token_types is None else token_types[i], a.size)
+                   for i, a in enumerate(seqs)]
+        types = [t for t in checked if t is not None]   # all, or none when the model has no type table
         ends = np.cumsum([a.size for a in seqs])
         segs = list(zip([0, *ends[:-1].tolist()], ends.tolist()))           # [(start, end)] rows
-        x = self._embed(np.concatenate(seqs), None if types[0] is None else np.concatenate(types),
+        x = self._embed(np.concatenate(seqs), np.concatenate(types) if types else None,
                         np.concatenate([np.arange(a.size) for a in seqs]))  # (sum T, dim)
         e = self.config.encoder
         for il, lyr in enumerate(self.layers):

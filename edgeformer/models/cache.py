@@ -8,6 +8,7 @@ The paged cache of `runtime/` (blocks, prefix sharing) is a different, later cla
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from edgeformer.errors import InputError
 
@@ -20,7 +21,7 @@ class KVCache:
     at the last complete position (`offset`), and `truncate(offset)` tidies the rest."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
-                 v_dim: int | None = None, dtype: np.dtype = np.float32, initial: int = 256) -> None:
+                 v_dim: int | None = None, dtype: DTypeLike = np.float32, initial: int = 256) -> None:
         if max_seq_len <= 0:
             raise InputError(f"max_seq_len must be positive, got {max_seq_len}")
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim

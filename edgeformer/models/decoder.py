@@ -75,7 +75,7 @@ class Decoder:
         self.rope_sliding: Rope = (make_rope(c, ckpt.tensors, sliding=True, path=ckpt.path)
                                    if c.rope_local_theta is not None else self.rope_full)
         self.attn_scale = c.attn_scale if c.attn_scale is not None else c.head_dim ** -0.5
-        self._tensors = None   # prepared; do not pin the lazy mapping
+        del self._tensors      # prepared; do not pin the lazy mapping
 
     # ------------------------------------------------------------------ loading
 
@@ -183,7 +183,7 @@ class Decoder:
         Returns one logits array per sequence, as `forward` would."""
         return self._forward_segments(list(seqs), last_only, linear or self.ops.linear)
 
-    def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
+    def _check_tokens(self, tokens: np.ndarray | None) -> np.ndarray:
         c = self.config
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
@@ -199,7 +199,7 @@ class Decoder:
                              f"got {e.dtype}{list(e.shape)}")
         return np.ascontiguousarray(e, dtype=np.float32)
 
-    def _forward_segments(self, seqs: list[tuple[np.ndarray, Any]], last_only: bool,
+    def _forward_segments(self, seqs: list[tuple[np.ndarray | None, Any]], last_only: bool,
                           linear: Callable[..., np.ndarray], embeds: np.ndarray | None = None,
                           fused: bool = False) -> list[np.ndarray]:
         c, ops = self.config, self.ops

@@ -19,64 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 
 from edgeformer.backends.base import Backend, Ops, Weight
-from edgeformer.errors import ConfigError, FormatError
+from edgeformer.encoder_config import EncoderConfig
+from edgeformer.errors import FormatError
 from edgeformer.quant.qtypes import QTensor
 
-NORM_POSITIONS = ("pre", "post")
-# "quick_gelu" (CLIP) = x * sigmoid(1.702 x) = silu(1.702 x) / 1.702, built from silu.
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
-_QUICK_GELU_ALPHA = 1.702   # transformers activations.QuickGELUActivation
+_QUICK_GELU_ALPHA = 1.702   # transformers activations.QuickGELUActivation: quick_gelu = silu(1.702 x) / 1.702
 
-# HF `hidden_act` -> our activation name
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                  "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu",
-                  "silu": "silu", "swish": "silu"}
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Shape and variant of an encoder stack. Validated on construction (ConfigError)."""
-
-    dim: int
-    n_layers: int
-    n_heads: int
-    ffn_dim: int
-    norm_eps: float
-    norm_position: str = "pre"      # "pre" (ViT/DINOv2/CLIP/SigLIP) | "post" (BERT)
-    act: str = "gelu"
-    head_dim: int | None = None     # default dim // n_heads
-    ffn_gated: bool = False         # SwiGLU ffn: down(silu(gate(x)) * up(x))
-    layer_scale: bool = False       # DINOv2 ls1/ls2
-
-    def __post_init__(self) -> None:
-        for k in ("dim", "n_layers", "n_heads", "ffn_dim"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"encoder {k} must be a positive int, got {v!r}")
-        if self.norm_position not in NORM_POSITIONS:
-            raise ConfigError(f"unknown norm_position {self.norm_position!r}; supported: {', '.join(NORM_POSITIONS)}")
-        if self.act not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.act!r}; supported: {', '.join(ACTIVATIONS)}")
-        if self.head_dim is None and self.dim % self.n_heads:
-            raise ConfigError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        if not self.norm_eps > 0:
-            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-
-    @property
-    def hd(self) -> int:
-        """Head dimension actually used."""
-        return self.head_dim or self.dim // self.n_heads
-
-
-def hf_activation(name: str) -> str:
-    """Our activation name for an HF `hidden_act`; ConfigError names the supported ones."""
-    if name not in HF_ACTIVATIONS:
-        raise ConfigError(f"unsupported hidden_act {name!r}; supported: {', '.join(HF_ACTIVATIONS)}")
-    return HF_ACTIVATIONS[name]
 
 
 def as_qtensor(a: np.ndarray | QTensor) -> QTensor:
@@ -109,6 +62,11 @@ class TensorSource:
         if shape is not None and tuple(qt.shape) != tuple(shape):
             raise FormatError(self.origin, f"{name}.weight has shape {list(qt.shape)}, expected {list(shape)}")
         return self.backend.prepare_weight(qt, f"{name}.weight")
+
+    @overload
+    def vector(self, name: str, n: int | None = None, optional: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def vector(self, name: str, n: int | None = None, *, optional: bool) -> np.ndarray | None: ...
 
     def vector(self, name: str, n: int | None = None, optional: bool = False) -> np.ndarray | None:
         """A float32 vector (norm weight, bias, layer scale); None if optional and absent."""

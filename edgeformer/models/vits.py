@@ -40,7 +40,7 @@ NoiseFn = Callable[[tuple[int, ...]], np.ndarray]
 
 # ---- transformers state dict -> VITS names --------------------------------------------------
 
-_HF_RULES = [  # (regex on the HF key, replacement); first match wins
+_HF_RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [  # (regex on the HF key, replacement); first match wins
     (r"text_encoder\.embed_tokens\.", "enc_p.emb."),
     (r"text_encoder\.encoder\.layers\.(\d+)\.attention\.(q|k|v)_proj\.", r"enc_p.encoder.attn_layers.\1.conv_\2."),
     (r"text_encoder\.encoder\.layers\.(\d+)\.attention\.out_proj\.", r"enc_p.encoder.attn_layers.\1.conv_o."),
@@ -167,9 +167,10 @@ def load_text_encoder(cfg: VitsConfig, src: TensorSource) -> TextEncoder:
         p = f"enc_p.encoder.attn_layers.{i}"
         rel = (lambda n: conv_weight(src, f"{p}.emb_rel_{n}", (1, w, cfg.head_dim))[0]) if cfg.window_size else None
         lin = lambda a, n: src.backend.prepare_weight(QTensor.from_array(np.ascontiguousarray(a)), n)  # noqa: E731
+        wq, wk, wv, wo = (pointwise(src, f"{p}.conv_{n}", d, d) for n in "qkvo")
+        bq, bk, bv, bo = (src.vector(f"{p}.conv_{n}.bias", d) for n in "qkvo")
         enc.layers.append(AttnLayer(
-            *(pointwise(src, f"{p}.conv_{n}", d, d) for n in "qkvo"),
-            *(src.vector(f"{p}.conv_{n}.bias", d) for n in "qkvo"),
+            wq, wk, wv, wo, bq, bk, bv, bo,
             lin(rel("k"), f"{p}.emb_rel_k") if rel else None, lin(rel("v").T, f"{p}.emb_rel_v") if rel else None,
             norm1=ln(1, i),
             ffn1=(conv_weight(src, f"enc_p.encoder.ffn_layers.{i}.conv_1.weight", (f, d, k)),

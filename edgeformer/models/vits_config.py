@@ -4,6 +4,7 @@ duration predictor and flows (`vits_flows.py`) and the decoder (`vits_decoder.py
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ class VitsConfig:
     def from_hf(cls, hf: Any, sample_rate: int | None = None) -> "VitsConfig":
         """From a transformers `VitsConfig` (object or dict). UnsupportedError for
         multi-speaker models or the deterministic duration predictor."""
-        g = hf.get if isinstance(hf, dict) else (lambda k, d=None: getattr(hf, k, d))
+        g: Callable[..., Any] = hf.get if isinstance(hf, dict) else (lambda k, d=None: getattr(hf, k, d))
         if not g("use_stochastic_duration_prediction", True):
             raise UnsupportedError("VITS with the deterministic duration predictor is not supported")
         if (g("num_speakers", 1) or 1) > 1 or (g("speaker_embedding_size", 0) or 0) > 0:

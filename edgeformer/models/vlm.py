@@ -28,9 +28,11 @@ import numpy as np
 
 from edgeformer.backends.base import Backend, Ops
 from edgeformer.config import DecoderConfig
+from edgeformer.encoder_config import VisionConfig, hf_activation
 from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
-from edgeformer.models.encoder import Linear, TensorSource, act, encoder_layer, hf_activation, load_linear
-from edgeformer.models.vision import VisionConfig, VisionEncoder, vision_tensors_from_hf
+from edgeformer.formats.tensor_map import vision_tensors_from_hf
+from edgeformer.models.encoder import Linear, TensorSource, act, encoder_layer, load_linear
+from edgeformer.models.vision import VisionEncoder
 from edgeformer.quant.qtypes import QTensor
 
 STRATEGIES = ("default", "full")
@@ -221,7 +223,7 @@ def load_llava(path: str | os.PathLike, backend: Backend) -> tuple[LlavaModel, A
     directory (config.json, safetensors, optional preprocessor_config.json). FormatError /
     ConfigError / UnsupportedError for a directory we cannot use."""
     from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
-    from edgeformer.formats.hf import hf_chat_template, open_shards, read_json, transform_to_qtensor
+    from edgeformer.formats.hf import hf_chat_template, open_shards, read_json, tensor_loader
     from edgeformer.formats.tensor_map import hf_to_gguf_name
     from edgeformer.models.decoder import Decoder
 
@@ -243,7 +245,7 @@ def load_llava(path: str | os.PathLike, backend: Backend) -> tuple[LlavaModel, A
             continue
         if g in loaders:
             raise FormatError(d, f"two tensors map to {g!r} (one is {hf_name!r})")
-        loaders[g] = (lambda st=st, n=hf_name, g=g: transform_to_qtensor(config.text, g, st.qtensor(n)))
+        loaders[g] = tensor_loader(config.text, st, hf_name, g)
         infos[g] = (st.tensors[hf_name].qtype, st.tensors[hf_name].shape)
     tok_cfg = read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
     tok_json = d / "tokenizer.json"

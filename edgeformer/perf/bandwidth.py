@@ -1,9 +1,10 @@
 """Host microbenchmarks: streaming-read bandwidth and peak FP32 matmul throughput, turned
-into a `DeviceSpec` for "this machine" and cached per CPU model.
+into a `DeviceSpec` for "this machine" and cached per CPU model; `device_or_host` looks a
+device up in the catalog, or measures this machine for "host".
 
-Timing loops run each measurement repeatedly until at least `min_time` seconds have
-passed (0.2 s by default) because some machines' clocks tick in 4-12 ms steps; a single
-256 MiB pass can take less than one tick.
+Each measurement is a `clock.time_per_call` loop of at least `min_time` seconds (0.2 s by
+default): some machines' clocks tick in 4-12 ms steps and a single 256 MiB pass can take
+less than one tick.
 """
 from __future__ import annotations
 
@@ -17,37 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
-from edgeformer.perf.device_spec import DeviceSpec, Figure
+from edgeformer.perf.clock import DEFAULT_MIN_TIME, time_per_call
+from edgeformer.perf.device_spec import DeviceSpec, Figure, get_device, normalize_name
 
 DEFAULT_READ_BYTES = 256 * 2**20   # well past any last-level cache a host here has
-DEFAULT_MIN_TIME = 0.2
-
-
-def timed_windows(fn: Callable[[], object], windows: int, min_time: float) -> list[tuple[float, float, int]]:
-    """`windows` timing windows of whole `fn()` calls, each looping until at least
-    `min_time` wall seconds elapsed (clocks may tick in 4-12 ms steps: never time one
-    call), after one untimed warm-up call (JIT, page faults). Per window: (wall seconds,
-    process CPU seconds, calls)."""
-    fn()
-    out = []
-    for _ in range(windows):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_time:
-                break
-        out.append((elapsed, time.process_time() - c0, n))
-    return out
-
-
-def time_per_call(fn: Callable[[], object], min_time: float = DEFAULT_MIN_TIME,
-                  repeats: int = 3) -> float:
-    """Best-of-`repeats` mean seconds per call of `fn` (`timed_windows` of >= `min_time`)."""
-    return min(wall / n for wall, _, n in timed_windows(fn, repeats, min_time))
 
 
 _PSUM = None
@@ -57,8 +34,6 @@ def _parallel_sum() -> Callable[[np.ndarray], float]:
     """A Numba parallel float32 sum (compiled once per process)."""
     global _PSUM
     if _PSUM is None:
-        import numba
-
         @numba.njit(parallel=True, fastmath=True)
         def psum(a):  # fastmath lets the reduction vectorize
             s = np.float32(0.0)
@@ -89,8 +64,6 @@ def stream_read_bandwidth(n_bytes: int = DEFAULT_READ_BYTES, threads: tuple[int,
     """Measure read bandwidth by summing a float32 array of `n_bytes` bytes, with numpy
     (1 thread) and a Numba parallel loop at each thread count in `threads` (counts above
     the available threads are skipped). Returns bytes/s figures."""
-    import numba
-
     a = np.ones(max(n_bytes // 4, 1), dtype=np.float32)   # touched: pages are resident
     nb = a.nbytes
     numpy_1t = nb / time_per_call(a.sum, min_time, repeats)
@@ -219,3 +192,9 @@ def host_spec(refresh: bool = False, cache_dir: str | Path | None = None,
     except OSError:
         pass   # a read-only home still gets a spec, just not a cached one
     return _spec_from_measurement(m)
+
+
+def device_or_host(name: str) -> DeviceSpec:
+    """A catalog device by name (`device_spec.get_device`), or for "host" this machine's
+    measured spec (`host_spec`, cached per CPU model)."""
+    return host_spec() if normalize_name(name) == "host" else get_device(name)

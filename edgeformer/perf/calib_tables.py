@@ -28,12 +28,21 @@ used: the decode models here have their own dimensions (`FUSED_MODELS`).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from edgeformer.backends.cpu.block import why_not_fused
+from edgeformer.config import DecoderConfig
+from edgeformer.formats.synthetic import random_matrix, synthetic_checkpoint
+from edgeformer.kernels import OPS
+from edgeformer.models.decoder import Decoder
+from edgeformer.perf.clock import CLOCKS
+from edgeformer.quant import QTensor
 
 GEMM_N = 256                       # output rows: enough tasks; rate ~ independent of N
 GEMM_KS = (512, 2048, 8192)        # row lengths spanning 576 .. 8192 (down projections)
@@ -44,7 +53,7 @@ FUSED_CONTEXTS = (32, 1536)
 # "main": ~100 MB of Q8_0 weights (3x this host's 32 MiB L3, so a step streams them from
 # DRAM as a real model's does); "tiny": ~no bytes, so its step is the per-block overhead.
 # Own dimensions, not one of `validate.DIMS`.
-FUSED_MODELS = {
+FUSED_MODELS: dict[str, dict[str, Any]] = {
     "tiny": dict(arch="llama", vocab_size=256, dim=64, n_layers=16, n_heads=2, n_kv_heads=1,
                  head_dim=32, ffn_dim=128, max_seq_len=2048, tie_embeddings=False),
     "main": dict(arch="llama", vocab_size=8192, dim=1024, n_layers=8, n_heads=16, n_kv_heads=4,
@@ -55,23 +64,26 @@ PREFILL_TOKENS = 512
 PREFILL_LAYERS = 4       # the "main" model's blocks, fewer of them: a ~0.4 s prefill
 
 
+def calib_weight(qtype: Any, n: int, k: int) -> QTensor:
+    """A random (n, k) weight for the benchmarks: a few quantized rows tiled (values do
+    not change a kernel's speed, and the reference quantizers are slow)."""
+    return random_matrix(qtype, n, k, std=0.05)
+
+
 def measure_gemm_grid(ops: Any, be: Any, qtypes: Iterable[str], bench: Callable[..., float],
-                      min_time: float, make_weight: Callable[[str, int, int], Any],
-                      ks: Sequence[int] = GEMM_KS, ts: Sequence[int] = GEMM_TS,
+                      min_time: float, ks: Sequence[int] = GEMM_KS, ts: Sequence[int] = GEMM_TS,
                       stream_bytes: int = 96 * 2**20) -> dict[str, list[dict[str, float]]]:
     """qtype -> [{k, t, s, flops}]: seconds per `ops.linear` of a (t, k) input with an
     (GEMM_N, k) weight, one loop of >= min_time s (after a warm-up call). For t <=
     `STREAM_T` the loop cycles through copies of the weight totalling >= `stream_bytes`,
     so they come from DRAM as a model's weights do (each is used once per forward); at
     larger t the compute hides that read."""
-    from edgeformer.kernels import OPS
-    from edgeformer.quant import QTensor
     out: dict[str, list[dict[str, float]]] = {}
     rng = np.random.default_rng(5)
     for q in qtypes:
         pts = []
         for k in ks:
-            qt = make_weight(q, GEMM_N, k)
+            qt = calib_weight(q, GEMM_N, k)
             copies = min(512, max(1, -(-stream_bytes // qt.nbytes)))
             ws = [be.prepare_weight(QTensor(qt.data.copy(), qt.qtype, qt.shape), f"grid_{q}_{k}_{i}")
                   for i in range(copies)]
@@ -94,7 +106,6 @@ def measure_attention_lengths(ops: Any, bench: Callable[..., float], min_time: f
                               lengths: Sequence[int] = ATTN_LENGTHS) -> list[dict[str, float]]:
     """[{len, s, flops}]: causal self-attention of `len` tokens (SmolLM2-like heads:
     9 query, 3 kv, head_dim 64), best of 2 loops of >= min_time s."""
-    from edgeformer.kernels import OPS
     rng = np.random.default_rng(6)
     out = []
     for n in lengths:
@@ -143,28 +154,7 @@ def attention_rate(points: list[dict[str, float]], length: float, overhead_s: fl
 
 # ------------------------------------------------------------------ fused decode
 
-def synthetic_checkpoint(config: Any, qtype: str, make_weight: Callable[[str, int, int], Any]) -> Any:
-    """An in-memory Checkpoint of random weights for `config` (matrices via
-    `make_weight`, which tiles a few quantized rows; vectors ones): no file, no quantizer
-    pass over every row."""
-    from pathlib import Path
-
-    from edgeformer.formats.checkpoint import Checkpoint, TokenizerSpec
-    from edgeformer.formats.tensor_map import extra_gguf_tensors
-    from edgeformer.perf.trace_model import config_tensors
-    from edgeformer.quant import QTensor
-    tensors: dict[str, Any] = {}
-    for name, st in config_tensors(config, qtype).items():
-        if len(st.shape) == 1:
-            tensors[name] = QTensor.from_array(np.ones(st.shape, np.float32))
-        else:
-            tensors[name] = make_weight(st.qtype.name, st.shape[0], st.shape[1])
-    tensors.update({k: QTensor.from_array(v) for k, v in extra_gguf_tensors(config).items()})
-    return Checkpoint(Path("<calibration>"), "gguf", config, tensors, {}, TokenizerSpec())
-
-
 def measure_fused_decode(be: Any, bench: Callable[..., float], min_time: float,
-                         make_weight: Callable[[str, int, int], Any],
                          contexts: Sequence[int] = FUSED_CONTEXTS,
                          models: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """[{model, ctx, s}]: seconds per one-token `Decoder.forward` through the backend's
@@ -174,15 +164,12 @@ def measure_fused_decode(be: Any, bench: Callable[..., float], min_time: float,
     Empty when the backend has no fused decode (for these models)."""
     if be.name != "cpu" or getattr(be, "decode_layers", None) is None:
         return []
-    from edgeformer.backends.cpu.block import why_not_fused
-    from edgeformer.config import DecoderConfig
-    from edgeformer.models.decoder import Decoder
     out: list[dict[str, Any]] = []
     rng = np.random.default_rng(7)
     tok = np.array([1])
     for key, dims in (models or FUSED_MODELS).items():
         cfg = DecoderConfig(**dims)
-        model = Decoder(synthetic_checkpoint(cfg, FUSED_QTYPE, make_weight), be)
+        model = Decoder(synthetic_checkpoint(cfg, FUSED_QTYPE, calib_weight), be)
         if why_not_fused(model) is not None:
             return []
         for ctx in contexts if key == "main" else contexts[:1]:
@@ -246,7 +233,6 @@ def _release_free_memory() -> None:
     """Return freed heap memory to the OS (glibc `malloc_trim`), so the next large
     allocations fault their pages in as a fresh process's first prefill does."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -257,20 +243,17 @@ def prefill_config() -> dict[str, Any]:
     return {**FUSED_MODELS["main"], "n_layers": PREFILL_LAYERS}
 
 
-def measure_prefill(be: Any, make_weight: Callable[[str, int, int], Any], tokens: int = PREFILL_TOKENS,
-                    config: dict[str, Any] | None = None, trials: int = 2) -> dict[str, float]:
+def measure_prefill(be: Any, tokens: int = PREFILL_TOKENS, config: dict[str, Any] | None = None,
+                    trials: int = 2, clock: str = "wall") -> dict[str, float]:
     """{tokens, s}: seconds of one `Decoder.forward` over `tokens` tokens into a fresh
     cache (last-token logits, as generation runs it) of `config` (default
     `prefill_config()`), after warm-ups at 4 and 96 tokens; freed memory is returned to the OS
     before each trial, so it pays the first-touch page faults a real first prefill
-    does. Best of `trials`; each call is one prefill of >= ~0.2 s, so the host clock's
-    ms steps do not matter."""
-    from edgeformer.config import DecoderConfig
-    from edgeformer.models.decoder import Decoder
-    from edgeformer.perf.calibrate import CLOCKS, clock_name
-    clock = CLOCKS[clock_name()]
+    does. Best of `trials` as `clock` ("wall" or "cpu") counts; each call is one prefill
+    of >= ~0.2 s, so the host clock's ms steps do not matter."""
+    now = CLOCKS[clock]
     cfg = DecoderConfig(**(config or prefill_config()))
-    model = Decoder(synthetic_checkpoint(cfg, FUSED_QTYPE, make_weight), be)
+    model = Decoder(synthetic_checkpoint(cfg, FUSED_QTYPE, calib_weight), be)
     toks = np.random.default_rng(8).integers(0, cfg.vocab_size, tokens)
     model.forward(toks[:4], model.make_cache(64), last_only=True)
     model.forward(toks[:96], model.make_cache(128), last_only=True)    # the long-prompt kernels too
@@ -278,8 +261,8 @@ def measure_prefill(be: Any, make_weight: Callable[[str, int, int], Any], tokens
     for _ in range(trials):
         cache = model.make_cache(tokens + 1)
         _release_free_memory()
-        t0 = clock()
+        t0 = now()
         model.forward(toks, cache, last_only=True)
-        best = min(best, clock() - t0)
+        best = min(best, now() - t0)
         del cache
     return {"tokens": float(tokens), "s": best}

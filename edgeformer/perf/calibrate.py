@@ -18,11 +18,14 @@ From these, `fit()` builds a `HostModel`: the host DeviceSpec plus one roofline
 `Calibration` per weight qtype (matmul efficiencies differ per kernel) and a default one
 for every other op, the GEMM-rate and attention-rate tables prefill is priced from, and
 the fused decode step's per-block overhead and attention rate. Cached as JSON per CPU model + backend in
-`$XDG_CACHE_HOME/edgeformer/calib/`. No model file is used: calibration never sees the
-models `validate` measures.
+`$XDG_CACHE_HOME/edgeformer/calib/`, one file per measuring setup (threads, clock; see
+`perf.clock`: the clock is passed in, never read from a global). No model file is used:
+calibration never sees the models `validate` measures.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -35,105 +38,25 @@ from typing import Any
 import numpy as np
 
 from edgeformer.backends.base import Ops, default_backend_name, get_backend
+from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError
+from edgeformer.kernels import OPS
 from edgeformer.perf import calib_tables as tables
-from edgeformer.perf.bandwidth import DEFAULT_MIN_TIME, cpu_model, host_slug, host_spec, time_per_call
+from edgeformer.perf.bandwidth import cpu_model, host_slug, host_spec
+from edgeformer.perf.busy import CpuMonitor, is_busy
+from edgeformer.perf.calib_tables import calib_weight
+from edgeformer.perf.clock import DEFAULT_MIN_TIME, threads, time_per_call
 from edgeformer.perf.device_spec import DeviceSpec, Figure
 from edgeformer.perf.host_model import HostModel
 from edgeformer.perf.roofline import Calibration, op_class
+from edgeformer.perf.trace_model import trace_decoder
+from edgeformer.quant import QTensor
 
 __all__ = ["HostModel", "calibrate", "fit", "measure", "Measurements", "describe"]
 
 CALIB_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "F16")   # F16: K-quant fallback rows
 GEMV_BYTES = 96 * 2**20        # 3x this host's 32 MiB L3: decode weights come from DRAM
 VERSION = 12                    # bump when the benchmarks change: old caches are ignored
-
-
-def _random_weight(qtype: str, n: int, k: int, seed: int = 0) -> Any:
-    """A random (n, k) QTensor; 64 rows are quantized and tiled (values do not change a
-    kernel's speed, and the reference quantizers are slow)."""
-    from edgeformer.quant import QTensor, QType, quantize
-    rows = min(n, 64)
-    a = np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32) * 0.05
-    q = quantize(a, qtype)
-    reps = -(-n // rows)
-    data = np.tile(q.data.reshape(rows, -1), (reps, 1))[:n].reshape(-1)
-    return QTensor(np.ascontiguousarray(data), QType[qtype], (n, k))
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock = "wall"
-
-# The measuring setup the shipped calibration and validation numbers (BENCHMARKS.md,
-# "Performance model") were made with, and the default of `perf calibrate / validate /
-# trace` and `codesign --device host / --verify`: one kernel thread, timed by process
-# CPU time. On a 2-vCPU host shared with other processes a parallel (2-thread) Numba
-# region waits for its descheduled thread and wall-clock times swing 2-10x; one thread
-# timed by its own CPU time is steady enough to compare with the roofline.
-CALIBRATED_THREADS = 1
-CALIBRATED_CLOCK = "cpu"
-
-
-def use_setup(threads: int | None = None, clock: str | None = None) -> tuple[int | None, str]:
-    """Apply a measuring setup (`set_threads`, `set_clock`) and return it as
-    (threads, clock); threads None = all cores. Unspecified parts default to the
-    calibrated setup (CALIBRATED_THREADS, CALIBRATED_CLOCK); a thread count > 1 without
-    a clock means the wall clock (CPU time sums all threads), and `clock="wall"` without
-    a thread count all cores (the behaviour before the calibrated default)."""
-    if clock is None:
-        clock = CALIBRATED_CLOCK if threads in (None, CALIBRATED_THREADS) else "wall"
-    if threads is None and clock == CALIBRATED_CLOCK:
-        threads = CALIBRATED_THREADS
-    set_threads(threads)
-    set_clock(clock)
-    return threads, clock
-
-
-def setup_name() -> str:
-    """The current setup as the options that select it ("--threads 1 --clock cpu")."""
-    return f"--threads {threads()} --clock {_clock}"
-
-
-def set_clock(name: str) -> None:
-    """Time benchmarks (here and in validation workers) by "wall" clock (default) or by
-    this process's "cpu" time. CPU time counts only our own work, so it stays meaningful
-    on a host shared with other busy processes; it equals wall time only for one thread,
-    hence "cpu" needs `set_threads(1)` first. InputError otherwise."""
-    global _clock
-    from edgeformer.errors import InputError
-    if name not in CLOCKS:
-        raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {name!r}")
-    if name == "cpu" and threads() != 1:
-        raise InputError("--clock cpu needs --threads 1 (process CPU time sums all threads)")
-    _clock = name
-    os.environ["EDGEFORMER_PERF_CLOCK"] = name   # read by validate.measure_worker
-
-
-def clock_name() -> str:
-    return _clock
-
-
-def time_per_call_clock(fn: Callable[[], object], min_time: float, repeats: int) -> float:
-    """`bandwidth.time_per_call` with the selected clock: best of `repeats` trials, each
-    looping until >= `min_time` s of wall time passed, after one warm-up call."""
-    if _clock == "wall":
-        return time_per_call(fn, min_time, repeats)
-    clock = CLOCKS[_clock]
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        n, w0, c0 = 0, time.perf_counter(), clock()
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - w0 >= min_time:
-                break
-        best = min(best, (clock() - c0) / n)
-    return best
-
-
-def _bench(fn: Any, min_time: float, repeats: int) -> float:
-    return time_per_call_clock(fn, min_time, repeats)
 
 
 @dataclass
@@ -164,15 +87,15 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
             min_time: float = DEFAULT_MIN_TIME, repeats: int = 3,
             gemv_bytes: int = GEMV_BYTES, fused: bool = True, prefill: bool = True,
             gemm_grid: tuple[tuple[int, ...], tuple[int, ...]] = (tables.GEMM_KS, tables.GEMM_TS),
-            attn_lengths: tuple[int, ...] = tables.ATTN_LENGTHS) -> Measurements:
+            attn_lengths: tuple[int, ...] = tables.ATTN_LENGTHS, clock: str = "wall") -> Measurements:
     """Run every microbenchmark through `backend` (default: `default_backend_name()`), each a
-    loop of >= `min_time` s, best of `repeats`; GEMV cycles >= `gemv_bytes` of weights.
-    `gemm_grid` (K values, T values) and `attn_lengths` size the rate tables; `fused`:
-    also time the fused decode step (a ~100 MB synthetic model); `prefill`: also time a
-    synthetic model's first prefill (`tables.measure_prefill`)."""
-    from edgeformer.kernels import OPS
-    from edgeformer.perf.busy import CpuMonitor
-    from edgeformer.quant import QTensor
+    loop of >= `min_time` s timed by `clock` ("wall" or "cpu"), best of `repeats`; GEMV
+    cycles >= `gemv_bytes` of weights. `gemm_grid` (K values, T values) and
+    `attn_lengths` size the rate tables; `fused`: also time the fused decode step (a
+    ~100 MB synthetic model); `prefill`: also time a synthetic model's first prefill
+    (`tables.measure_prefill`)."""
+    def bench(fn: Callable[[], object], min_time: float, repeats: int) -> float:
+        return time_per_call(fn, min_time, repeats, clock)
     t_start = time.perf_counter()
     monitor = CpuMonitor().start()
     qtypes = tuple(qtypes)
@@ -181,13 +104,13 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     ops = Ops(be)
     m = Measurements(name, cpu_model(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
     a, b = np.ones((1, 8), np.float32), np.ones((1, 8), np.float32)
-    m.dispatch_add_s = _bench(lambda: ops.add(a, b), min_time, repeats)
-    tiny = be.prepare_weight(_random_weight("Q8_0", 32, 32), "tiny")
+    m.dispatch_add_s = bench(lambda: ops.add(a, b), min_time, repeats)
+    tiny = be.prepare_weight(calib_weight("Q8_0", 32, 32), "tiny")
     xt = np.ones((1, 32), np.float32)
-    m.dispatch_linear_s = _bench(lambda: ops.linear(xt, tiny, None), min_time, repeats)
+    m.dispatch_linear_s = bench(lambda: ops.linear(xt, tiny, None), min_time, repeats)
     for q in qtypes:
         for (n, size), key in (((512, 512), "gemv_small"), ((2048, 2048), "gemv"), ((4096, 512), "gemv_tall")):
-            qt = _random_weight(q, n, size)
+            qt = calib_weight(q, n, size)
             x1 = np.random.default_rng(1).standard_normal((1, size)).astype(np.float32)
             copies = min(1024, max(1, -(-gemv_bytes // qt.nbytes)))
             ws = [be.prepare_weight(QTensor(qt.data.copy(), qt.qtype, qt.shape), f"w{i}") for i in range(copies)]
@@ -196,18 +119,18 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
             def gemv(ws=ws, x1=x1) -> None:
                 for w in ws:
                     ops.linear(x1, w, None)
-            t = _bench(gemv, min_time, repeats) / copies
+            t = bench(gemv, min_time, repeats) / copies
             getattr(m, key)[q] = {"s": t, "bytes": c1.bytes, "flops": c1.flops, "n": float(n)}
             del ws
-    m.gemm_grid = tables.measure_gemm_grid(ops, be, qtypes, _bench, min_time, _random_weight, *gemm_grid,
+    m.gemm_grid = tables.measure_gemm_grid(ops, be, qtypes, bench, min_time, *gemm_grid,
                                            stream_bytes=gemv_bytes)
-    m.ops = _op_benches(ops, min_time, repeats)
-    m.attn_decode = _attention_bench(ops, 1, 2048, 16, min_time, repeats)
-    m.attn_lengths = tables.measure_attention_lengths(ops, _bench, min_time, attn_lengths)
+    m.ops = _op_benches(ops, bench, min_time, repeats)
+    m.attn_decode = _attention_bench(ops, bench, 1, 2048, 16, min_time, repeats)
+    m.attn_lengths = tables.measure_attention_lengths(ops, bench, min_time, attn_lengths)
     if fused:
-        m.fused_decode = tables.measure_fused_decode(be, _bench, min_time, _random_weight)
+        m.fused_decode = tables.measure_fused_decode(be, bench, min_time)
     if prefill:
-        m.prefill = tables.measure_prefill(be, _random_weight)
+        m.prefill = tables.measure_prefill(be, clock=clock)
     xs = [np.random.default_rng(i).standard_normal((256, 2048)).astype(np.float32) for i in range(32)]
     wn = np.ones(2048, np.float32)
     c = OPS["rms_norm"].cost(xs[0], wn, 1e-5)
@@ -215,19 +138,24 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     def norms() -> None:
         for x in xs:
             ops.rms_norm(x, wn, 1e-5)
-    m.norm = {"s": _bench(norms, min_time, repeats) / len(xs), "bytes": c.bytes, "flops": c.flops}
+    m.norm = {"s": bench(norms, min_time, repeats) / len(xs), "bytes": c.bytes, "flops": c.flops}
     m.seconds = time.perf_counter() - t_start
     m.others_cores = monitor.stop().others_cores
     return m
 
 
-def _op_benches(ops: Ops, min_time: float, repeats: int) -> dict[str, dict[str, dict[str, float]]]:
+Bench = Callable[[Callable[[], object], float, int], float]   # (fn, min_time, repeats) -> s/call
+
+
+def _op_benches(ops: Ops, bench: Bench, min_time: float, repeats: int) -> dict[str, dict[str, dict[str, float]]]:
     """Each elementwise op the decoder uses at a decode size (one token, operands hot in
     cache) and a prefill size (256 tokens, cycled past the caches): two points for a
     per-op overhead + bandwidth fit."""
-    from edgeformer.kernels import OPS
     rng = np.random.default_rng(4)
-    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)   # noqa: E731
+
+    def f(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
     inv = (1.0 / 10000 ** (np.arange(0, 64, 2) / 64)).astype(np.float32)
     cases = {
         "rms_norm": lambda t: ((f(t, 2048), np.ones(2048, np.float32), 1e-5), {}),
@@ -246,9 +174,9 @@ def _op_benches(ops: Ops, min_time: float, repeats: int) -> dict[str, dict[str, 
             def run(calls=calls, fn=fn) -> None:
                 for a, kw in calls:
                     fn(*a, **kw)
-            out[op][key] = {"s": _bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
-    small = _attention_bench(ops, 1, 256, 1, min_time, repeats)
-    out["attention"] = {"small": small, "large": _attention_bench(ops, 1, 2048, 16, min_time, repeats)}
+            out[op][key] = {"s": bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
+    small = _attention_bench(ops, bench, 1, 256, 1, min_time, repeats)
+    out["attention"] = {"small": small, "large": _attention_bench(ops, bench, 1, 2048, 16, min_time, repeats)}
     return out
 
 
@@ -262,10 +190,10 @@ def _two_point(small: dict[str, float], large: dict[str, float], bw: float, d_ma
     return d, _eta(large["bytes"] / (max(large["s"] - d, 1e-9) * bw))
 
 
-def _attention_bench(ops: Ops, t: int, s: int, n_buf: int, min_time: float, repeats: int) -> dict[str, float]:
+def _attention_bench(ops: Ops, bench: Bench, t: int, s: int, n_buf: int, min_time: float,
+                     repeats: int) -> dict[str, float]:
     """Attention with SmolLM2's heads (9 query, 3 kv, head_dim 64); `n_buf` distinct KV
     buffers cycled so decode reads them from DRAM."""
-    from edgeformer.kernels import OPS
     rng = np.random.default_rng(3)
     q = rng.standard_normal((t, 9, 64)).astype(np.float32)
     kv = [(rng.standard_normal((s, 3, 64)).astype(np.float32),
@@ -277,7 +205,7 @@ def _attention_bench(ops: Ops, t: int, s: int, n_buf: int, min_time: float, repe
     def run() -> None:
         for k, v in kv:
             ops.attention(q, k, v, qp, kp, **kw)
-    return {"s": _bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
+    return {"s": bench(run, min_time, repeats) / n_buf, "bytes": c.bytes, "flops": c.flops}
 
 
 def _eta(value: float) -> float:
@@ -367,8 +295,6 @@ def _fit_prefill(host: HostModel, m: Measurements) -> float:
     gap barely changes with the model's width."""
     if not m.prefill:
         return 0.0
-    from edgeformer.config import DecoderConfig
-    from edgeformer.perf.trace_model import trace_decoder
     cfg = DecoderConfig(**tables.prefill_config())
     n = int(m.prefill["tokens"])
     tr = trace_decoder(cfg, prompt_len=n, context_len=0, qtype=tables.FUSED_QTYPE, max_seq_len=n + 1,
@@ -399,8 +325,6 @@ def _fit_fused(host: HostModel, m: Measurements) -> tables.FusedDecode | None:
     of the same synthetic model priced as the fused path runs (`tables.fit_fused`)."""
     if len(m.fused_decode) < 3:
         return None
-    from edgeformer.config import DecoderConfig
-    from edgeformer.perf.trace_model import trace_decoder
 
     def parts(key: str, ctx: int) -> tuple[float, float, float, int]:
         cfg = DecoderConfig(**tables.FUSED_MODELS[key])
@@ -420,68 +344,38 @@ def _fit_fused(host: HostModel, m: Measurements) -> tables.FusedDecode | None:
 
 
 def _replace_peak(device: DeviceSpec, fig: Figure) -> DeviceSpec:
-    from dataclasses import replace
     return replace(device, peak_flops={**device.peak_flops, ("cpu", "fp32"): fig})
 
 
 def backend_fingerprint(backend: str) -> str:
     """A short hash of the backend's source files: a changed kernel invalidates the cache."""
-    import hashlib
-    import inspect
     h = hashlib.sha256()
     mod = inspect.getmodule(type(get_backend(backend)))
-    root = Path(mod.__file__).parent if mod and mod.__file__ else None
-    files = sorted(root.glob("*.py")) if root and root.name == backend else [Path(mod.__file__)] if mod else []
+    source = Path(mod.__file__) if mod is not None and mod.__file__ else None
+    if source is None:
+        files = []
+    else:   # a package backend (backends/cpu/) hashes all its modules
+        files = sorted(source.parent.glob("*.py")) if source.parent.name == backend else [source]
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
-def _cache_path(backend: str, cache_dir: str | Path | None) -> Path:
+def cache_path(backend: str, cache_dir: str | Path | None, clock: str) -> Path:
+    """The calibration cache file of `backend` in the current thread count and `clock`
+    (`cache_dir` default: `$XDG_CACHE_HOME/edgeformer/calib/`)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(cache_dir) if cache_dir else Path(base) / "edgeformer" / "calib"
-    return root / f"{host_slug(cpu_model())}__{backend}_t{threads()}_{_clock}_{backend_fingerprint(backend)}.json"
-
-
-def threads() -> int:
-    """Worker threads kernels run with (Numba's current setting; 1 if Numba is absent)."""
-    try:
-        import numba
-        return int(numba.get_num_threads())
-    except ImportError:
-        return 1
-
-
-def set_threads(n: int | None) -> None:
-    """Run kernels with `n` threads in this process and in the worker processes it
-    starts (`worker_env`). None leaves the default (all cores). InputError when `n` is
-    outside 1..NUMBA_NUM_THREADS."""
-    if n is None:
-        return
-    from edgeformer.errors import InputError
-    try:
-        import numba
-    except ImportError:    # no Numba: kernels run on one thread already
-        if n == 1:
-            return
-        raise InputError(f"--threads {n}: Numba is not installed (kernels run on one thread)") from None
-    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
-        raise InputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {n}")
-    numba.set_num_threads(n)
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for a measuring subprocess: this process's, with its thread count.
-    (Setting NUMBA_NUM_THREADS in this process after Numba started is an error.)"""
-    return {**os.environ, "NUMBA_NUM_THREADS": str(threads()), "EDGEFORMER_PERF_CLOCK": _clock}
+    return root / f"{host_slug(cpu_model())}__{backend}_t{threads()}_{clock}_{backend_fingerprint(backend)}.json"
 
 
 def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str | Path | None = None,
-              min_time: float = DEFAULT_MIN_TIME, verbose: bool = False) -> HostModel:
-    """The HostModel of this machine + `backend` (default the fastest available): from
-    the JSON cache when present, else measured (under a minute) and cached."""
+              min_time: float = DEFAULT_MIN_TIME, verbose: bool = False, clock: str = "wall") -> HostModel:
+    """The HostModel of this machine + `backend` (default the fastest available) timed by
+    `clock` at the current thread count: from the JSON cache when present, else measured
+    (under a minute) and cached."""
     name = backend or default_backend_name()
-    path = _cache_path(name, cache_dir)
+    path = cache_path(name, cache_dir, clock)
     device = host_spec(refresh=refresh)
     if not refresh and path.is_file():
         try:
@@ -492,7 +386,7 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
             pass   # stale or unreadable: measure again
     if verbose:
         print(f"calibrating backend {name!r} on {cpu_model()} (about a minute)...", flush=True)
-    m = measure(name, min_time=min_time)
+    m = measure(name, min_time=min_time, clock=clock)
     if verbose and calibration_busy(m):
         print(f"warning: machine busy while calibrating (other processes used {m.others_cores:.2f} "
               f"cores on average): predictions will be off; rerun `edgeformer perf calibrate --refresh` "
@@ -508,7 +402,6 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
 def calibration_busy(m: Measurements | None) -> bool:
     """Whether `m` was measured while other processes kept the machine busy (unknown for
     caches written before this was recorded: False)."""
-    from edgeformer.perf.busy import is_busy
     return m is not None and is_busy(getattr(m, "others_cores", None))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,8 @@ def _parse_figure(raw: Any, where: str, dim: str, throughput: bool = False) -> F
 
 def _parse_device(name: str, raw: Any, file: str) -> DeviceSpec:
     where = f"{file}: devices.{name}"
-    if name != _norm(name):
-        raise ConfigError(f"{where}: device names are lower_snake_case (use {_norm(name)!r})")
+    if name != normalize_name(name):
+        raise ConfigError(f"{where}: device names are lower_snake_case (use {normalize_name(name)!r})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     unknown = set(raw) - _DEVICE_KEYS
@@ -215,7 +216,7 @@ def _parse_device(name: str, raw: Any, file: str) -> DeviceSpec:
                       default_unit=default_unit, notes=raw.get("notes", ""), origin=file)
 
 
-def load_catalog_file(path: str | Path) -> dict[str, DeviceSpec]:
+def load_catalog_file(path: str | os.PathLike[str]) -> dict[str, DeviceSpec]:
     """Parse and validate one catalog TOML file. Errors: ConfigError naming file and key."""
     path = Path(path)
     try:
@@ -234,7 +235,7 @@ def load_catalog_file(path: str | Path) -> dict[str, DeviceSpec]:
     return {name: _parse_device(name, raw, str(path)) for name, raw in devices.items()}
 
 
-def load_catalog(path: str | Path | None = None) -> dict[str, DeviceSpec]:
+def load_catalog(path: str | os.PathLike[str] | None = None) -> dict[str, DeviceSpec]:
     """All devices of a catalog: `path` is a TOML file or a directory of them (default:
     the packaged `perf/catalog/`). Returns name -> DeviceSpec. A device defined in two
     files, or any malformed entry, raises ConfigError."""
@@ -254,29 +255,19 @@ def load_catalog(path: str | Path | None = None) -> dict[str, DeviceSpec]:
 _CACHE: dict[str, DeviceSpec] | None = None
 
 
-def _norm(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """A device name as the catalog keys it: lower case, '-' and ' ' as '_'."""
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-def device_names() -> list[str]:
-    """Names in the packaged catalog."""
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = load_catalog()
-    return sorted(_CACHE)
-
-
 def get_device(name: str) -> DeviceSpec:
-    """A packaged catalog device by name (case, '-' and ' ' are ignored). The name "host"
-    returns this machine's measured spec (`perf.bandwidth.host_spec`, cached per CPU
-    model). Unknown names raise UnsupportedError listing the known ones and the closest."""
+    """A packaged catalog device by name (case, '-' and ' ' are ignored). The catalog is
+    data only: this machine ("host") is measured a layer up (`bandwidth.device_or_host`).
+    Unknown names raise UnsupportedError listing the known ones and the closest."""
     global _CACHE
-    if _norm(name) == "host":
-        from edgeformer.perf.bandwidth import host_spec
-        return host_spec()
     if _CACHE is None:
         _CACHE = load_catalog()
-    key = _norm(name)
+    key = normalize_name(name)
     if key in _CACHE:
         return _CACHE[key]
     close = difflib.get_close_matches(key, list(_CACHE), n=3, cutoff=0.5)

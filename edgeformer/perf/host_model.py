@@ -116,10 +116,10 @@ class HostModel:
         layers: set[int] = set()
         rows: dict[int, int] = {}      # layer -> most tokens one of its ops processed
         for r in records:
-            layer = getattr(r, "layer", None)
+            layer: int | None = getattr(r, "layer", None)
             inside = fused and layer is not None
             ops.append(self.op_time(r, inside))
-            if inside:
+            if inside and layer is not None:
                 layers.add(layer)
             t = record_tokens(r)
             if layer is not None and t is not None and t > 1:

@@ -17,14 +17,18 @@ model that `validate` never uses.
 from __future__ import annotations
 
 import json
-import os
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeformer.backends.trace import OpRecord
-from edgeformer.perf.trace_model import ModelTrace
+from edgeformer.config import DecoderConfig
+from edgeformer.formats.synthetic import write_random_gguf
+from edgeformer.formats.validate import expected_tensors
+from edgeformer.perf.calibrate import cache_path
+from edgeformer.perf.runner import run_worker
+from edgeformer.perf.trace_model import ModelTrace, kv_cache_bytes, trace_decoder
 
 # Resident bytes per stored weight byte when nothing is measured: an on-device runtime
 # maps the file (llama.cpp mmap) and holds each weight once.
@@ -87,8 +91,10 @@ def workspace_bytes(records: list[OpRecord], backend: str) -> float:
     best = 0.0
     for r in records:
         if r.op == "attention":
-            t, hq, _ = r.shapes[0]
-            s = r.shapes[1][0]
+            q, k = r.shapes[0], r.shapes[1]
+            assert q is not None and k is not None      # attention's q and k are arrays
+            t, hq, _ = q
+            s = k[0]
             best = max(best, hq * t * s * 9.0 + t * s * 8.0)
     return best
 
@@ -135,7 +141,6 @@ def weight_copy_bytes(trace: ModelTrace, calib: MemoryCalibration) -> float:
 
 
 def _params(trace: ModelTrace) -> int:
-    from edgeformer.formats.validate import expected_tensors
     c = trace.config
     total = 0
     for name, shape in expected_tensors(c).items():
@@ -164,50 +169,21 @@ def estimate(trace: ModelTrace, backend: str | None = None,
     return est
 
 
-def _status_bytes(field: str) -> int | None:
-    """A "<field>: <n> kB" line of /proc/self/status in bytes; None where unreadable."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def current_rss_bytes() -> int:
-    """This process's resident set size now (VmRSS), in bytes; 0 where unreadable."""
-    return _status_bytes("VmRSS") or 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size in bytes: VmHWM of /proc/self/status.
-    Not ru_maxrss: Linux carries that over from the parent across fork + exec, so a
-    worker started by a big process reports the parent's peak."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 # ------------------------------------------------------------------ host calibration
 
 MEMORY_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "F16")
-CALIB_MODEL = dict(arch="llama", vocab_size=8192, dim=768, n_layers=6, n_heads=12, n_kv_heads=4,
-                   head_dim=64, ffn_dim=2048, max_seq_len=2048)   # ~40M params; not a validation model
+CALIB_MODEL: dict[str, Any] = dict(arch="llama", vocab_size=8192, dim=768, n_layers=6, n_heads=12, n_kv_heads=4,
+                                   head_dim=64, ffn_dim=2048, max_seq_len=2048)   # ~40M params; not a validation model
 
 
-TINY_MODEL = dict(arch="llama", vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                  head_dim=16, ffn_dim=128, max_seq_len=256)   # warms every kernel, ~no bytes
+TINY_MODEL: dict[str, Any] = dict(arch="llama", vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                  head_dim=16, ffn_dim=128, max_seq_len=256)   # warms every kernel, ~no bytes
+
 
 def _run_probe(backend: str, path: str, prompt: int = 16) -> dict[str, Any]:
-    """Peak RSS of `validate.measure_worker` (load, warm up, `prompt`-token prefill,
+    """Peak RSS of `runner.measure_worker` (load, warm up, `prompt`-token prefill,
     decode) on `path` in a fresh process: the same code path the validation measures."""
-    from pathlib import Path as _P
-
-    from edgeformer.perf.validate import _run_worker
-    return _run_worker(_P(path), backend, prompt, prompt + 48, True, timeout=600)
+    return run_worker(Path(path), backend, prompt, prompt + 48, True, timeout=600)
 
 
 def _tiny_probe(backend: str) -> dict[str, Any]:
@@ -215,10 +191,6 @@ def _tiny_probe(backend: str) -> dict[str, Any]:
     first run after a kernel source changed compiles the kernels (Numba's on-disk cache is
     dropped then) and LLVM's memory would count (measured: +50 MiB); the second loads
     them, as `validate`'s and a user's runs do."""
-    import tempfile
-
-    from edgeformer.codesign.build import write_random_gguf
-    from edgeformer.config import DecoderConfig
     with tempfile.TemporaryDirectory() as d:
         tiny = Path(d) / "tiny.gguf"
         write_random_gguf(DecoderConfig(**TINY_MODEL), tiny, "Q8_0", with_vocab=False)
@@ -233,18 +205,16 @@ def runtime_floor_bytes(backend: str = "cpu") -> int:
     return int(_tiny_probe(backend)["peak_rss"])
 
 
-def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path | None = None) -> MemoryCalibration:
-    """Fit the host RSS model in fresh processes running `validate.measure_worker`:
+def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path | None = None,
+                     clock: str = "wall") -> MemoryCalibration:
+    """Fit the host RSS model in fresh processes running `runner.measure_worker`:
     a tiny model gives the baselines (backend imported; kernels warm); the calibration
     model `CALIB_MODEL`, written in each of `MEMORY_QTYPES`, gives the backend's resident
     bytes per stored byte; the same model with a 1024-token prefill gives the factor
     between the measured and the traced activation peak (allocator and kernel scratch).
-    Cached next to the roofline calibration (about a minute when it measures)."""
-    from edgeformer.codesign.build import write_random_gguf
-    from edgeformer.config import DecoderConfig
-    from edgeformer.perf.calibrate import _cache_path
-    from edgeformer.perf.trace_model import kv_cache_bytes, trace_decoder
-    path = _cache_path(backend, cache_dir).with_suffix(".memory.json")
+    Cached next to the roofline calibration of the same setup (`clock` and thread count;
+    about a minute when it measures)."""
+    path = cache_path(backend, cache_dir, clock).with_suffix(".memory.json")
     if not refresh and path.is_file():
         try:
             return MemoryCalibration(**json.loads(path.read_text()))
@@ -287,13 +257,3 @@ def calibrate_memory(backend: str, refresh: bool = False, cache_dir: str | Path 
 def fmt_bytes(n: float) -> str:
     """Human-readable bytes (MiB / GiB)."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _env() -> dict[str, str]:
-    from edgeformer.perf.calibrate import worker_env
-    return worker_env()
-
-
-if __name__ == "__main__":   # pragma: no cover - manual check
-    print(calibrate_memory(sys.argv[1] if len(sys.argv) > 1 else "cpu", refresh=True), file=sys.stdout)
-    os._exit(0)

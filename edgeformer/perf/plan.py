@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeformer.errors import InputError
-from edgeformer.perf.device_spec import DeviceSpec, get_device, load_catalog
+from edgeformer.errors import InputError, UnsupportedError
+from edgeformer.perf.bandwidth import device_or_host
+from edgeformer.perf.device_spec import DeviceSpec, load_catalog, normalize_name
 from edgeformer.perf.memory import MemoryEstimate, estimate
+from edgeformer.perf.plots import curves_png, roofline_png
 from edgeformer.perf.roofline import DEFAULT_CALIBRATION, Calibration, Prediction, energy_per_token, predict
-from edgeformer.perf.trace_model import ModelTrace, trace_decoder
+from edgeformer.perf.trace_model import ModelTrace, shape_checkpoint, trace_decoder
 
 CURVE_CONTEXTS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -111,18 +113,18 @@ class PlanResult:
 
 
 def _devices(names: Iterable[str] | None, catalog: str | os.PathLike | None = None) -> list[DeviceSpec]:
-    """Devices by name from the packaged catalog (or `catalog`, a TOML file/directory,
-    validated: a malformed one raises ConfigError). Unknown names: UnsupportedError."""
+    """Devices by name from the packaged catalog ("host": this machine, measured) or
+    from `catalog`, a TOML file/directory, validated: a malformed one raises
+    ConfigError. Unknown names: UnsupportedError."""
     if catalog is None:
-        return list(load_catalog().values()) if names is None else [get_device(n) for n in names]
+        return list(load_catalog().values()) if names is None else [device_or_host(n) for n in names]
     cat = load_catalog(catalog)
     if names is None:
         return list(cat.values())
     out = []
     for n in names:
-        key = n.strip().lower().replace("-", "_")
+        key = normalize_name(n)
         if key not in cat:
-            from edgeformer.errors import UnsupportedError
             raise UnsupportedError(f"unknown device {n!r} in {catalog}; known: {', '.join(sorted(cat))}")
         out.append(cat[key])
     return out
@@ -132,7 +134,6 @@ def model_traces(model: Any, qtypes: Iterable[str] | None, prompt_len: int, cont
                  ) -> dict[str, ModelTrace]:
     """qtype -> trace. Without `qtypes`, the model as stored (key: its majority qtype);
     with, the model's config re-priced with every matrix in each qtype."""
-    from edgeformer.perf.trace_model import shape_checkpoint
     ckpt = shape_checkpoint(model) if not hasattr(model, "vocab_size") else None
     config = ckpt.config if ckpt is not None else model
     if not qtypes:
@@ -203,7 +204,6 @@ def context_curves(result: PlanResult, top: int = 4, contexts: Iterable[int] = C
 
 
 def _retrace(result: PlanResult, q: str, base: ModelTrace, context: int) -> ModelTrace:
-    from edgeformer.perf.trace_model import shape_checkpoint
     if q.endswith("*"):
         src = shape_checkpoint(result.model)
         return trace_decoder(src, 1, context, max_seq_len=max(context + 1, 4096))
@@ -214,7 +214,6 @@ def write_plots(result: PlanResult, out_dir: str | os.PathLike, top: int = 4,
                 calib: Calibration = DEFAULT_CALIBRATION) -> list[Path]:
     """roofline.png (the top device, the model's prefill and decode ops placed on it) and
     context.png (decode tok/s vs context for the top devices) in `out_dir`."""
-    from edgeformer.perf.plots import curves_png, roofline_png
     out = Path(out_dir)
     best = result.plans[0]
     ops = {"prefill": best.prefill_pred.ops, "decode": best.decode_pred.ops}

@@ -11,16 +11,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from edgeformer.errors import UnsupportedError
+from edgeformer.extras import require
 from edgeformer.perf.device_spec import DeviceSpec
 from edgeformer.perf.roofline import Calibration, DEFAULT_CALIBRATION, OpTime
 
 
 def _plt():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise UnsupportedError("plots need matplotlib: pip install matplotlib") from e
+    matplotlib = require("matplotlib", "plots", "PNG plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from edgeformer.backends.base import Weight
 from edgeformer.kernels import OPS, Cost
-from edgeformer.perf.bandwidth import time_per_call
+from edgeformer.perf.bandwidth import host_ceilings
+from edgeformer.perf.clock import time_per_call
 
 
 @dataclass
@@ -112,10 +114,8 @@ def profile_decoder(model: Any, n_ctx: int = 64, tokens: int = 1, min_time: floa
     """Profile one step of `tokens` new tokens (1 = decode) after `n_ctx` cached positions
     of a `models.decoder.Decoder`-like model (`forward`, `make_cache`, `ops`, `backend`).
     Ceilings default to `perf.bandwidth.host_spec()` (measured, cached per CPU)."""
-    import numba
     if threads is not None:
         numba.set_num_threads(threads)
-    from edgeformer.perf.bandwidth import host_ceilings
     bandwidth, peak_flops = host_ceilings(bandwidth, peak_flops)
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgeformer.errors import ConfigError, UnsupportedError
+from edgeformer.kernels import OPS
+from edgeformer.kernels.base import OP_CLASSES
 from edgeformer.perf.device_spec import DTYPES, DeviceSpec
 
-OP_CLASSES = ("matmul", "attention", "gather", "elementwise")
-# OPS name -> op class; every other op (norms, rope, activations, add/mul) is elementwise.
-OP_CLASS = {"linear": "matmul", "attention": "attention", "embed": "gather"}
 
 # Weight quant type -> dtype the arithmetic runs in. ggml-style kernels dot quantized
 # weights against int8-quantized activations (llama.cpp `vec_dot_q4_0_q8_0`), so every
@@ -34,16 +33,26 @@ DTYPE_FALLBACK = {"int4": "int8", "fp8": "fp16", "int8": "fp16", "bf16": "fp16",
 
 
 class CostLike(Protocol):
-    flops: float
-    bytes_read: float
-    bytes_written: float
+    @property
+    def flops(self) -> float: ...
+
+    @property
+    def bytes_read(self) -> float: ...
+
+    @property
+    def bytes_written(self) -> float: ...
 
 
 class OpRecordLike(Protocol):
-    """What the roofline needs from a traced op (see module docstring for optional attrs)."""
+    """What the roofline needs from a traced op (see module docstring for optional attrs).
+    Read-only members, here and in CostLike, so frozen dataclasses (`trace.OpRecord`,
+    `Cost`) match."""
 
-    op: str
-    cost: CostLike
+    @property
+    def op(self) -> str: ...
+
+    @property
+    def cost(self) -> CostLike: ...
 
 
 @dataclass(frozen=True)
@@ -165,21 +174,15 @@ class Prediction:
         return out
 
     @property
-    def time_by_class(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for o in self.ops:
-            out[o.op_class] = out.get(o.op_class, 0.0) + o.t
-        return out
-
-    @property
     def bound(self) -> str:
         tb = self.time_by_bound
         return max(tb, key=tb.__getitem__)
 
 
 def op_class(op: str) -> str:
-    """The op class ("matmul", "attention", "gather", "elementwise") of an OPS name."""
-    return OP_CLASS.get(op, "elementwise")
+    """The op class (one of OP_CLASSES) of an OPS name: its `OpSpec.op_class`; a name
+    outside OPS is elementwise."""
+    return OPS[op].op_class if op in OPS else "elementwise"
 
 
 def record_dtype(rec: Any, calib: Calibration = DEFAULT_CALIBRATION) -> str:

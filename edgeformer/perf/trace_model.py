@@ -1,8 +1,7 @@
 """Price a decoder without its weights: run the real `Decoder.forward` on a null backend.
 
-Like tinygrad's `ops_null`, the null backend runs the whole pipeline but computes
-nothing: each kernel returns a zero array of the output shape (`np.zeros` is a lazy
-calloc, so even a (2048, vocab) logits buffer costs nothing until touched). Weights are
+The null backend (`backends/null.py`, like tinygrad's `ops_null`) runs the whole pipeline
+but computes nothing: each kernel returns zeros of the op's output shape. Weights are
 shape-only stand-ins carrying qtype, shape and byte size. The decoder code, its KV cache
 and the `Tracer` are the real ones, so the priced op list *is* the executed op list:
 
@@ -17,101 +16,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeformer.backends.base import Backend, Weight
+from edgeformer.backends.base import Weight, backend_class, backend_names, default_backend_name
+from edgeformer.backends.cpu.act_quant import DEFAULT, DTYPES
+from edgeformer.backends.cpu.block import why_not_fused
+from edgeformer.backends.cpu.repack import NATIVE, PackedWeight
+from edgeformer.backends.null import NullBackend
 from edgeformer.backends.trace import OpRecord, Tracer
 from edgeformer.config import DecoderConfig
-from edgeformer.errors import ConfigError, InputError
+from edgeformer.errors import ConfigError, InputError, UnsupportedError
+from edgeformer.formats import load_checkpoint
 from edgeformer.formats.checkpoint import Checkpoint, TokenizerSpec
-from edgeformer.formats.validate import expected_tensors
-from edgeformer.quant.qtypes import QTensor, QType, nbytes
+from edgeformer.formats.synthetic import ShapeTensor, config_tensors
+from edgeformer.formats.tensor_map import extra_gguf_tensors
+from edgeformer.models.cache import KVCache
+from edgeformer.models.decoder import DEFAULT_CACHE_LEN, Decoder
+from edgeformer.models.shipped import resolve_model
+from edgeformer.quant.qtypes import QTensor, QType
 
 # models/cache.py's first allocation (KVCache(initial=256)); kv_cache_bytes mirrors it
 KV_INITIAL = 256
 KV_DTYPES = {"f32": np.float32, "f16": np.float16, "int8": np.int8}
-
-
-@dataclass(frozen=True)
-class ShapeTensor:
-    """A tensor's qtype, shape and byte size, without data (what pricing needs)."""
-
-    qtype: QType
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes(self.qtype, self.shape)
-
-
-class _Null:
-    """Handle of a null-backend weight: only its shape."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-
-
-def _z(shape: tuple[int, ...]) -> np.ndarray:
-    return np.zeros(shape, dtype=np.float32)
-
-
-def _linear(x, w, bias=None):
-    return _z(x.shape[:-1] + (w.shape[0],))
-
-
-def _embed(table, ids):
-    return _z(np.shape(ids) + (table.shape[1],))
-
-
-def _same(x, *a, **k):
-    return _z(x.shape)
-
-
-def _binary(a, b):
-    return _z(np.broadcast_shapes(np.shape(a), np.shape(b)))
-
-
-def _attention(q, k, v, *a, **kw):
-    return _z(q.shape[:2] + (v.shape[2],))
-
-
-class NullBackend(Backend):
-    """Runs every op as "return zeros of the output shape". Weights keep qtype, shape and
-    byte size (so costs price them as stored) but no data; vectors are zeros."""
-
-    name = "null"
-
-    def __init__(self, fuse: bool = False) -> None:
-        # mirror a backend's weight fusion (the Decoder joins q|k|v and gate|up when the
-        # backend has `concat_weights`), so the traced op list is the one it executes
-        if fuse:
-            self.concat_weights = self._concat_weights
-
-    @staticmethod
-    def _concat_weights(ws: list[Weight], name: str = "") -> Weight | None:
-        """Shape-only join of `ws`' rows, under the cpu backend's conditions (same qtype
-        and row length, at least two parts)."""
-        if len(ws) < 2 or any(w.qtype != ws[0].qtype or w.shape[1:] != ws[0].shape[1:] for w in ws):
-            return None
-        shape = (sum(w.shape[0] for w in ws),) + tuple(ws[0].shape[1:])
-        return Weight(name, ws[0].qtype, shape, sum(w.nbytes for w in ws), _Null(shape), None)
-
-    kernels = {"linear": _linear, "embed": _embed, "rms_norm": _same, "layer_norm": _same,
-               "rope": _same, "attention": _attention, "activation": _same, "glu": _same,
-               "softmax": _same, "softcap": _same, "add": _binary, "mul": _binary}
-
-    def prepare_weight(self, qt: Any, name: str = "") -> Weight:
-        shape = tuple(qt.shape)
-        return Weight(name, qt.qtype, shape, nbytes(qt.qtype, shape), _Null(shape), None)
-
-    def prepare_vector(self, qt: Any) -> np.ndarray:
-        if isinstance(qt, QTensor):   # real data (rope tensors) stays real
-            return super().prepare_vector(qt)
-        return _z(tuple(qt.shape))
 
 
 class _ShapeTensors(Mapping[str, Any]):
@@ -130,41 +60,11 @@ class _ShapeTensors(Mapping[str, Any]):
         return len(self._shapes)
 
 
-def _qtype(q: QType | str) -> QType:
-    try:
-        return q if isinstance(q, QType) else QType[str(q).upper()]
-    except KeyError:
-        raise ConfigError(f"unknown qtype {q!r}; known: {', '.join(t.name for t in QType)}") from None
-
-
-def config_tensors(config: DecoderConfig, qtype: QType | str = QType.Q4_0,
-                   embed_qtype: QType | str | None = None,
-                   output_qtype: QType | str | None = None) -> dict[str, ShapeTensor]:
-    """The tensors a config implies (`formats.validate.expected_tensors`): 2-D matrices in
-    `qtype`, the token embedding in `embed_qtype` and an untied output in `output_qtype`
-    (both default to `qtype`), 1-D vectors in F32 (as llama.cpp's converter writes them).
-    A matrix whose row length is not a multiple of the qtype's block falls back to F16,
-    as llama.cpp's quantizer does. Tied configs have no `output.weight`."""
-    main = _qtype(qtype)
-    out: dict[str, ShapeTensor] = {}
-    for name, shape in expected_tensors(config).items():
-        if name == "output.weight" and config.tie_embeddings:
-            continue
-        q = (QType.F32 if len(shape) == 1 else
-             _qtype(embed_qtype or main) if name == "token_embd.weight" else
-             _qtype(output_qtype or main) if name == "output.weight" else main)
-        if len(shape) > 1 and shape[-1] % q.block_size:
-            q = QType.F16
-        out[name] = ShapeTensor(q, tuple(shape))
-    return out
-
-
 def shape_checkpoint(source: DecoderConfig | str | os.PathLike | Checkpoint,
                      qtype: QType | str = QType.Q4_0, **kw: Any) -> Checkpoint:
     """A Checkpoint whose tensors are shape-only: from a real file/Checkpoint (same names,
     qtypes and shapes as stored; rope tensors read for real) or from a DecoderConfig
     (`config_tensors(config, qtype, **kw)`)."""
-    from edgeformer.formats.tensor_map import extra_gguf_tensors
     if isinstance(source, DecoderConfig):
         extra = {k: QTensor.from_array(v) for k, v in extra_gguf_tensors(source).items()}
         shapes = config_tensors(source, qtype, **kw)
@@ -182,8 +82,6 @@ def shape_checkpoint(source: DecoderConfig | str | os.PathLike | Checkpoint,
 
 
 def _load(path: str | os.PathLike) -> Checkpoint:
-    from edgeformer.formats import load_checkpoint
-    from edgeformer.models.shipped import resolve_model
     return load_checkpoint(resolve_model(path))
 
 
@@ -215,8 +113,9 @@ class ModelTrace:
 def _act_operand_bytes(rec: OpRecord) -> float:
     """Bytes of a record's float32 activation operands (inputs only): everything but the
     weight / bias of a linear, the embedding table, norm vectors and attention's K/V."""
-    s = rec.shapes
-    n = lambda i: int(np.prod(s[i])) if len(s) > i and s[i] is not None else 0   # noqa: E731
+    def n(i: int) -> int:
+        shape = rec.shapes[i] if len(rec.shapes) > i else None
+        return int(np.prod(shape)) if shape is not None else 0
     if rec.op in ("linear", "attention"):
         return 4.0 * n(0)
     if rec.op == "embed":
@@ -246,13 +145,10 @@ def fused_decode(model: Any, backend: str | None) -> bool:
     the null backend, weight fusion mirrored) through its fused `decode_layers`: asks the
     cpu backend's own `why_not_fused` about a view of the model whose weights carry the
     handle type and qtype `prepare_weight` would give them (block.py's contract)."""
-    from edgeformer.backends.base import _BACKENDS
     if backend is None:
-        from edgeformer.backends.base import default_backend_name
         backend = default_backend_name()
-    if backend != "cpu" or not hasattr(_BACKENDS.get(backend), "decode_layers"):
+    if backend != "cpu" or not hasattr(backend_class(backend), "decode_layers"):
         return False
-    from edgeformer.backends.cpu.block import why_not_fused
     return why_not_fused(_PackedView(model)) is None
 
 
@@ -261,10 +157,6 @@ class _PackedView:
     `PackedWeight`, qtypes without a native kernel as F32 (dequantized at load)."""
 
     def __init__(self, model: Any) -> None:
-        from dataclasses import fields, is_dataclass
-
-        from edgeformer.backends.cpu.act_quant import DEFAULT, DTYPES
-        from edgeformer.backends.cpu.repack import NATIVE, PackedWeight
         act = np.zeros(0, DTYPES[DEFAULT])      # the cpu backend's default activations
 
         def packed(w: Any) -> Any:
@@ -274,31 +166,26 @@ class _PackedView:
             return replace(w, qtype=q, handle=PackedWeight(q, w.shape[0], w.shape[-1], (), act=act))
         self.config, self.rope_full, self.rope_sliding = model.config, model.rope_full, model.rope_sliding
         self.layers = [replace(L, **{f.name: packed(getattr(L, f.name)) for f in fields(L)})
-                       if is_dataclass(L) else L for L in model.layers]
+                       if is_dataclass(L) and not isinstance(L, type) else L for L in model.layers]
 
 
 def backend_fuses(backend: str | None) -> bool:
     """Whether the Decoder fuses weights on `backend` (None: the fastest available one,
     what `edgeformer run` uses): it does when the backend has `concat_weights`."""
-    from edgeformer.backends.base import _BACKENDS, backend_names
     if backend is None:
-        from edgeformer.backends.base import default_backend_name
         backend = default_backend_name()
     if backend not in backend_names():
-        from edgeformer.errors import UnsupportedError
         raise UnsupportedError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
-    return hasattr(_BACKENDS[backend], "concat_weights")
+    return hasattr(backend_class(backend), "concat_weights")
 
 
 def null_decoder(ckpt: Checkpoint, backend: str | None = None) -> Any:
     """A `Decoder` over the null backend (weights are shape-only), executing the op list
     `backend` would (weight fusion included)."""
-    from edgeformer.models.decoder import Decoder
     return Decoder(ckpt, NullBackend(fuse=backend_fuses(backend)))
 
 
 def _cache(model: Any, max_seq_len: int, kv_dtype: str) -> Any:
-    from edgeformer.models.cache import KVCache
     c = model.config
     if kv_dtype == "f32":   # exactly what the runtime allocates
         return model.make_cache(max_seq_len)
@@ -330,7 +217,6 @@ def trace_decoder(source: DecoderConfig | str | os.PathLike | Checkpoint, prompt
         raise InputError(f"prompt_len must be >= 1 and context_len >= 0, got {prompt_len}, {ctx}")
     need = max(prompt_len, ctx + 1)
     if max_seq_len is None:
-        from edgeformer.models.decoder import DEFAULT_CACHE_LEN
         max_seq_len = max(min(c.max_seq_len, DEFAULT_CACHE_LEN), need)
     if need > min(max_seq_len, c.max_seq_len):
         raise InputError(f"{need} positions exceed the context ({min(max_seq_len, c.max_seq_len)})")
@@ -381,7 +267,6 @@ def kv_cache_bytes(config: DecoderConfig, n_positions: int | Sequence[int], max_
     order (a prefill then 1-token decode steps: [prompt, 1, 1, ...]). `max_seq_len` as
     passed to `make_cache` (default its default). Matches `models/cache.py` to the byte."""
     if max_seq_len is None:
-        from edgeformer.models.decoder import DEFAULT_CACHE_LEN
         max_seq_len = min(config.max_seq_len, DEFAULT_CACHE_LEN)
     appends = [n_positions] if isinstance(n_positions, int) else list(n_positions)
     item = np.dtype(KV_DTYPES[kv_dtype]).itemsize

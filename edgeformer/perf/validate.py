@@ -1,6 +1,6 @@
 """Predicted vs measured: the calibrated roofline against real runs on this machine.
 
-For each (model, context) of a grid, a fresh process loads the GGUF with the backend,
+For each (model, context) of a grid, a fresh process (`runner`) loads the GGUF with the backend,
 warms it, times a prefill of `context` tokens (TTFT and prefill tok/s), then decode
 steps from there (decode tok/s), and reports its peak RSS. The prediction prices the
 same model's null-backend trace (`trace_model`) with the host calibration
@@ -10,7 +10,7 @@ out of it.
 
 Grid models: the real SmolLM2-135M-Instruct Q4_1 file, and random-weight GGUFs at
 SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B dimensions in Q8_0 / Q4_0 / Q4_K (written
-once into the cache by `codesign.build.write_random_gguf`). A prefill whose predicted
+once into the cache by `formats.synthetic.write_random_gguf`). A prefill whose predicted
 time exceeds the budget is not run: its cache is filled directly and only decode and
 memory are compared (the row says so). Batch-8 rows time `Decoder.forward_batch` over
 8 sequences of `context` cached positions each (the continuous-batching engine's step;
@@ -19,16 +19,21 @@ decode and memory only) against the trace of that batched step.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeformer.backends.base import default_backend_name
 from edgeformer.config import DecoderConfig, RopeScaling
+from edgeformer.formats.synthetic import write_random_gguf
+from edgeformer.models.shipped import cache_dir, resolve_model
+from edgeformer.perf.busy import BUSY_CORES, CpuMonitor, cpu_count, is_busy
+from edgeformer.perf.calibrate import calibrate
+from edgeformer.perf.clock import setup_name
+from edgeformer.perf.memory import calibrate_memory, estimate
+from edgeformer.perf.runner import N_DECODE_MAX, run_worker
+from edgeformer.perf.trace_model import kv_cache_bytes, trace_decoder
 
 # Dimensions from each model's HF config.json (hidden_size, num_hidden_layers, ...).
 DIMS: dict[str, DecoderConfig] = {
@@ -48,7 +53,6 @@ DIMS: dict[str, DecoderConfig] = {
 }
 REAL = "smollm2-135m-instruct"
 QTYPES = ("Q8_0", "Q4_0", "Q4_K")
-N_DECODE_MAX = 16
 
 
 @dataclass
@@ -83,7 +87,6 @@ class Row:
 
 def cache_root() -> Path:
     """Where the random-weight validation GGUFs are written (under the shipped-model cache)."""
-    from edgeformer.models.shipped import cache_dir
     return cache_dir() / "validate"
 
 
@@ -91,120 +94,11 @@ def model_path(name: str, qtype: str) -> Path:
     """The GGUF of a grid model: the shipped file for REAL, else a random-weight file at
     `DIMS[name]` in `qtype`, written on first use."""
     if name == REAL:
-        from edgeformer.models.shipped import resolve_model
         return resolve_model(REAL)
     path = cache_root() / f"{name}_{qtype}.gguf"
     if not path.is_file():
-        from edgeformer.codesign.build import write_random_gguf
         write_random_gguf(DIMS[name], path, qtype, with_vocab=False)
     return path
-
-
-# ------------------------------------------------------------------ measuring (worker)
-
-def measure_worker(path: str, backend: str, context: int, max_seq_len: int, run_prefill: bool,
-                   min_time: float = 0.2, batch: int = 1) -> dict[str, Any]:
-    """In a fresh process: load, warm up, prefill `context` tokens (or fill the cache
-    with random K/V when not `run_prefill`), then decode until >= `min_time` s and >= 5
-    steps (at most N_DECODE_MAX). Returns TTFT, the median decode step, steps and peak
-    RSS. Times use the clock named by $EDGEFORMER_PERF_CLOCK (`calibrate.set_clock`).
-    `batch` > 1: `batch` caches of `context` random positions, each step one
-    `forward_batch` over all of them, truncated back to `context` after it."""
-    import numpy as np
-
-    from edgeformer.backends import get_backend
-    from edgeformer.formats import load_checkpoint
-    from edgeformer.models.decoder import Decoder
-    from edgeformer.perf.calibrate import CLOCKS
-    from edgeformer.perf.memory import current_rss_bytes, peak_rss_bytes
-    clock = CLOCKS[os.environ.get("EDGEFORMER_PERF_CLOCK", "wall")]
-    be = get_backend(backend)
-    rss_backend = current_rss_bytes()
-    ckpt = load_checkpoint(path)
-    model = Decoder(ckpt, be)
-    rss_loaded = current_rss_bytes()     # file pages still mapped + the backend's copy
-    del ckpt
-    c = model.config
-    warm = model.make_cache(64)
-    model.forward(np.arange(4) % c.vocab_size, warm, last_only=True)   # compile / page in
-    model.forward(np.array([1]), warm, last_only=True)
-    if run_prefill and context >= 48:
-        # a longer prompt takes other kernels (the cpu backend's dequantized-panel GEMM
-        # from 64 rows): load those too, so TTFT is not the first call's JIT-cache load
-        model.forward(np.arange(min(context, 96)) % c.vocab_size, model.make_cache(128), last_only=True)
-    del warm
-    rng = np.random.default_rng(0)
-    if batch > 1:
-        return _measure_batch(model, rng, context, max_seq_len, batch, min_time, clock,
-                              {"rss_backend": rss_backend, "rss_loaded": rss_loaded})
-    cache = model.make_cache(max_seq_len)
-    out: dict[str, Any] = {"ttft_s": None}
-    if run_prefill:
-        prompt = rng.integers(0, c.vocab_size, context)
-        t0 = clock()
-        logits = model.forward(prompt, cache, last_only=True)
-        int(np.argmax(logits[-1]))
-        out["ttft_s"] = clock() - t0
-    else:
-        for i in range(c.n_layers):
-            k = rng.standard_normal((context, c.n_kv_heads, c.head_dim)).astype(np.float32) * 0.1
-            cache.update_and_fetch(i, k, k.copy())
-    steps, t0, per_step = 0, time.perf_counter(), []
-    tok = np.array([1])
-    while steps < N_DECODE_MAX:
-        t1 = clock()
-        logits = model.forward(tok, cache, last_only=True)
-        tok = np.array([int(np.argmax(logits[-1]))])
-        per_step.append(clock() - t1)
-        steps += 1
-        if steps >= 5 and time.perf_counter() - t0 >= min_time:
-            break
-    # median step: robust to a step preempted by other processes on a shared host
-    out["decode_s"] = float(np.median(per_step))
-    out["steps"] = steps
-    out["peak_rss"] = peak_rss_bytes()
-    out["rss_backend"], out["rss_loaded"] = rss_backend, rss_loaded
-    return out
-
-
-def _measure_batch(model: Any, rng: Any, context: int, max_seq_len: int, batch: int, min_time: float,
-                   clock: Any, out: dict[str, Any]) -> dict[str, Any]:
-    """`measure_worker`'s batched decode: median seconds of one `forward_batch` step."""
-    import numpy as np
-
-    from edgeformer.perf.memory import peak_rss_bytes
-    c = model.config
-    caches = [model.make_cache(max_seq_len) for _ in range(batch)]
-    k = rng.standard_normal((context, c.n_kv_heads, c.head_dim)).astype(np.float32) * 0.1
-    for cache in caches:
-        for i in range(c.n_layers):
-            cache.update_and_fetch(i, k, k)
-    toks = [np.array([1 + j]) for j in range(batch)]
-    per_step, t0 = [], time.perf_counter()
-    while len(per_step) < N_DECODE_MAX:
-        t1 = clock()
-        model.forward_batch([(t, cache) for t, cache in zip(toks, caches)], last_only=True)
-        per_step.append(clock() - t1)
-        for cache in caches:
-            cache.truncate(context)
-        if len(per_step) >= 5 and time.perf_counter() - t0 >= min_time:
-            break
-    return {**out, "ttft_s": None, "decode_s": float(np.median(per_step)), "steps": len(per_step),
-            "peak_rss": peak_rss_bytes()}
-
-
-def _run_worker(path: Path, backend: str, context: int, max_seq_len: int, run_prefill: bool,
-                timeout: float, batch: int = 1) -> dict[str, Any]:
-    code = ("import json,sys; from edgeformer.perf.validate import measure_worker as m; "
-            "a=sys.argv; print('RESULT', json.dumps(m(a[1], a[2], int(a[3]), int(a[4]), a[5] == '1', "
-            "batch=int(a[6]))))")
-    r = subprocess.run([sys.executable, "-c", code, str(path), backend, str(context), str(max_seq_len),
-                        "1" if run_prefill else "0", str(batch)], capture_output=True, text=True, timeout=timeout,
-                       env=_env())
-    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-    if r.returncode or not line:
-        raise RuntimeError(f"measurement of {path.name} at {context} failed: {r.stderr[-1500:]}")
-    return json.loads(line[-1][7:])
 
 
 # ------------------------------------------------------------------ predicting + grid
@@ -214,10 +108,6 @@ def predict_row(path: Path, context: int, max_seq_len: int, host: Any, mem: Any,
     """Predicted TTFT, prefill and decode tok/s (decode priced at the mean context of
     the measured steps; a batch step at `context`, as measured) and peak memory of one
     grid point."""
-    from dataclasses import replace
-
-    from edgeformer.perf.memory import estimate
-    from edgeformer.perf.trace_model import kv_cache_bytes, trace_decoder
     ctx = context if batch > 1 else context + steps // 2
     tr = trace_decoder(path, prompt_len=context, context_len=ctx, max_seq_len=max_seq_len,
                        backend=backend, batch=batch)
@@ -254,16 +144,13 @@ def grid(quick: bool) -> list[tuple[str, str, int, int]]:
 
 def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: float = 90.0,
              points: list[tuple[str, str, int, int]] | None = None, out_json: Path | None = None,
-             echo: Any = print) -> list[Row]:
-    """Calibrate (cached), then measure and predict every grid point, echoing each row
-    (each measurement's `others_cores` recorded for `judge`)."""
-    from edgeformer.perf.busy import CpuMonitor
-    from edgeformer.backends.base import default_backend_name
-    from edgeformer.perf.calibrate import calibrate, setup_name
-    from edgeformer.perf.memory import calibrate_memory
+             echo: Any = print, clock: str = "wall") -> list[Row]:
+    """Calibrate (cached), then measure and predict every grid point, timed by `clock`
+    at the current thread count, echoing each row (each measurement's `others_cores`
+    recorded for `judge`)."""
     backend = backend or default_backend_name()
-    host = calibrate(backend, verbose=True)
-    mem = calibrate_memory(backend)
+    host = calibrate(backend, verbose=True, clock=clock)
+    mem = calibrate_memory(backend, clock=clock)
     rows: list[Row] = []
     for name, q, ctx, batch in points or grid(quick):
         path = model_path(name, q)
@@ -272,11 +159,12 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
         run_prefill = batch == 1 and probe["ttft"] <= prefill_budget_s
         budget = 60 + 3 * (probe["ttft"] if run_prefill else 0) + 20 * N_DECODE_MAX * batch / probe["decode"]
         with CpuMonitor() as load:
-            m = _run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget), batch=batch)
+            m = run_worker(path, backend, ctx, max_seq, run_prefill, timeout=max(300.0, budget), batch=batch,
+                           clock=clock)
         p = predict_row(path, ctx, max_seq, host, mem, backend, m["steps"], run_prefill, batch)
         row = Row(name, q, ctx, batch, p["ttft"], p["prefill"], p["decode"], p["peak"], m["ttft_s"],
                   ctx / m["ttft_s"] if m["ttft_s"] else None, batch / m["decode_s"], m["peak_rss"],
-                  m["steps"], p["bound"], load.load.others_cores if load.load else None, setup_name())
+                  m["steps"], p["bound"], load.load.others_cores if load.load else None, setup_name(clock))
         rows.append(row)
         echo(format_row(row))
         if out_json:
@@ -284,14 +172,12 @@ def run_grid(quick: bool = False, backend: str | None = None, prefill_budget_s: 
     return rows
 
 
-def repredict(rows_json: Path, backend: str | None = None, echo: Any = print) -> list[Row]:
+def repredict(rows_json: Path, backend: str | None = None, echo: Any = print, clock: str = "wall") -> list[Row]:
     """Predictions for measurements saved by `run_grid(out_json=...)`, recomputed with
-    the current code and calibrations (the measured columns are kept as they were)."""
-    from edgeformer.backends.base import default_backend_name
-    from edgeformer.perf.calibrate import calibrate
-    from edgeformer.perf.memory import calibrate_memory
+    the current code and the calibrations of `clock` at the current thread count (the
+    measured columns are kept as they were)."""
     backend = backend or default_backend_name()
-    host, mem = calibrate(backend, verbose=True), calibrate_memory(backend)
+    host, mem = calibrate(backend, verbose=True, clock=clock), calibrate_memory(backend, clock=clock)
     out = []
     for raw in json.loads(Path(rows_json).read_text()):
         r = Row(**raw)
@@ -343,7 +229,6 @@ def busy_reason(others: list[float | None], calib_others: float | None = None,
     """Why results measured while other processes used `others` cores (one mean per
     measurement; None = unknown), against a calibration measured at `calib_others`,
     cannot be judged; None when the machine was quiet (or nothing is known)."""
-    from edgeformer.perf.busy import BUSY_CORES, cpu_count, is_busy
     cores = cores or cpu_count()
     known = [o for o in others if o is not None]
     why = []
@@ -398,8 +283,3 @@ def markdown(rows: list[Row]) -> str:
     for what, (med, p90, n) in error_summary(rows, by_batch=True).items():
         lines.append(f"| {what} | {med:.1f} | {p90:.1f} | {n} | ≤ {TARGETS[what.split()[0]]:.0f} % |")
     return "\n".join(lines)
-
-
-def _env() -> dict[str, str]:
-    from edgeformer.perf.calibrate import worker_env
-    return worker_env()

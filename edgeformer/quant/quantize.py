@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from edgeformer.errors import InputError, UnsupportedError
-from edgeformer.quant import kquants
+from edgeformer.quant.kquants import (first_absmax, first_min_max, quantize_q2_k, quantize_q3_k, quantize_q4_k,
+                                      quantize_q5_k, quantize_q6_k)
 from edgeformer.quant.qtypes import QTensor, QType
 
 F = np.float32
@@ -34,7 +35,7 @@ def _absmax_signed(x: np.ndarray) -> np.ndarray:
     amax = max = 0: the first element of largest |x|, +0.0 for an all-zero row. (The gguf
     package takes x[0] there, so it writes d = +0.0 where ggml writes -0.0 when an all-zero
     block starts with -0.0; we follow ggml.)"""
-    return kquants.first_absmax(x, axis=-1)[0]
+    return first_absmax(x, axis=-1)[0]
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
@@ -69,7 +70,7 @@ def _q4_0(x: np.ndarray) -> np.ndarray:
 
 def _q4_1(x: np.ndarray) -> np.ndarray:
     # quantize_row_q4_1_ref: d = (max - min) / 15, q = MIN(15, (int8)((x - min)/d + 0.5))
-    mn, mx = kquants.first_min_max(x, axis=-1)  # first of tied values, as C's strict <, >
+    mn, mx = first_min_max(x, axis=-1)  # first of tied values, as C's strict <, >
     d = (mx - mn) / F(15)
     q = _c_to_int((x - mn[:, None]) * _inverse(d)[:, None] + F(0.5), 15)
     return np.concatenate([_f16_bytes(d), _f16_bytes(mn), _pack_nibbles(q)], axis=1)
@@ -84,7 +85,7 @@ def _q5_0(x: np.ndarray) -> np.ndarray:
 
 def _q5_1(x: np.ndarray) -> np.ndarray:
     # quantize_row_q5_1_ref: d = (max - min) / 31, q = (uint8)((x - min)/d + 0.5)
-    mn, mx = kquants.first_min_max(x, axis=-1)
+    mn, mx = first_min_max(x, axis=-1)
     d = (mx - mn) / F(31)
     # C has no MIN here; (x - min)/d + 0.5 never exceeds 31.5 for finite values
     q = _c_to_int((x - mn[:, None]) * _inverse(d)[:, None] + F(0.5), 31)
@@ -113,11 +114,11 @@ _BLOCK_QUANTIZERS: dict[QType, BlockQuantizer] = {
     QType.Q5_0: _q5_0,
     QType.Q5_1: _q5_1,
     QType.Q8_0: _q8_0,
-    QType.Q2_K: kquants.quantize_q2_k,
-    QType.Q3_K: kquants.quantize_q3_k,
-    QType.Q4_K: kquants.quantize_q4_k,
-    QType.Q5_K: kquants.quantize_q5_k,
-    QType.Q6_K: kquants.quantize_q6_k,
+    QType.Q2_K: quantize_q2_k,
+    QType.Q3_K: quantize_q3_k,
+    QType.Q4_K: quantize_q4_k,
+    QType.Q5_K: quantize_q5_k,
+    QType.Q6_K: quantize_q6_k,
 }
 
 QUANTIZABLE: frozenset[QType] = frozenset({QType.F32, QType.F16, QType.BF16}) | frozenset(

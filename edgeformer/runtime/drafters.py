@@ -4,20 +4,20 @@
   vLLM's `ngram` method): the last n tokens of prompt + output are searched for earlier
   in the sequence, and what followed that earlier occurrence is proposed. No model; the
   draft is deterministic (q = one-hot), so the verifier uses the one-hot accept rule.
-- `ModelDrafter`: a smaller model with the same vocabulary, with its own KV cache,
-  sampled autoregressively with the same logits processors as the target.
+- `ModelDrafter`: a smaller model with the same vocabulary, with its own KV cache (a
+  `session.Session`), sampled autoregressively with the same logits processors as the
+  target.
 
 A drafter implements `bind(vocab_size, n_ctx)`, `propose(seq, k, picker) -> Draft` and
 optionally `fork()` (a drafter for another sequence: with its own state, or itself when
 it keeps none; `BatchEngine` forks one per running sequence). In `propose`, `seq` is
-every token so far (prompt + emitted, int64) and `picker` (a `speculative.TokenPicker`)
+every token so far (prompt + emitted, int64) and `picker` (a `sampler.TokenPicker`)
 turns draft logits into (token, q) under the generation's sampling settings. A drafter may return
 fewer than k tokens (even none). It must not assume its proposals are accepted: the
 next call's `seq` says what was.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeformer.errors import InputError
+from edgeformer.runtime.session import Session
 
 
 @dataclass
@@ -98,9 +99,9 @@ class PromptLookupDrafter:
 
 class ModelDrafter:
     """A draft model (any decoder with `config.vocab_size`, `make_cache`, `forward`, e.g.
-    a `models.decoder.Decoder`) with its own KV cache. Each proposal first brings the
-    cache to `seq` — keeping the longest common prefix with what it holds, so rejected
-    draft positions are rolled back by `truncate` — then samples k tokens one by one.
+    a `models.decoder.Decoder`) with its own `Session`. Each proposal first brings the
+    session to `seq` (keeping the longest common prefix with what it holds, so rejected
+    draft positions are rolled back), then samples k tokens one by one.
     `prefill_chunk` bounds the tokens per forward while catching up on a prompt."""
 
     def __init__(self, model: Any, prefill_chunk: int = 512) -> None:
@@ -108,65 +109,37 @@ class ModelDrafter:
             raise InputError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model = model
         self.prefill_chunk = prefill_chunk
-        self._cache: Any = None
-        self._ids: list[int] = []     # exactly the tokens whose K/V the draft cache holds
+        self.session: Session | None = None
 
     def bind(self, vocab_size: int, n_ctx: int) -> None:
-        """Check the vocabulary and allocate the draft cache (once). InputError if the
+        """Check the vocabulary and make the draft session (once). InputError if the
         draft's vocabulary size differs from the target's."""
         dv = int(self.model.config.vocab_size)
         if dv != vocab_size:
             raise InputError(f"draft model vocabulary ({dv} tokens) differs from the target's ({vocab_size}); "
                              f"speculative decoding needs the same tokenizer")
-        if self._cache is None:
+        if self.session is None:
             # a draft with a shorter context drafts only while the sequence fits it
-            self._cache = self.model.make_cache(min(n_ctx, int(self.model.config.max_seq_len)))
-            self._ids = []
+            self.session = Session(self.model, min(n_ctx, int(self.model.config.max_seq_len)), self.prefill_chunk)
 
     def fork(self) -> ModelDrafter:
-        """A drafter over the same model (weights shared) with a cache of its own, for
+        """A drafter over the same model (weights shared) with a session of its own, for
         another sequence decoded alongside (the batch engine gives each one its own)."""
         return ModelDrafter(self.model, self.prefill_chunk)
-
-    @property
-    def cached_ids(self) -> list[int]:
-        """The tokens the draft cache holds (for tests and debugging)."""
-        return list(self._ids)
-
-    def _forward(self, toks: Sequence[int]) -> np.ndarray:
-        try:
-            logits = self.model.forward(np.asarray(toks, dtype=np.int64), self._cache, last_only=True)
-        except BaseException:
-            self._cache.truncate(len(self._ids))   # keep cache and _ids in step
-            raise
-        self._ids.extend(int(t) for t in toks)
-        return np.asarray(logits, dtype=np.float32)[-1]
-
-    def _sync(self, seq: np.ndarray) -> np.ndarray:
-        """Bring the cache to seq[:-1] plus run seq's tail; returns logits after seq."""
-        held = np.asarray(self._ids[:seq.shape[0]], dtype=np.int64)
-        diff = np.flatnonzero(held != seq[:held.shape[0]])
-        common = int(diff[0]) if diff.size else held.shape[0]
-        common = min(common, seq.shape[0] - 1)   # always run >= 1 token to get logits
-        self._cache.truncate(common)
-        del self._ids[common:]
-        logits = None
-        for s in range(common, seq.shape[0], self.prefill_chunk):
-            logits = self._forward(seq[s:s + self.prefill_chunk].tolist())
-        assert logits is not None
-        return logits
 
     def propose(self, seq: np.ndarray, k: int, picker: Picker) -> Draft:
         """Up to k draft tokens after `seq`, drawn with `picker` (argmax when greedy, else
         from the processed, truncated draft distribution q, which is returned)."""
-        if self._cache is None:
+        if self.session is None:
             raise InputError("ModelDrafter.propose before bind()")
+        session = self.session
         seq = np.asarray(seq, dtype=np.int64)
-        # the cache ends holding seq + the first k-1 drafts
-        k = min(k, self._cache.max_seq_len - seq.shape[0] + 1)
+        # the session ends holding seq + the first k-1 drafts
+        k = min(k, session.n_ctx - seq.shape[0] + 1)
         if k <= 0:
             return Draft([])
-        logits = self._sync(seq)
+        logits, _ = session.prefill(seq)
+        assert logits is not None
         ctx = np.empty(seq.shape[0] + k, dtype=np.int64)
         ctx[:seq.shape[0]] = seq
         n = seq.shape[0]
@@ -179,5 +152,5 @@ class ModelDrafter:
                 qs.append(q)
             ctx[n + j] = tok
             if j < k - 1:
-                logits = self._forward([tok])
+                logits = session.forward([tok])
         return Draft(toks, None if picker.greedy else qs)

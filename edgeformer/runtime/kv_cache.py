@@ -105,6 +105,7 @@ class BlockPool:
         recently used first) if the free list is short. CapacityError if it cannot."""
         while len(self._free) < n_pages and self._lru:
             _, old = self._lru.popitem(last=False)
+            assert old.key is not None          # the LRU holds only keyed blocks
             del self.cached[old.key]
             self._free.extend(int(p) for p in old.pages)
         if len(self._free) < n_pages:
@@ -216,7 +217,7 @@ class PagedKVCache:
         sliding = [bool(s) and window is not None for s in (sliding or [False] * n_layers)]
         if len(sliding) != n_layers:
             raise InputError(f"kv cache: {len(sliding)} sliding flags for {n_layers} layers")
-        self.window = window
+        self.window = window if window is not None else 0   # read only by sliding groups, which need one
         full = [i for i in range(n_layers) if not sliding[i]]
         slid = [i for i in range(n_layers) if sliding[i]]
         self.groups: list[tuple[bool, list[int]]] = [(s, ls) for s, ls in ((False, full), (True, slid)) if ls]
@@ -367,6 +368,12 @@ class BlockTable:
         self.pool.release(blk)
         return new
 
+    def _live(self, g: int, b: int) -> Block:
+        """Block b of group g, which is live: b >= first[g], so not dropped by a sliding window."""
+        blk = self.tables[g][b]
+        assert blk is not None, f"block {b} of group {g} left the sliding window"
+        return blk
+
     def update_and_fetch(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Append k (T, H, D), v (T, H, Dv) to `layer`; return its visible keys/values as
         contiguous float32 (S, H, D), (S, H, Dv) and their positions (S,): all positions for
@@ -379,15 +386,15 @@ class BlockTable:
         self._ensure(n, n + t)
         k = np.asarray(k, dtype=np.float32)
         v = np.asarray(v, dtype=np.float32)
-        table, p = self.tables[g], n
+        p = n
         while p < n + t:
             b, lo = divmod(p, bs)
             m = min(bs - lo, n + t - p)
-            self.pool.write(int(table[b].pages[j]), lo, k[p - n:p - n + m], v[p - n:p - n + m])
+            self.pool.write(int(self._live(g, b).pages[j]), lo, k[p - n:p - n + m], v[p - n:p - n + m])
             p += m
         self._len[layer] = n + t
         f = self.first[g]
-        pages = np.array([table[b].pages[j] for b in range(f, -(-(n + t) // bs))], dtype=np.int64)
+        pages = np.array([self._live(g, b).pages[j] for b in range(f, -(-(n + t) // bs))], dtype=np.int64)
         k_all, v_all = self.pool.gather(pages, n + t - f * bs)
         return k_all, v_all, np.arange(f * bs, n + t)
 
@@ -414,7 +421,7 @@ class BlockTable:
                 continue
             lo = self.offset - cache.window + 1          # oldest position a next query sees
             while self.first[g] < len(self.tables[g]) and (self.first[g] + 1) * bs <= lo:
-                self.pool.release(self.tables[g][self.first[g]])
+                self.pool.release(self._live(g, self.first[g]))
                 self.tables[g][self.first[g]] = None
                 self.first[g] += 1
 

@@ -2,7 +2,9 @@
 
 Composed like mlx-lm's `sample_utils.py`: `make_logits_processors(params)` returns
 functions `(context_tokens, logits) -> logits` that run in order (logit bias, then
-penalties), and `make_sampler(params)` returns `(logits, rng) -> token_id`.
+penalties), and `make_sampler(params)` returns `(logits, rng) -> token_id`. `TokenPicker`
+bundles them for one generation; plain, batched and speculative decoding all draw
+through it, after `check_logits`.
 
 Order of operations for one step (HF transformers / vLLM order, stated because llama.cpp
 differs — it truncates *before* temperature):
@@ -23,8 +25,9 @@ The penalty window is the last `penalty_last_n` tokens of the whole context, pro
 included (llama.cpp `penalty_last_n`, default 64; -1 = whole context, 0 = off).
 
 Log-probabilities reported per token are those of the *raw* model distribution
-(`log_softmax` of the unprocessed logits, like vLLM's default `raw_logprobs`), so they do
-not depend on the sampling settings and can be used for scoring.
+(`quant.metrics.log_softmax` of the unprocessed logits, like vLLM's default
+`raw_logprobs`), so they do not depend on the sampling settings and can be used for
+scoring.
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeformer.errors import InputError
-from edgeformer.quant.metrics import log_softmax  # noqa: F401  (the one log-softmax; re-exported)
+from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.quant.metrics import log_softmax
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Sampler = Callable[[np.ndarray, np.random.Generator], int]
@@ -224,10 +227,13 @@ def apply_processors(procs: Sequence[LogitsProcessor], tokens: np.ndarray, logit
 
 # ---- truncation and sampling ------------------------------------------------------------
 
-def usable_logits(logits: np.ndarray) -> bool:
+def check_logits(logits: np.ndarray, pos: int) -> None:
     """The one check a model's logits pass before anything samples from them: no NaN and
-    at least one finite value (banned tokens are -inf; +inf is a usable certainty)."""
-    return not np.isnan(logits).any() and bool(np.isfinite(logits).any())
+    at least one finite value (banned tokens are -inf; +inf is a usable certainty).
+    EdgeformerError otherwise, naming `pos`, the position of the token they follow."""
+    if np.isnan(logits).any() or not np.isfinite(logits).any():
+        raise EdgeformerError(f"the model produced NaN (or no finite) logits at position {pos}: "
+                              f"broken weights or a numerical overflow")
 
 
 PRESELECT = 1024   # top-p on a big vocabulary sorts only this many first (if they hold the mass)
@@ -240,11 +246,6 @@ def _sort_desc(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def _top_sorted(x: np.ndarray, k: int) -> np.ndarray:
     return _sort_desc(x, np.argpartition(-x, k - 1)[:k])
-
-
-def _logsumexp(x: np.ndarray) -> float:
-    m = np.max(x)
-    return float(m + np.log(np.sum(np.exp(x - m))))
 
 
 def candidates(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0,
@@ -266,9 +267,9 @@ def candidates(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: fl
     if top_k and top_k < x.size:
         ids = _top_sorted(x, top_k)
         ids = ids[np.isfinite(x[ids])]
-        lse = _logsumexp(x[ids])          # top-p then sees the renormalized top-k distribution
+        p = np.exp(log_softmax(x[ids]))   # top-p then sees the renormalized top-k distribution
     else:
-        lse = _logsumexp(x)
+        lp = log_softmax(x)
         # avoid sorting a whole 256k vocabulary: every later filter keeps a prefix of the
         # sorted order, so a prefix known to contain the answer is enough
         if min_p > 0.0:
@@ -276,11 +277,11 @@ def candidates(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: fl
             ids = _sort_desc(x, np.flatnonzero(x >= m + np.log(min_p) - 1e-9))
         elif top_p < 1.0 and x.size > PRESELECT:
             cand = _top_sorted(x, PRESELECT)
-            if np.exp(x[cand] - lse).sum() >= top_p:
+            if np.exp(lp[cand]).sum() >= top_p:
                 ids = cand
         if ids is None:
             ids = _sort_desc(x, np.flatnonzero(np.isfinite(x)))
-    p = np.exp(x[ids] - lse)              # probabilities under the distribution so far
+        p = np.exp(lp[ids])               # probabilities under the distribution so far
     if top_p < 1.0:
         # shortest prefix with cumulative mass >= top_p; float slack so mass exactly at
         # top_p does not pull in one more token
@@ -322,3 +323,51 @@ def top_logprobs(logprobs: np.ndarray, n: int) -> list[tuple[int, float]]:
     part = np.argpartition(-logprobs, n - 1)[:n]
     order = part[np.lexsort((part, -logprobs[part]))]
     return [(int(i), float(logprobs[i])) for i in order]
+
+
+class TokenPicker:
+    """One generation's sampling rule (processors, temperature, truncation and its rng),
+    shared by plain decoding, a drafter and the verifier, so that p and q see the same
+    processing at each position."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, rng: np.random.Generator) -> None:
+        self.params = params
+        self.greedy = params.greedy
+        self.vocab_size = vocab_size
+        self.rng = rng
+        self.procs = make_logits_processors(params)
+        self.sample = make_sampler(params)
+
+    def process(self, context: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Logits after bias and penalties over `context` (prompt + tokens before this one)."""
+        return apply_processors(self.procs, context, logits) if self.procs else logits
+
+    def next_token(self, context: np.ndarray, logits: np.ndarray) -> int:
+        """The token plain decoding draws after `context` from the model's raw `logits`
+        (checked by `check_logits`: EdgeformerError for NaN)."""
+        check_logits(logits, context.shape[0] - 1)
+        return self.sample(self.process(context, logits), self.rng)
+
+    def probs(self, processed: np.ndarray) -> np.ndarray:
+        """(vocab,) float64 distribution plain sampling draws from (temperature, top-k/p, min-p)."""
+        p = self.params
+        ids, pr = candidates(processed, p.temperature, p.top_k, p.top_p, p.min_p)
+        out = np.zeros(self.vocab_size, dtype=np.float64)
+        out[ids] = pr
+        return out
+
+    def pick(self, context: np.ndarray, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """A draft token from raw `logits` after `context`: (argmax, None) when greedy,
+        else (token drawn from q, q) with q the processed, truncated distribution."""
+        proc = self.process(context, logits)
+        if self.greedy:
+            return int(np.argmax(proc)), None
+        q = self.probs(proc)
+        return draw(q, self.rng), q
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw from a (vocab,) distribution; only tokens with p > 0 come out."""
+    ids = np.flatnonzero(p > 0)
+    j = int(np.searchsorted(np.cumsum(p[ids]), rng.random() * p[ids].sum(), side="right"))
+    return int(ids[min(j, ids.size - 1)])

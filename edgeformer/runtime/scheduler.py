@@ -33,21 +33,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from edgeformer.backends.row_invariant import row_invariant_linear
 from edgeformer.errors import EdgeformerError, InputError
-from edgeformer.runtime.batch import row_invariant_linear
-from edgeformer.runtime.engine import GenerationResult, GenerationStats, TokenEvent, TokenLogprob, collect
+from edgeformer.runtime.drafters import Drafter
+from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, collect
 from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
-from edgeformer.runtime.sampler import (SamplingParams, apply_processors, log_softmax, make_logits_processors,
-                                        make_rng, make_sampler, top_logprobs, usable_logits)
-from edgeformer.runtime.speculative import SpeculativeConfig, TokenPicker, verify
-from edgeformer.runtime.stops import StopMatcher
+from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
+from edgeformer.runtime.speculative import SpeculativeConfig, verify
 
 log = logging.getLogger("edgeformer.batch")
 
@@ -69,6 +67,12 @@ class SeqState:
     @property
     def prefilling(self) -> bool:
         return self.computed < self.n_prompt
+
+    @property
+    def kv(self) -> BlockTable:
+        """The cache view, which every admitted (running) sequence has."""
+        assert self.view is not None, f"sequence {self.seq_id} is not admitted"
+        return self.view
 
 
 class Scheduler:
@@ -107,7 +111,7 @@ class Scheduler:
         return st
 
     def _outstanding(self) -> int:
-        return sum(s.view.future_pages(s.max_len) for s in self.running.values())
+        return sum(s.kv.future_pages(s.max_len) for s in self.running.values())
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
@@ -142,7 +146,7 @@ class Scheduler:
     def feed(self, seq_id: int) -> tuple[list[int], BlockTable]:
         """The scheduled token ids of seq_id and its cache view."""
         st = self.running[seq_id]
-        return st.tokens[st.computed:st.computed + st.scheduled], st.view
+        return st.tokens[st.computed:st.computed + st.scheduled], st.kv
 
     def advance(self, seq_id: int, accepted: Sequence[int] = ()) -> bool:
         """Mark the scheduled tokens computed (committing them to the cache). True when the
@@ -153,9 +157,9 @@ class Scheduler:
         st = self.running[seq_id]
         acc = [int(t) for t in accepted]
         keep = st.computed + st.scheduled + len(acc)
-        if st.view.offset > keep:              # rejected drafts ran: forget them
-            st.view.truncate(keep)
-        st.view.commit(st.tokens[st.computed:st.computed + st.scheduled] + acc)
+        if st.kv.offset > keep:                # rejected drafts ran: forget them
+            st.kv.truncate(keep)
+        st.kv.commit(st.tokens[st.computed:st.computed + st.scheduled] + acc)
         st.tokens.extend(acc)
         st.computed = keep
         st.scheduled = 0
@@ -164,7 +168,7 @@ class Scheduler:
     def rollback(self, seq_id: int) -> None:
         """Undo a failed step: forget K/V past the committed tokens."""
         st = self.running[seq_id]
-        st.view.truncate(st.computed)
+        st.kv.truncate(st.computed)
         st.scheduled = 0
 
     def append(self, seq_id: int, token: int) -> None:
@@ -174,7 +178,7 @@ class Scheduler:
         """Remove a request (running or waiting) and free its KV blocks now."""
         st = self.running.pop(seq_id, None)
         if st is not None:
-            st.view.release()
+            st.kv.release()
             return
         self.waiting = deque(s for s in self.waiting if s.seq_id != seq_id)
 
@@ -222,20 +226,9 @@ class RequestHandle:
 @dataclass
 class _Request:
     handle: RequestHandle
-    params: SamplingParams
-    budget: int
-    t0: float
-    procs: list = field(default_factory=list)
-    sample: object = None
-    rng: object = None
-    stop_ids: set = field(default_factory=set)
-    text_dec: object = None
-    stopper: StopMatcher | None = None
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    n_gen: int = 0
-    t_first: float = 0.0
-    picker: TokenPicker | None = None     # speculative: the sampling rule shared by drafter and verifier
-    drafter: object = None                # speculative: this sequence's drafter (taken at its first round)
+    em: TokenEmitter                      # its events: stops, budget, logprobs, stats
+    picker: TokenPicker                   # its sampling rule (shared by drafter and verifier)
+    drafter: Drafter | None = None        # speculative: this sequence's drafter (taken at its first round)
 
 
 class BatchEngine:
@@ -243,7 +236,7 @@ class BatchEngine:
     KV cache of `kv_budget_bytes` in `kv_dtype`. `submit` is thread-safe; `start()` runs
     the step loop in a background thread (`stop()` ends it), or call `step()` yourself.
     `batch_invariant`: compute linears so each row's bits do not depend on the batch
-    (see `runtime/batch.py`); with it, a greedy request's output is the same alone or
+    (see `backends/row_invariant.py`); with it, a greedy request's output is the same alone or
     beside others (given the same prefix-cache hits). `speculative`: a
     `SpeculativeConfig` to decode by draft-and-verify rounds inside the batched steps
     (module docstring); InputError now if its drafter does not fit the model."""
@@ -267,7 +260,7 @@ class BatchEngine:
         self.scheduler = Scheduler(self.cache, max_batch=max_batch, prefill_chunk=prefill_chunk,
                                    lookahead=speculative.num_draft if speculative is not None else 0)
         self._linear = row_invariant_linear(model.ops) if batch_invariant else None
-        self._free_drafters: list = []          # forked drafters of finished requests, for reuse
+        self._free_drafters: list[Drafter] = []  # forked drafters of finished requests, for reuse
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._requests: dict[int, _Request] = {}
@@ -305,14 +298,9 @@ class BatchEngine:
             self._next_id += 1
             handle = RequestHandle(self, rid, ids)
             self.scheduler.add(rid, ids, len(ids) + budget)       # CapacityError: refused now
-            req = _Request(handle, params, budget, time.perf_counter())
-            req.procs, req.sample, req.rng = make_logits_processors(params), make_sampler(params), make_rng(params.seed)
-            req.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.stop_ids()))
-            req.text_dec, req.stopper = self.tokenizer.incremental_decoder(), StopMatcher(params.stop)
-            req.stats.prompt_tokens = len(ids)
-            if self.speculative is not None:   # one rng: the first token, drafts and verification draw from it
-                req.picker = TokenPicker(params, self.vocab_size, req.rng)
-            self._requests[rid] = req
+            # one rng: the first token, drafts and verification draw from it
+            self._requests[rid] = _Request(handle, TokenEmitter(self.tokenizer, ids, budget, params),
+                                           TokenPicker(params, self.vocab_size, make_rng(params.seed)))
             self._wake.notify_all()
         return handle
 
@@ -362,13 +350,11 @@ class BatchEngine:
             for rid in self._cancels:
                 if rid in self._requests:
                     self.scheduler.finish(rid)
-                    req = self._requests[rid]
-                    self._end(rid, TokenEvent(-1, "", req.n_gen, self._elapsed(rid), finish_reason="cancelled",
-                                              is_stop_token=True, stats=req.stats))
+                    self._end(rid, self._requests[rid].em.cancelled())
             self._cancels.clear()
             plan = self.scheduler.schedule()
             feeds = {sid: self.scheduler.feed(sid) for sid in plan}
-            rounds = self._rounds(plan) if self.speculative is not None else {}
+            rounds = self._rounds(plan, self.speculative) if self.speculative is not None else {}
         drafts, failed = self._propose(rounds) if rounds else ({}, set())
         if failed:
             plan = {sid: n for sid, n in plan.items() if sid not in failed}
@@ -409,32 +395,33 @@ class BatchEngine:
 
     # ---- speculative rounds ----
 
-    def _rounds(self, plan: dict[int, int]) -> dict[int, tuple[_Request, np.ndarray, int]]:
-        """(request, its tokens so far, draft length) of each decoding sequence of `plan`
-        that will speculate this step (called under the lock)."""
+    def _rounds(self, plan: dict[int, int], spec: SpeculativeConfig
+                ) -> dict[int, tuple[_Request, Drafter, np.ndarray, int]]:
+        """(request, its drafter, its tokens so far, draft length) of each decoding sequence
+        of `plan` that will speculate this step (called under the lock)."""
         out = {}
         for sid, n in plan.items():
             st, req = self.scheduler.running[sid], self._requests.get(sid)
             if req is None or n != 1 or st.prefilling or st.computed + 1 != len(st.tokens):
                 continue
-            k = min(self.speculative.num_draft, req.budget - req.n_gen - 1)   # never past the budget
+            k = min(spec.num_draft, req.em.budget - req.em.i - 1)   # never past the budget
             if k > 0:
                 if req.drafter is None:
                     req.drafter = self._free_drafters.pop() if self._free_drafters else \
-                        self.speculative.fork_drafter()
+                        spec.fork_drafter()
                     req.drafter.bind(self.vocab_size, self.n_ctx)
-                out[sid] = (req, np.asarray(st.tokens, dtype=np.int64), k)
+                out[sid] = (req, req.drafter, req.em.context, k)
         return out
 
-    def _propose(self, rounds: dict[int, tuple[_Request, np.ndarray, int]]
+    def _propose(self, rounds: dict[int, tuple[_Request, Drafter, np.ndarray, int]]
                  ) -> tuple[dict[int, tuple[list[int], list[np.ndarray] | None]], set[int]]:
         """Each round's drafts and their q (outside the lock: a draft model runs here), and
         the requests whose drafter failed (they fail, the others go on); a drafter that
         proposes nothing leaves a plain decode step."""
         out, failed = {}, set()
-        for sid, (req, seq, k) in rounds.items():
+        for sid, (req, drafter, seq, k) in rounds.items():
             try:
-                d = req.drafter.propose(seq, k, req.picker)
+                d = drafter.propose(seq, k, req.picker)
                 toks = [int(t) for t in d.tokens[:k]]
                 if any(not 0 <= t < self.vocab_size for t in toks):
                     raise EdgeformerError(f"the drafter proposed a token outside the vocabulary: {toks}")
@@ -470,12 +457,11 @@ class BatchEngine:
     def _verify(self, rid: int, logits: np.ndarray, drafts: list[int], q: list[np.ndarray] | None) -> None:
         """Verify one sequence's round (logits: its (1 + len(drafts), vocab) rows), keep
         the accepted drafts in the cache and emit the round's tokens (under the lock)."""
-        req, st = self._requests[rid], self.scheduler.running[rid]
-        n = len(st.tokens)
-        ctx = np.empty(n + len(drafts), dtype=np.int64)
-        ctx[:n], ctx[n:] = st.tokens, drafts
+        req = self._requests[rid]
+        em = req.em
+        em.ctx[em.n:em.n + len(drafts)] = drafts
         try:
-            out = verify(req.picker, ctx, n, drafts, q, logits)
+            out = verify(req.picker, em.ctx, em.n, drafts, q, logits)
         except EdgeformerError as e:   # NaN logits
             self.scheduler.rollback(rid)
             self.scheduler.finish(rid)
@@ -492,9 +478,6 @@ class BatchEngine:
             if rid not in self._requests:     # finished (stop, EOS or budget) inside the run
                 return
 
-    def _elapsed(self, rid: int) -> float:
-        return time.perf_counter() - self._requests[rid].t0
-
     def _end(self, rid: int, ev: TokenEvent) -> None:
         req = self._requests.pop(rid)
         self._return_drafter(req)
@@ -510,60 +493,42 @@ class BatchEngine:
 
     def _return_drafter(self, req: _Request) -> None:
         """Keep a finished request's forked drafter (and its cache) for the next one."""
-        if req.drafter is not None and req.drafter is not self.speculative.drafter \
-                and len(self._free_drafters) < self.scheduler.max_batch:
-            self._free_drafters.append(req.drafter)
-        req.drafter = None
+        drafter, req.drafter = req.drafter, None
+        if drafter is None:
+            return
+        assert self.speculative is not None     # only speculative rounds hand out drafters
+        if drafter is not self.speculative.drafter and len(self._free_drafters) < self.scheduler.max_batch:
+            self._free_drafters.append(drafter)
 
     def _sample(self, rid: int, logits: np.ndarray) -> None:
-        req, st = self._requests[rid], self.scheduler.running[rid]
-        if not usable_logits(logits):
+        req = self._requests[rid]
+        try:
+            tok = req.picker.next_token(req.em.context, logits)
+        except EdgeformerError as e:   # NaN logits
             self.scheduler.finish(rid)
-            self._fail(rid, EdgeformerError(f"request {rid}: the model produced NaN (or no finite) logits"))
+            self._fail(rid, EdgeformerError(f"request {rid}: {e}"))
             return
-        ctx = np.asarray(st.tokens, dtype=np.int64)
-        tok = req.sample(apply_processors(req.procs, ctx, logits) if req.procs else logits, req.rng)
         self._emit(rid, tok, logits)
 
     def _emit(self, rid: int, tok: int, logits: np.ndarray, appended: bool = False) -> None:
-        """The event of token `tok` (drawn from raw `logits`): stop ids, stop strings, the
-        budget, logprobs, stats; a token that does not end the request is appended to the
-        sequence unless `appended` (an accepted draft, already in it)."""
-        req, st = self._requests[rid], self.scheduler.running[rid]
-        now = time.perf_counter()
-        i, stats = req.n_gen, req.stats
-        if i == 0:
-            req.t_first = now
-            stats.ttft_s = stats.prefill_s = now - req.t0
-            stats.cached_tokens = st.cached_tokens
-            stats.prefill_tokens = st.n_prompt - st.cached_tokens
-            self._counters["cached_prompt_tokens"] += st.cached_tokens
+        """Send the event of token `tok` (drawn from raw `logits`); a token that does not
+        end the request is appended to the sequence unless `appended` (an accepted draft,
+        already in it)."""
+        req = self._requests[rid]
+        em = req.em
+        if em.i == 0:
+            cached = self.scheduler.running[rid].cached_tokens
+            em.prefilled(cached)
+            self._counters["cached_prompt_tokens"] += cached
         self._counters["tokens_generated"] += 1
-        lp = None
-        if req.params.logprobs or req.params.top_logprobs:
-            lsm = log_softmax(logits)
-            lp = TokenLogprob(tok, float(lsm[tok]), top_logprobs(lsm, req.params.top_logprobs))
-
-        def finish(reason: str, text: str, is_stop: bool) -> None:
-            end = time.perf_counter()
-            stats.decode_tokens, stats.decode_s, stats.total_s = i, end - req.t_first, end - req.t0
+        ev = em.emit(tok, logits)
+        if em.done:
             self.scheduler.finish(rid)
-            self._end(rid, TokenEvent(tok, text, i, end - req.t0, lp, reason, is_stop, stats))
-
-        if tok in req.stop_ids:
-            tail = req.stopper.feed(req.text_dec.flush())
-            return finish("stop", tail.text if tail.stopped else tail.text + req.stopper.flush(), True)
-        r = req.stopper.feed(req.text_dec.add(tok))
-        if r.stopped:
-            return finish("stop", r.text, False)
-        if i == req.budget - 1:
-            tail = req.stopper.feed(req.text_dec.flush())
-            return finish("stop" if tail.stopped else "length",
-                          r.text + tail.text + ("" if tail.stopped else req.stopper.flush()), False)
-        req.n_gen += 1
+            self._end(rid, ev)
+            return
         if not appended:
             self.scheduler.append(rid, tok)
-        req.handle._queue.put(TokenEvent(tok, r.text, i, now - req.t0, lp))
+        req.handle._queue.put(ev)
 
     def metrics(self) -> dict[str, int]:
         """KV blocks (total/used/free; a block = block_size tokens of one layer), running

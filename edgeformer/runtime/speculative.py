@@ -21,7 +21,7 @@ Each round (the target cache holds every token but the last emitted one, x):
      overall. A deterministic draft is q = one-hot: accept with probability p(d), else
      draw from p with d removed, renormalized;
    - all k accepted: one bonus token from p_k, drawn like plain decoding;
-4. the target cache is truncated to the accepted tokens (the new last token is not in
+4. the target session is truncated to the accepted tokens (the new last token is not in
    it); the drafter resynchronizes from the sequence on its next proposal.
 Tokens are then emitted one by one through the same stop logic as plain decoding, so
 EOS, stop strings and max_tokens inside an accepted run cut exactly there.
@@ -31,22 +31,18 @@ Greedy output equals plain greedy decoding token for token, up to float rounding
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.errors import InputError
 from edgeformer.runtime.drafters import Drafter, ModelDrafter, PromptLookupDrafter
-from edgeformer.runtime.sampler import (SamplingParams, apply_processors, candidates, make_logits_processors,
-                                        make_rng, make_sampler, usable_logits)
+from edgeformer.runtime.events import TokenEmitter, TokenEvent
+from edgeformer.runtime.sampler import TokenPicker, check_logits, draw
+from edgeformer.runtime.session import Session
 
-if TYPE_CHECKING:
-    from edgeformer.runtime.engine import Engine, TokenEvent
-
-__all__ = ["SpeculativeConfig", "SpeculativeStats", "TokenPicker", "ModelDrafter", "PromptLookupDrafter", "enable",
+__all__ = ["SpeculativeConfig", "SpeculativeStats", "ModelDrafter", "PromptLookupDrafter",
            "accept_or_resample", "speculative_steps", "verify"]
 
 
@@ -104,48 +100,7 @@ class SpeculativeConfig:
         return fork() if fork is not None else self.drafter
 
 
-# ---- choosing and verifying tokens ---------------------------------------------------------
-
-class TokenPicker:
-    """The generation's sampling rule, shared by drafter and verifier so that p and q see
-    the same processors, temperature and truncation at each position."""
-
-    def __init__(self, params: SamplingParams, vocab_size: int, rng: np.random.Generator) -> None:
-        self.params = params
-        self.greedy = params.greedy
-        self.vocab_size = vocab_size
-        self.rng = rng
-        self.procs = make_logits_processors(params)
-        self.sample = make_sampler(params)
-
-    def process(self, context: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Logits after bias and penalties over `context` (prompt + tokens before this one)."""
-        return apply_processors(self.procs, context, logits) if self.procs else logits
-
-    def probs(self, processed: np.ndarray) -> np.ndarray:
-        """(vocab,) float64 distribution plain sampling draws from (temperature, top-k/p, min-p)."""
-        p = self.params
-        ids, pr = candidates(processed, p.temperature, p.top_k, p.top_p, p.min_p)
-        out = np.zeros(self.vocab_size, dtype=np.float64)
-        out[ids] = pr
-        return out
-
-    def pick(self, context: np.ndarray, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
-        """A token from raw `logits` after `context`: (argmax, None) when greedy, else
-        (token drawn from q, q) with q the processed, truncated distribution."""
-        proc = self.process(context, logits)
-        if self.greedy:
-            return int(np.argmax(proc)), None
-        q = self.probs(proc)
-        return _draw(q, self.rng), q
-
-
-def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
-    """Inverse-CDF draw from a (vocab,) distribution; only tokens with p > 0 come out."""
-    ids = np.flatnonzero(p > 0)
-    j = int(np.searchsorted(np.cumsum(p[ids]), rng.random() * p[ids].sum(), side="right"))
-    return int(ids[min(j, ids.size - 1)])
-
+# ---- verifying tokens ------------------------------------------------------------------------
 
 def accept_or_resample(p: np.ndarray, token: int, q: np.ndarray | None,
                        rng: np.random.Generator) -> tuple[bool, int]:
@@ -166,7 +121,7 @@ def accept_or_resample(p: np.ndarray, token: int, q: np.ndarray | None,
         # only when p <= q everywhere, i.e. p == q up to rounding, where rejection has
         # probability ~0: p itself is then the right distribution
         resid = p
-    return False, _draw(resid, rng)
+    return False, draw(resid, rng)
 
 
 def verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
@@ -176,11 +131,11 @@ def verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
     (len(drafts) + 1, vocab) from the target. EdgeformerError for NaN logits."""
     out: list[int] = []
     for j in range(len(drafts) + 1):
-        _check_finite(logits[j], n + j)
-        proc = picker.process(ctx[:n + j], logits[j])
         if j == len(drafts):
-            out.append(picker.sample(proc, picker.rng))    # bonus: exactly plain decoding
+            out.append(picker.next_token(ctx[:n + j], logits[j]))    # bonus: exactly plain decoding
             break
+        check_logits(logits[j], n + j - 1)
+        proc = picker.process(ctx[:n + j], logits[j])
         d = int(drafts[j])
         if picker.greedy:
             best = int(np.argmax(proc))
@@ -193,88 +148,38 @@ def verify(picker: TokenPicker, ctx: np.ndarray, n: int, drafts: Sequence[int],
     return out
 
 
-def _check_finite(row: np.ndarray, pos: int) -> None:
-    if not usable_logits(row):
-        raise EdgeformerError(f"the model produced NaN (or no finite) logits at position {pos}: "
-                              f"broken weights or a numerical overflow")
-
-
-# ---- the target side: cache bookkeeping on the Engine ---------------------------------------
-
-def _prefill_all_but_last(engine: Engine, ids: list[int]) -> int:
-    """Bring the engine cache to ids[:-1] (reusing the common prefix); the last prompt
-    token is run by the first round. Returns the reused prefix length."""
-    common = engine._reuse_prefix(ids)
-    for s in range(common, len(ids) - 1, engine.prefill_chunk):
-        engine._forward(ids[s:min(s + engine.prefill_chunk, len(ids) - 1)])
-    return common
-
-
-def _forward_all(engine: Engine, toks: list[int]) -> np.ndarray:
-    """Target logits (len(toks), vocab) for every position of `toks`, appended to the cache."""
-    cache = engine._cache_for()
-    try:
-        logits = engine.model.forward(np.asarray(toks, dtype=np.int64), cache, last_only=False)
-    except BaseException:
-        cache.truncate(len(engine._cache_ids))
-        raise
-    engine._cache_ids.extend(toks)
-    return np.asarray(logits, dtype=np.float32)
-
-
-def _rollback(engine: Engine, n: int) -> None:
-    engine._cache.truncate(n)
-    del engine._cache_ids[n:]
-
-
 # ---- the generation loop ----------------------------------------------------------------------
 
-def speculative_steps(engine: Engine, ids: list[int], budget: int, params: SamplingParams
-                      ) -> Iterator[TokenEvent]:
-    """The Engine's token stream (same events, stats and stop semantics as plain decoding)
-    with tokens produced by draft-and-verify rounds. Called by `Engine._steps` when the
-    engine has a `speculative` config."""
-    from edgeformer.runtime.engine import GenerationStats, TokenEmitter
-    spec: SpeculativeConfig = engine.speculative
-    spec.bind(engine.vocab_size, engine.n_ctx)
-    t0 = time.perf_counter()
-    stats = GenerationStats(load_s=engine.load_s, prompt_tokens=len(ids))
+def speculative_steps(spec: SpeculativeConfig, session: Session, ids: list[int], em: TokenEmitter,
+                      picker: TokenPicker) -> Iterator[TokenEvent]:
+    """The token stream of prompt `ids` on the target's `session` (same events, stats and
+    stop semantics as plain decoding through `em`), with tokens produced by
+    draft-and-verify rounds of `spec`. Used by the Engine when it has a `speculative`
+    config."""
+    spec.bind(picker.vocab_size, session.n_ctx)
     sstats = spec.last_stats = SpeculativeStats()
-    picker = TokenPicker(params, engine.vocab_size, make_rng(params.seed))
-    em = TokenEmitter(engine, ids, budget, params, stats, t0)
     ctx = em.ctx   # prompt + emitted (+ drafts in flight)
-
-    stats.cached_tokens = _prefill_all_but_last(engine, ids)
-    stats.prefill_tokens = len(ids) - stats.cached_tokens
-    em.t_first = time.perf_counter()
-    stats.prefill_s = em.t_first - t0
+    _, cached = session.prefill(ids, run_last=False)
+    em.prefilled(cached)
     while True:
-        # each round emits <= k + 1 tokens; the cache then holds <= len(ids) + budget - 1
+        # each round emits <= k + 1 tokens; the session then holds <= len(ids) + budget - 1
         n, i = em.n, em.i
-        k = min(spec.num_draft, budget - i - 1)
+        k = min(spec.num_draft, em.budget - i - 1)
         draft = spec.drafter.propose(ctx[:n], k, picker) if k > 0 else None
         drafts = [] if draft is None else [int(t) for t in draft.tokens[:k]]
         ctx[n:n + len(drafts)] = drafts
-        base = len(engine._cache_ids)
-        logits = _forward_all(engine, [int(ctx[n - 1])] + drafts)
+        base = len(session)
+        logits = session.forward([int(ctx[n - 1])] + drafts, last_only=False)
         out = verify(picker, ctx, n, drafts, None if draft is None else draft.q, logits)
-        _rollback(engine, base + len(out))        # keep x and the accepted drafts
+        session.truncate(base + len(out))        # keep x and the accepted drafts
         sstats.rounds += 1
         sstats.drafted += len(drafts)
         sstats.accepted += len(out) - 1
         sstats.emitted += len(out)
         if i == 0:
-            stats.prefill_s = time.perf_counter() - t0   # the first round also ran the last prompt token
+            em.prefilled(cached)   # the first round also ran the last prompt token
 
         for j, tok in enumerate(out):
             yield em.emit(tok, logits[j])
             if em.done:
                 return
-
-
-def enable(engine: Engine, config: SpeculativeConfig | None) -> None:
-    """Turn speculative decoding on for `engine` with `config` (None: off). InputError if
-    the drafter does not fit the engine's model (e.g. another vocabulary size)."""
-    if config is not None:
-        config.bind(engine.vocab_size, engine.n_ctx)
-    engine.speculative = config

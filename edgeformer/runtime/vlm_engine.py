@@ -14,7 +14,8 @@ import numpy as np
 
 from edgeformer.errors import InputError
 from edgeformer.models.vlm import LlavaModel, load_llava
-from edgeformer.runtime.engine import Engine, GenerationResult, TokenEvent, collect
+from edgeformer.runtime.engine import Engine
+from edgeformer.runtime.events import GenerationResult, TokenEvent, collect
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class _Span:
 
 
 class _SplicingModel:
-    """The Engine's `DecoderModel` over a LlavaModel: runs token chunks, putting image rows
+    """The Engine's `session.DecoderModel` over a LlavaModel: runs token chunks, putting image rows
     at the absolute positions that `set_images` registered."""
 
     def __init__(self, vlm: LlavaModel) -> None:
@@ -59,8 +60,9 @@ class VLMEngine(Engine):
 
     def __init__(self, vlm: LlavaModel, tokenizer: Any, processor: Any, chat_template: Any = None,
                  backend: Any = None, n_ctx: int | None = None, load_s: float = 0.0, **kw: Any) -> None:
-        super().__init__(_SplicingModel(vlm), tokenizer, chat_template, backend, n_ctx, load_s, **kw)
-        self.vlm, self.processor = vlm, processor
+        splicer = _SplicingModel(vlm)
+        super().__init__(splicer, tokenizer, chat_template, backend, n_ctx, load_s, **kw)
+        self.vlm, self.processor, self._splicer = vlm, processor, splicer
         self._cache_spans: list[_Span] = []     # image spans the KV cache holds
         self._features: OrderedDict[bytes, np.ndarray] = OrderedDict()   # recent images' rows
 
@@ -111,9 +113,8 @@ class VLMEngine(Engine):
         self._check_idle()
         # the cached prefix is valid only up to the first image span that differs
         old, new = set(self._cache_spans), set(spans)
-        limit = min([s.start for s in old ^ new], default=len(self._cache_ids))
-        del self._cache_ids[limit:]
-        self.model.set_images(spans, feats)
+        self.session.truncate(min([s.start for s in old ^ new], default=len(self.session)))
+        self._splicer.set_images(spans, feats)
         self._cache_spans = spans
         yield from self._loop(ids, budget, params)
 
@@ -137,7 +138,7 @@ class VLMEngine(Engine):
         """The rendered chat prompt tokenized with special-token text parsed (so `<image>`
         in a message is the image token), as HF's processors tokenize it."""
         text = self.render_chat(messages)
-        ids = list(self.tokenizer.encode(text, add_special=False, parse_special=True))
+        ids = list(self.tokenizer.encode(text, add_bos=False, parse_special=True))
         bos = getattr(self.tokenizer, "bos_id", None)
         if getattr(self.tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
             ids.insert(0, bos)

@@ -358,7 +358,7 @@ async def _prepare(request: Request, st: ServerState, chat: bool) -> tuple[Any, 
     eng = st.engine
 
     def tokenize() -> list[list[int]]:
-        if chat:
+        if isinstance(req, ChatRequest):
             return [eng.encode_chat(list(req.messages))]
         return [eng.encode(p if isinstance(p, str) else list(p)) for p in req.prompts]
     try:

@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from edgeformer.errors import EdgeformerError
+from edgeformer.extras import require
 from edgeformer.serve.app import endpoint, read_json
 from edgeformer.serve.openai_schema import APIError, bad
 
@@ -269,8 +270,8 @@ def _transcript_response(tr: Any, duration: float, fmt: str) -> Response:
 
 def _encode_audio(wave: np.ndarray, sr: int, fmt: str) -> bytes:
     """Waveform in [-1, 1] -> the bytes of `fmt` (see _SPEECH_FORMATS)."""
-    import soundfile as sf
     from edgeformer.audio.io import to_mono_16k
+    sf = require("soundfile", "audio", "/v1/audio/speech")
     container, subtype, _ = _SPEECH_FORMATS[fmt]
     if fmt == "pcm":
         x = to_mono_16k(wave, sr, PCM_RATE)

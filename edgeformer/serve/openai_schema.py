@@ -210,7 +210,7 @@ class ChatRequest(CommonRequest):
         if not isinstance(msgs, list) or not msgs:
             raise bad("'messages' must be a non-empty array", "messages", "invalid_type")
         logprobs = _bool(body, "logprobs", False)
-        top = _int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+        top = _int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS) or 0
         if top and not logprobs:
             raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
         return cls(**c, messages=tuple(_message(m, i) for i, m in enumerate(msgs)), logprobs=logprobs,

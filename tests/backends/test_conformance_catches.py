@@ -13,7 +13,7 @@ from edgeformer.cli.__main__ import main
 from edgeformer.kernels import OPS
 from edgeformer.kernels.activation import softmax_ref
 from edgeformer.kernels.attention import attention_ref
-from edgeformer.kernels.matmul import linear_ref
+from edgeformer.kernels.linear import linear_ref
 from edgeformer.kernels.rope import rope_ref
 
 CASES = {c.id: c for c in all_cases()}
@@ -151,6 +151,6 @@ def test_rows_case_catches_a_row_count_dependent_kernel(rows):
 
 def test_rows_case_judges_undeclared_backends_through_the_runtime_blocks():
     """numpy declares no row invariance (its BLAS picks kernels by row count): the rows case
-    runs it through runtime/batch.py's fixed blocks, and says so."""
+    runs it through row_invariant_linear's fixed blocks, and says so."""
     r = run_case(NumpyBackend(), CASES["linear-rows_F32_n33_k65"])
     assert r.status == "ok" and "row_invariant_rows" in r.message

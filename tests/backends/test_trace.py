@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgeformer.backends import NumpyBackend, Ops
-from edgeformer.backends.conformance import random_qtensor
 from edgeformer.backends.trace import Tracer, print_summary, summarize, trace_forward
+from edgeformer.kernels.inputs import random_qtensor
 from edgeformer.quant.qtypes import QType
 
 T, D, H, HD, V = 3, 64, 2, 32, 11

@@ -64,7 +64,7 @@ def engines():
 def _part(cpu_ids: list[int], ref_logits: np.ndarray) -> dict | None:
     """Where the reference's greedy choice first differs from the cpu's tokens (None if
     never): step, both tokens, the reference's top-2 margin and its margin over the cpu's pick."""
-    from edgeformer.runtime.sampler import log_softmax
+    from edgeformer.quant.metrics import log_softmax
     for i, t in enumerate(cpu_ids):
         lp = log_softmax(ref_logits[i].astype(np.float64))
         best = int(np.argmax(lp))

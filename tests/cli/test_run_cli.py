@@ -44,7 +44,7 @@ def test_run_reads_a_utf8_file(fake_engine, tmp_path, capsys):
     f.write_text("caf\u00e9 au lait", encoding="utf-8")
     assert main(["run", "--file", str(f), "--temp", "0", "-n", "5", "--no-stats"]) == 0
     eng = fake_engine[-1]
-    assert eng._cache_ids[:len("caf\u00e9 au lait".encode()) + 1] == ByteTokenizer().encode("caf\u00e9 au lait")
+    assert eng.session.ids[:len("caf\u00e9 au lait".encode()) + 1] == ByteTokenizer().encode("caf\u00e9 au lait")
 
 
 @pytest.mark.parametrize("argv, msg", [

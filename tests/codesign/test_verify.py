@@ -4,8 +4,6 @@ predicts and measures the way `perf validate` does (fresh-process `measure_worke
 nothing on a busy machine."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from edgeformer.cli.__main__ import build_parser, main
@@ -13,7 +11,7 @@ from edgeformer.codesign import verify as ver
 from edgeformer.codesign.search import search
 from edgeformer.codesign.space import SearchSpace
 from edgeformer.errors import InputError
-from edgeformer.perf import busy
+from edgeformer.perf import busy, clock
 from edgeformer.perf import calibrate as cal
 from edgeformer.perf import validate as val
 
@@ -39,11 +37,9 @@ def test_fewer_than_8_candidates_is_refused(capsys):
 
 def test_too_few_small_candidates_refused_before_building(monkeypatch, tmp_path):
     res = search("raspberry_pi_5", SMALL, prompt_len=8, context_len=32)
-    import edgeformer.codesign.build as build
-
     def boom(*a, **k):
         raise AssertionError("nothing may be built when the check is refused")
-    monkeypatch.setattr(build, "build_candidate", boom)
+    monkeypatch.setattr(ver, "build_candidate", boom)
     tiny = min(s.cand.params for s in res.scored)
     with pytest.raises(InputError, match=r"only \d distinct candidates"):
         ver.verify(res, tiny, 8, 32, tmp_path)
@@ -57,14 +53,14 @@ def _host():
 
 
 def _fake_measure(monkeypatch, factor):
-    """`_run_worker` measuring `factor` x the validate prediction of the same file."""
+    """`run_worker` measuring `factor` x the validate prediction of the same file."""
     calls = []
 
-    def worker(path, backend, context, max_seq_len, run_prefill, timeout, batch=1):
-        calls.append((backend, context, run_prefill, os.environ["EDGEFORMER_PERF_CLOCK"]))
+    def worker(path, backend, context, max_seq_len, run_prefill, timeout, batch=1, clock="wall"):
+        calls.append((backend, context, run_prefill, clock))
         p = val.predict_row(path, context, max_seq_len, _host(), None, backend, 5, False)
         return {"decode_s": factor / p["decode"], "steps": 5, "ttft_s": None, "peak_rss": 1e8}
-    monkeypatch.setattr(val, "_run_worker", worker)
+    monkeypatch.setattr(ver, "run_worker", worker)
     return calls
 
 
@@ -73,9 +69,10 @@ def test_verify_measures_and_predicts_as_validate(monkeypatch, tmp_path):
     calls = _fake_measure(monkeypatch, 1.04)
     monkeypatch.setattr(busy, "read_proc_stat", lambda: (0.0, float(len(calls))))     # quiet
     lines = []
-    r = ver.verify(res, 5e6, 8, 32, tmp_path, echo=lines.append, host=_host())
+    r = ver.verify(res, 5e6, 8, 32, tmp_path, echo=lines.append, host=_host(), clock="cpu")
     assert len(r.rows) == 8 == len(lines) and len(list(tmp_path.glob("codesign_*.gguf"))) == 8
-    assert all(c[:3] == ("numpy", 32, False) for c in calls)      # the calibration's backend, no prefill
+    # the calibration's backend, no prefill, the clock passed in
+    assert all(c == ("numpy", 32, False, "cpu") for c in calls)
     assert all(row.ape == pytest.approx(100 * 0.04 / 1.04) for row in r.rows)
     assert r.tau == pytest.approx(1.0) and r.latency_verdict == "meets" and r.tau_verdict == "meets"
     assert r.busy is None
@@ -103,8 +100,8 @@ def test_codesign_host_uses_the_calibrated_setup(monkeypatch, capsys):
     import edgeformer.codesign.search as srch
 
     def fake_search(device, *a, **k):     # no host calibration in a unit test
-        seen["setup"] = (cal.threads(), cal.clock_name())
+        seen["setup"] = (clock.threads(), k.get("clock"))
         return search("raspberry_pi_5", SMALL, prompt_len=8, context_len=32)
     monkeypatch.setattr(srch, "search", fake_search)
     assert main(["codesign", "--device", "host", "--no-plots", "--top", "2"]) == 0
-    assert seen["setup"] == (cal.CALIBRATED_THREADS, cal.CALIBRATED_CLOCK) == (1, "cpu")
+    assert seen["setup"] == (clock.CALIBRATED_THREADS, clock.CALIBRATED_CLOCK) == (1, "cpu")

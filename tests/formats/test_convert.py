@@ -2,12 +2,16 @@
 TensorNameMap and quantizers, the HF tokenizer, and llama.cpp itself."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import gguf
 import numpy as np
 import pytest
 from safetensors import safe_open
 
 from edgeformer.cli.__main__ import main
+from edgeformer.errors import UnsupportedError
 from edgeformer.formats import load_checkpoint
 from edgeformer.formats.convert import convert
 from edgeformer.formats.hf import to_float32
@@ -199,4 +203,42 @@ def test_cli_convert_bad_input(tmp_path, capsys):
     assert main(["convert", str(tmp_path), "-o", str(tmp_path / "x.gguf"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "config.json" in err
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_bad_target_type_is_unsupported(tmp_path, tiny_llama):
+    for qtype in ("Q9_9", 999, QType.IQ4_NL):
+        with pytest.raises(UnsupportedError):
+            convert(tiny_llama, tmp_path / "x.gguf", qtype)
+    with pytest.raises(SystemExit):   # the CLI's choices name the targets
+        main(["convert", str(tiny_llama), "-o", str(tmp_path / "x.gguf"), "--qtype", "Q9_9"])
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def _copy_hf(src, dst, config_changes=None, drop=()):
+    """`src` HF directory copied to `dst`, with config.json keys changed and tensors dropped."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **(config_changes or {})}))
+    if drop:
+        tensors = load_file(dst / "model.safetensors")
+        save_file({k: v for k, v in tensors.items() if k not in drop}, dst / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("changes,drop,message", [
+    ({"model_type": "gpt_neox"}, (), "unsupported HF model_type 'gpt_neox'; supported: llama, mistral"),
+    ({"hidden_size": "big"}, (), "config.json: HF config ('llama') has a bad value"),
+    ({"num_attention_heads": 0, "head_dim": None}, (), "config.json: HF config ('llama') has a bad value"),
+    ({"rope_parameters": {"rope_type": "su-per", "factor": 2.0}}, (), "unsupported rope scaling type 'su-per'"),
+    ({}, ("model.layers.1.mlp.up_proj.weight",), "missing tensor(s) the llama config needs: blk.1.ffn_up.weight"),
+])
+def test_cli_convert_names_what_is_wrong(tmp_path, tiny_llama, capsys, changes, drop, message):
+    """Every error a bad source can cause reaches the user as one `edgeformer: error:` line."""
+    src = _copy_hf(tiny_llama, tmp_path / "src", changes, drop)
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.gguf"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("edgeformer: error: ") and message in err and str(src) in err
     assert not (tmp_path / "x.gguf").exists()

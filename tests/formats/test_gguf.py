@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
+from edgeformer.errors import InputError, UnsupportedError
 from edgeformer.formats.gguf import GGUFFile, GGUFValueType, TensorToWrite, write_gguf
 from edgeformer.quant.qtypes import QTensor, QType, nbytes
 
@@ -216,3 +217,22 @@ def test_open_is_lazy_on_a_1gib_file(tmp_path):
     assert g.file_bytes == data_off + 2**30
     assert rss1 - rss0 < 64 * 2**20  # reading (or copying) the tensor would add 1 GiB
     assert float(qt.data[-4:].view(np.float32)[0]) == 0.0
+
+
+def test_writer_rejects_what_gguf_cannot_hold(tmp_path):
+    """The writer's errors are the project's: UnsupportedError for a value GGUF has no type
+    for, InputError for bad arguments; nothing is left behind."""
+    out = tmp_path / "x.gguf"
+    w = TensorToWrite("w", QType.F32, (2,), lambda: np.zeros(2, np.float32))
+    for md in ({"k": object()}, {"k": [1, "a"]}, {"k": np.zeros(2, np.complex64)}):
+        with pytest.raises(UnsupportedError, match="GGUF"):
+            write_gguf(out, md, [w])
+    with pytest.raises(InputError, match="power of two"):
+        write_gguf(out, {"general.alignment": 3}, [w])
+    with pytest.raises(InputError, match="duplicate"):
+        write_gguf(out, {}, [w, w])
+    with pytest.raises(InputError, match="declared F16"):
+        write_gguf(out, {}, [TensorToWrite("w", QType.F16, (2,), lambda: QTensor.from_array(np.zeros(2, np.float32)))])
+    with pytest.raises(InputError, match="expected 8"):
+        write_gguf(out, {}, [TensorToWrite("w", QType.F32, (2,), lambda: np.zeros(3, np.float32))])
+    assert not any(tmp_path.iterdir())

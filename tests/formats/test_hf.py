@@ -144,17 +144,17 @@ def test_chat_template_lookup(tmp_path, tiny_llama):
 
 def test_transform_keeps_dtype_where_exact(monkeypatch):
     """Transforms run in float32; the result is stored back as BF16/F16 only if exact."""
-    import edgeformer.formats.tensor_map as tm
+    import edgeformer.formats.hf as hf
 
     bits = (np.random.default_rng(0).standard_normal(64).astype(np.float32).view(np.uint32) >> 16)
     raw = QTensor(bits.astype(np.uint16).view(np.uint8), QType.BF16, (8, 8))
-    monkeypatch.setattr(tm, "transform_hf_tensor", lambda c, n, a: a)
+    monkeypatch.setattr(hf, "transform_hf_tensor", lambda c, n, a: a)
     assert transform_to_qtensor(None, "x", raw) is raw
-    monkeypatch.setattr(tm, "transform_hf_tensor", lambda c, n, a: a[::-1].copy())  # a permutation
+    monkeypatch.setattr(hf, "transform_hf_tensor", lambda c, n, a: a[::-1].copy())  # a permutation
     out = transform_to_qtensor(None, "x", raw)
     assert out.qtype == QType.BF16
     np.testing.assert_array_equal(to_float32(out), to_float32(raw)[::-1])
-    monkeypatch.setattr(tm, "transform_hf_tensor", lambda c, n, a: a + 1)  # Gemma-style +1
+    monkeypatch.setattr(hf, "transform_hf_tensor", lambda c, n, a: a + 1)  # Gemma-style +1
     out = transform_to_qtensor(None, "x", raw)
     assert out.qtype == QType.F32
     np.testing.assert_array_equal(to_float32(out), to_float32(raw) + 1)

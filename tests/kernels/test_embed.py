@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeformer.backends.conformance import random_qtensor, with_nan
 from edgeformer.kernels import OPS
 from edgeformer.kernels.embed import embed_ref
+from edgeformer.kernels.inputs import random_qtensor, with_nan
 from edgeformer.quant.qtypes import QType
 from support.kernel_testutil import assert_f32_close, gguf_f32, rng_for
 

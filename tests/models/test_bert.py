@@ -12,8 +12,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from edgeformer.backends import get_backend  # noqa: E402
+from edgeformer.encoder_config import BertConfig  # noqa: E402
 from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError  # noqa: E402
-from edgeformer.models.bert import Bert, BertConfig, TextEmbedder, bert_tensors_from_hf, shipped_minilm_dir  # noqa: E402
+from edgeformer.models.bert import Bert, TextEmbedder, bert_tensors_from_hf, shipped_minilm_dir  # noqa: E402
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,8 @@ import pytest
 from support.families import FAMILIES
 from safetensors.numpy import load_file
 
-from edgeformer.config import DecoderConfig
+from edgeformer.config import FAMILIES as FAMILY_TRAITS
+from edgeformer.config import GGUF_ARCHS, HF_MODEL_TYPES, DecoderConfig
 from edgeformer.errors import ConfigError, UnsupportedError
 from edgeformer.formats.tensor_map import hf_to_gguf_name
 
@@ -111,6 +112,30 @@ def test_unknown_model_type_and_rope_type_name_the_supported_ones():
         DecoderConfig.from_gguf({"general.architecture": "mamba"})
     with pytest.raises(ConfigError, match="llama.block_count"):
         DecoderConfig.from_gguf({"general.architecture": "llama", "llama.embedding_length": 8})
+    with pytest.raises(UnsupportedError, match="supported: llama, qwen2"):
+        hf_to_gguf_name("mamba", "model.embed_tokens.weight")
+
+
+def test_values_of_the_wrong_type_are_config_errors():
+    base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_attention_heads=2,
+                num_hidden_layers=1, intermediate_size=4)
+    for bad in ({"hidden_size": "big"}, {"model_type": "mistral", "layer_types": 3, "sliding_window": 4},
+                {"num_attention_heads": 0},
+                {"rope_parameters": "x"}):
+        with pytest.raises(ConfigError, match="bad value"):
+            DecoderConfig.from_hf({**base, **bad})
+    md = DecoderConfig.from_hf(base).to_gguf()
+    with pytest.raises(ConfigError, match="bad value"):
+        DecoderConfig.from_gguf({**md, "llama.block_count": "one"})
+    with pytest.raises(UnsupportedError, match="supported: llama, qwen2"):
+        DecoderConfig.from_gguf({**md, "general.architecture": ["llama"]})
+
+
+def test_every_model_type_and_architecture_leads_to_one_family_row():
+    assert set(HF_MODEL_TYPES) == {mt for f in FAMILY_TRAITS.values() for mt in f.hf_model_types}
+    assert HF_MODEL_TYPES["mistral"].arch == "llama" and GGUF_ARCHS["llama"] is FAMILY_TRAITS["llama"]
+    assert all(GGUF_ARCHS[f.arch].arch == f.arch for f in FAMILY_TRAITS.values())
+    assert set(GGUF_ARCH) == set(GGUF_ARCHS)
 
 
 def test_legacy_hf_rope_keys():

@@ -34,7 +34,7 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 # backend. numpy: both sides dequantize the same bytes to float32 and stay float32, so
 # only summation order differs (measured 2.2e-6..2.7e-6 on all three cases); bound 1e-4.
 # cpu: quantizes activations to int8 per 32-block, as llama.cpp does
-# (backends/cpu/matmul.py), so it is only as close as llama.cpp is (measured 0.040-0.071);
+# (backends/cpu/linear.py), so it is only as close as llama.cpp is (measured 0.040-0.071);
 # bound 0.15, and its mean KL divergence from the float32 path must be at most 2x
 # llama.cpp's (measured: SmolLM2 0.0055 vs 0.0043, chat 0.0041 vs 0.0035, Gemma 0.0015
 # vs 0.0077). Measured greedy: all 32 tokens equal transformers' on both backends, all cases.

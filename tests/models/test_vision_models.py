@@ -11,8 +11,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from edgeformer.backends import get_backend  # noqa: E402
+from edgeformer.encoder_config import VisionConfig  # noqa: E402
 from edgeformer.errors import FormatError, InputError, UnsupportedError  # noqa: E402
-from edgeformer.models.vision import VisionConfig, VisionEncoder, bicubic_matrix, vision_tensors_from_hf  # noqa: E402
+from edgeformer.formats.tensor_map import vision_tensors_from_hf  # noqa: E402
+from edgeformer.models.vision import VisionEncoder, bicubic_matrix  # noqa: E402
 
 COMMON = dict(hidden_size=72, num_hidden_layers=2, num_attention_heads=3, image_size=30, patch_size=6,
               attn_implementation="eager")

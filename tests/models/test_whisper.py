@@ -15,8 +15,9 @@ from support.whisper_util import (hf_generate, ids, save_tiny_hf_dir, tiny_hf_co
                           tiny_tokenizer, whisper_generation_config)
 
 from edgeformer.backends import get_backend  # noqa: E402
+from edgeformer.encoder_config import WhisperConfig  # noqa: E402
 from edgeformer.errors import ConfigError, FormatError, InputError  # noqa: E402
-from edgeformer.models.whisper import Whisper, WhisperConfig, whisper_name, whisper_tensors_from_hf  # noqa: E402
+from edgeformer.models.whisper import Whisper, whisper_name, whisper_tensors_from_hf  # noqa: E402
 from edgeformer.models.whisper_decode import WhisperASR, load_whisper  # noqa: E402
 
 SP = ids()

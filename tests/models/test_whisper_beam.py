@@ -14,7 +14,8 @@ from support.whisper_util import (
 )
 
 from edgeformer.backends import get_backend
-from edgeformer.models.whisper import Whisper, WhisperConfig, whisper_tensors_from_hf
+from edgeformer.encoder_config import WhisperConfig
+from edgeformer.models.whisper import Whisper, whisper_tensors_from_hf
 from edgeformer.models.whisper_decode import WhisperASR
 
 torch = pytest.importorskip("torch")

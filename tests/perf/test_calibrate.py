@@ -11,6 +11,7 @@ from edgeformer.backends.trace import trace_forward
 from edgeformer.kernels import OPS
 from edgeformer.perf import calibrate as cal
 from edgeformer.perf.bandwidth import host_spec
+from edgeformer.perf.calib_tables import calib_weight
 from edgeformer.perf.roofline import OpRecord
 
 GRID = ((256, 1024), (8, 32))
@@ -26,12 +27,12 @@ def measured():
 
 def _traced_linear(n, k, t):
     ops = Ops(get_backend("numpy"))
-    w = get_backend("numpy").prepare_weight(cal._random_weight("Q8_0", n, k), "w")
+    w = get_backend("numpy").prepare_weight(calib_weight("Q8_0", n, k), "w")
     return trace_forward(lambda: ops.linear(np.zeros((t, k), np.float32), w, None), ops)[0]
 
 
 def _pred(host, size, tokens):
-    w = cal._random_weight("Q8_0", size, size)
+    w = calib_weight("Q8_0", size, size)
     x = np.zeros((tokens, size), np.float32)
     return host.predict([OpRecord("linear", OPS["linear"].cost(x, w, None), qtype="Q8_0")]).total_s
 
@@ -93,12 +94,12 @@ class _Cost:
 
 def test_every_benchmark_loops_at_least_min_time(monkeypatch):
     seen = []
-    real = cal.time_per_call_clock
+    real = cal.time_per_call
 
-    def spy(fn, min_time, repeats):
+    def spy(fn, min_time, repeats, clock="wall"):
         seen.append(min_time)
-        return real(fn, min_time, repeats)
-    monkeypatch.setattr(cal, "time_per_call_clock", spy)
+        return real(fn, min_time, repeats, clock)
+    monkeypatch.setattr(cal, "time_per_call", spy)
     cal.measure("numpy", qtypes=("Q8_0",), min_time=0.01, repeats=1, gemv_bytes=2**20, fused=False,
                 prefill=False, gemm_grid=((256,), (8,)), attn_lengths=(32, 64))
     assert seen and all(m >= 0.01 for m in seen)

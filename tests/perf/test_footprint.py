@@ -37,7 +37,7 @@ def _run(code: str) -> str:
 def test_run_peak_rss_within_the_bound(smollm2, floor):
     out = _run("from edgeformer.cli.__main__ import main; "
                "main(['run', '-p', 'What is the capital of France?', '-n', '16', '--no-stats']); "
-               "from edgeformer.perf.memory import peak_rss_bytes; print('PEAK', peak_rss_bytes())")
+               "from edgeformer.perf.runner import peak_rss_bytes; print('PEAK', peak_rss_bytes())")
     assert "Paris" in out
     peak = int(out.split("PEAK")[1])
     from edgeformer.formats import load_checkpoint

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeformer.perf import bandwidth
-from edgeformer.perf.device_spec import get_device
+from edgeformer.perf import bandwidth, clock
 
 
 def test_time_per_call_loops_past_min_time(monkeypatch):
@@ -16,13 +15,13 @@ def test_time_per_call_loops_past_min_time(monkeypatch):
     counts depend on machine load), each trial must loop until min_time has passed."""
     now = [0.0]
     calls = []
-    monkeypatch.setattr(bandwidth.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(clock.time, "perf_counter", lambda: now[0])
 
     def fn():
         calls.append(1)
         now[0] += 0.002
 
-    per_call = bandwidth.time_per_call(fn, min_time=0.03, repeats=2)
+    per_call = clock.time_per_call(fn, min_time=0.03, repeats=2)
     # warm-up + two trials of 15 calls each (0.03 s of 2 ms calls)
     assert len(calls) == 1 + 2 * 15
     assert per_call == pytest.approx(0.002)
@@ -70,8 +69,9 @@ def test_host_spec_is_measured_then_cached(tmp_path, monkeypatch):
         bandwidth.host_spec(refresh=True, **kw)
 
 
-def test_get_device_host_uses_the_cache(tmp_path, monkeypatch):
+def test_device_or_host_uses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     bandwidth.host_spec(n_bytes=4 * 2**20, min_time=0.01, matmul_n=64)
     monkeypatch.setattr(bandwidth, "stream_read_bandwidth", lambda *a, **k: 1 / 0)
-    assert get_device("host").origin == "measured"
+    assert bandwidth.device_or_host("host").origin == "measured"
+    assert bandwidth.device_or_host("H100-SXM").name == "h100_sxm"       # catalog names pass through

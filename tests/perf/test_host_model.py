@@ -112,7 +112,7 @@ def test_fused_flag_matches_cpu_backend(tmp_path, qtype, kw):
     from dataclasses import replace
 
     from edgeformer.backends.cpu.block import why_not_fused
-    from edgeformer.codesign.build import write_random_gguf
+    from edgeformer.formats.synthetic import write_random_gguf
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.decoder import Decoder
     cfg = replace(CFG, **kw)
@@ -135,17 +135,15 @@ def test_fused_and_prefill_benchmarks_run_on_cpu():
     ones use `FUSED_MODELS` / `prefill_config()`): the right points, positive times."""
     if get_backend("cpu").available() is not None:
         pytest.skip("cpu backend unavailable")
-    from edgeformer.perf import calibrate as cal
+    from edgeformer.perf.clock import time_per_call
     be = get_backend("cpu")
     small = dict(tables.FUSED_MODELS["tiny"], n_layers=2, max_seq_len=256)
     main = dict(small, dim=128, ffn_dim=256, n_heads=4, n_kv_heads=2)
-    pts = tables.measure_fused_decode(be, cal.time_per_call_clock, 0.01, cal._random_weight, (16, 100),
-                                      {"tiny": small, "main": main})
+    pts = tables.measure_fused_decode(be, time_per_call, 0.01, (16, 100), {"tiny": small, "main": main})
     assert [(p["model"], p["ctx"]) for p in pts] == [("tiny", 16), ("main", 16), ("main", 100)]
     assert all(p["s"] > 0 for p in pts)
-    assert tables.measure_fused_decode(get_backend("numpy"), cal.time_per_call_clock, 0.01,
-                                       cal._random_weight) == []
-    pre = tables.measure_prefill(be, cal._random_weight, tokens=32, config=main, trials=1)
+    assert tables.measure_fused_decode(get_backend("numpy"), time_per_call, 0.01) == []
+    pre = tables.measure_prefill(be, tokens=32, config=main, trials=1)
     assert pre["tokens"] == 32 and pre["s"] > 0
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from edgeformer.backends import get_backend
 from edgeformer.backends.trace import trace_forward
-from edgeformer.codesign.build import write_random_gguf
 from edgeformer.config import DecoderConfig, RopeScaling
 from edgeformer.formats import load_checkpoint
+from edgeformer.formats.synthetic import write_random_gguf
 from edgeformer.models.cache import KVCache
 from edgeformer.models.decoder import Decoder
 from edgeformer.perf.trace_model import (kv_bytes_read, kv_cache_bytes, trace_decoder,

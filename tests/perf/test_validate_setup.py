@@ -3,13 +3,12 @@ numbers were made with, and a busy machine gets "machine busy: results not judge
 instead of a MISSES made from other processes' noise (`perf.busy`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from edgeformer.cli.__main__ import build_parser, main
-from edgeformer.perf import busy
+from edgeformer.perf import busy, clock, runner
 from edgeformer.perf import calibrate as cal
 from edgeformer.perf import validate as val
 
@@ -25,7 +24,7 @@ def _row(pred_decode, decode, others=None, setup="--threads 1 --clock cpu"):
 
 
 def test_defaults_are_the_calibrated_setup():
-    assert (cal.CALIBRATED_THREADS, cal.CALIBRATED_CLOCK) == (1, "cpu")
+    assert (clock.CALIBRATED_THREADS, clock.CALIBRATED_CLOCK) == (1, "cpu")
     # the setup BENCHMARKS.md's performance-model table was measured with
     assert "edgeformer perf validate --threads 1 --clock cpu" in (ROOT / "BENCHMARKS.md").read_text()
     p = build_parser()
@@ -33,30 +32,36 @@ def test_defaults_are_the_calibrated_setup():
                  ["codesign", "--device", "host"]):
         a = p.parse_args(argv)
         assert (a.threads, a.clock) == (None, None), argv      # None = the calibrated setup
-    assert cal.use_setup(None, None) == (1, "cpu")
-    assert (cal.threads(), cal.clock_name()) == (1, "cpu")
-    assert cal.setup_name() == "--threads 1 --clock cpu"
-    assert cal.worker_env()["EDGEFORMER_PERF_CLOCK"] == "cpu" and cal.worker_env()["NUMBA_NUM_THREADS"] == "1"
+    assert clock.use_setup(None, None) == (1, "cpu") and clock.threads() == 1
+    assert clock.setup_name("cpu") == "--threads 1 --clock cpu"
+    # the clock travels as an argument, never through the environment
+    assert runner.worker_env()["NUMBA_NUM_THREADS"] == "1" and "EDGEFORMER_PERF_CLOCK" not in runner.worker_env()
     # other setups stay selectable: wall clock alone keeps the thread count; > 1 thread means wall
-    assert cal.use_setup(None, "wall") == (None, "wall") and cal.clock_name() == "wall"
+    assert clock.use_setup(None, "wall") == (None, "wall")
     from edgeformer.errors import InputError
+    with pytest.raises(InputError):
+        clock.use_setup(1, "sundial")
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS >= 2:
-        assert cal.use_setup(2, None) == (2, "wall") and cal.threads() == 2
+        assert clock.use_setup(2, None) == (2, "wall") and clock.threads() == 2
         with pytest.raises(InputError):           # CPU time sums threads: one only
-            cal.use_setup(2, "cpu")
+            clock.use_setup(2, "cpu")
 
 
 def test_validate_cli_measures_in_the_calibrated_setup(monkeypatch, capsys):
     seen = {}
 
-    def fake_grid(quick, backend, budget, out_json=None):
-        seen["setup"] = (cal.threads(), cal.clock_name(), os.environ["EDGEFORMER_PERF_CLOCK"])
+    def fake_grid(quick, backend, budget, **k):
+        seen["setup"] = (clock.threads(), k.get("clock"))
         return [_row(100.0, 98.0, 0.01)]
+
+    def fake_calibrate(*a, **k):
+        seen["calibration"] = k.get("clock")
+        return type("H", (), {"backend": "cpu", "measurements": None})
     monkeypatch.setattr(val, "run_grid", fake_grid)
-    monkeypatch.setattr(cal, "calibrate", lambda *a, **k: type("H", (), {"backend": "cpu", "measurements": None}))
+    monkeypatch.setattr(cal, "calibrate", fake_calibrate)
     assert main(["perf", "validate", "--quick"]) == 0
-    assert seen["setup"] == (1, "cpu", "cpu")
+    assert seen == {"setup": (1, "cpu"), "calibration": "cpu"}
     out = capsys.readouterr().out
     assert "measured with --threads 1 --clock cpu; predicted with the --threads 1 --clock cpu calibration" in out
     assert "meets" in out and "MISSES" not in out and "busy" not in out
@@ -87,14 +92,14 @@ def test_busy_machine_is_not_judged():
 def _fake_grid_deps(monkeypatch, tmp_path):
     """run_grid without models, calibration or worker processes: a 70 % decode error."""
     monkeypatch.setattr(val, "model_path", lambda name, q: tmp_path / f"{name}_{q}.gguf")
-    monkeypatch.setattr(val, "_run_worker", lambda *a, **k: {"ttft_s": 0.1, "decode_s": 1 / 30.0, "steps": 5,
-                                                              "peak_rss": 100e6})
+    monkeypatch.setattr(val, "run_worker", lambda *a, **k: {"ttft_s": 0.1, "decode_s": 1 / 30.0, "steps": 5,
+                                                             "peak_rss": 100e6})
     monkeypatch.setattr(val, "predict_row", lambda *a, **k: {"ttft": 0.1, "prefill": 1280.0, "decode": 100.0,
                                                              "peak": 100e6, "bound": "bandwidth"})
     host = type("H", (), {"backend": "cpu", "measurements": None})
     monkeypatch.setattr(cal, "calibrate", lambda *a, **k: host)
-    import edgeformer.perf.memory as mem
-    monkeypatch.setattr(mem, "calibrate_memory", lambda *a, **k: None)
+    monkeypatch.setattr(val, "calibrate", lambda *a, **k: host)
+    monkeypatch.setattr(val, "calibrate_memory", lambda *a, **k: None)
 
 
 def test_validate_prints_busy_verdict_under_injected_load(monkeypatch, tmp_path, capsys):
@@ -110,8 +115,8 @@ def test_validate_prints_busy_verdict_under_injected_load(monkeypatch, tmp_path,
 
 def test_validate_still_misses_on_a_quiet_machine(monkeypatch, tmp_path, capsys):
     _fake_grid_deps(monkeypatch, tmp_path)
-    clock = iter(range(10**6))
-    monkeypatch.setattr(busy, "read_proc_stat", lambda: (0.0, float(next(clock))))   # nothing busy
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(busy, "read_proc_stat", lambda: (0.0, float(next(ticks))))   # nothing busy
     assert main(["perf", "validate", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "MISSES" in out and "busy" not in out

@@ -11,8 +11,8 @@ from support.families import BY_NAME, checkpoint_from_hf_dir, hf_model, prompt, 
 
 from edgeformer.backends import get_backend  # noqa: E402
 from edgeformer.backends.base import Ops  # noqa: E402
+from edgeformer.backends.row_invariant import row_invariant_linear  # noqa: E402
 from edgeformer.models import Decoder  # noqa: E402
-from edgeformer.runtime.batch import row_invariant_linear  # noqa: E402
 from edgeformer.runtime.kv_cache import PagedKVCache  # noqa: E402
 
 pytest.importorskip("torch")

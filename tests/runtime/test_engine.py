@@ -8,7 +8,8 @@ import pytest
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.engine import Engine
-from edgeformer.runtime.sampler import SamplingParams, log_softmax, make_rng, make_sampler
+from edgeformer.quant.metrics import log_softmax
+from edgeformer.runtime.sampler import SamplingParams, make_rng, make_sampler
 
 from support.fakes import BOS, EOS, EOT, ByteTokenizer, FakeModel, ScriptedModel
 
@@ -193,4 +194,4 @@ def test_nan_logits_are_an_error_and_reset_the_cache():
     eng = _engine(NaNModel())
     with pytest.raises(EdgeformerError, match="NaN"):
         eng.generate("abc")
-    assert eng._cache_ids == []
+    assert eng.session.ids == []

@@ -152,15 +152,15 @@ def long_prompt(engine):
 
 
 def _prefill(engine, ids, chunk):
-    """Logits (vocab,) after `ids` run in chunks of `chunk` (Engine.prefill_chunk), and the
+    """Logits (vocab,) after `ids` run in chunks of `chunk` (the Engine's prefill_chunk), and the
     next greedy tokens with their logprobs (decode steps after that cache)."""
     eng = Engine(engine.model, engine.tokenizer, n_ctx=1024, prefill_chunk=chunk)
-    logits, _ = eng._prefill(list(ids))
+    logits, _ = eng.session.prefill(list(ids))
     toks = []
     for _ in range(4):
         t = int(np.argmax(logits))
         toks.append((t, float(logits[t])))
-        logits = eng._forward([t])
+        logits = eng.session.forward([t])
     return logits, toks
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgeformer.errors import InputError
-from edgeformer.runtime.sampler import SamplingParams, log_softmax
+from edgeformer.quant.metrics import log_softmax
+from edgeformer.runtime.sampler import SamplingParams
 
 # llama.cpp multiplies Q4_1 weights by activations quantized to Q8_1, we by float32
 # activations; on this model that moves token logprobs by up to ~0.1 nat (measured: 0.09

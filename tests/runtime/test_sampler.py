@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from edgeformer.errors import InputError
-from edgeformer.runtime.sampler import (SamplingParams, apply_processors, candidates, log_softmax,
-                                        make_logits_processors, make_rng, make_sampler, top_logprobs)
+from edgeformer.quant.metrics import log_softmax
+from edgeformer.runtime.sampler import (SamplingParams, apply_processors, candidates, make_logits_processors,
+                                        make_rng, make_sampler, top_logprobs)
 
 torch = pytest.importorskip("torch")
 lp = pytest.importorskip("transformers.generation.logits_process")

@@ -40,10 +40,10 @@ def _configs(seed: int):
 
 
 def _check_caches(eng: Engine) -> None:
-    assert eng._cache.tokens == eng._cache_ids
+    assert eng.session.cache.tokens == eng.session.ids
     d = eng.speculative.drafter
     if isinstance(d, ModelDrafter):
-        assert d._cache.tokens == d.cached_ids
+        assert d.session.cache.tokens == d.session.ids
 
 
 PROMPTS = ["hello there hello there hello", "abcabcabcabc", "x", "the cat sat on the mat; the cat"]

@@ -50,9 +50,9 @@ def test_nothing_compiles_or_loads_after_load(cpu, shipped):
 
 def test_cold_cache_compiles_decode_in_a_child(cpu, tmp_path, monkeypatch):
     from edgeformer.backends import get_backend
-    from edgeformer.codesign.build import write_random_gguf
     from edgeformer.config import DecoderConfig
     from edgeformer.formats import load_checkpoint
+    from edgeformer.formats.synthetic import write_random_gguf
     from edgeformer.models.decoder import Decoder
     from edgeformer.perf.memory import TINY_MODEL
     path = tmp_path / "tiny.gguf"

@@ -5,9 +5,9 @@ are imported when a `CpuBackend` is constructed, and each kernel compiles on fir
 (`cache=True`, so later processes load machine code from `__pycache__`).
 
 Weights are repacked once at load (`repack.py`); `linear` has one kernel per qtype
-(`matmul.py`); the other op families mirror `kernels/`: norm, rope, attention,
-activation (glu, softcap, softmax), embed. add/mul are numpy's own ufuncs (already
-vectorised and bandwidth-bound), i.e. the reference.
+(`linear.py`, generated from `kinds.py`'s table); the other op families mirror
+`kernels/`: norm, rope, attention, activation (glu, softcap, softmax), embed. add/mul are
+numpy's own ufuncs (already vectorised and bandwidth-bound), i.e. the reference.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _release_file_pages(a: Any) -> None:
 def _drop_stale_cache() -> None:
     """Numba keys a cached kernel on its own source file's timestamp, not on the files whose
     intrinsics and inlined functions it compiled in (simd*.py, act_quant.py, norm.py,
-    attention.py ... into matmul.py's and block.py's kernels): after an edit or an upgrade
+    attention.py ... into linear.py's and block.py's kernels): after an edit or an upgrade
     of any of them, stale machine code would keep running. So a hash of every source of this
     package is kept beside the cache; when it changes, the cached entries are deleted (they
     recompile on first call). Only the default cache (this package's __pycache__, the forced
@@ -216,7 +216,7 @@ def _others_running(samples: int = 5) -> float:
 
 class CpuBackend(Backend):
     name = "cpu"
-    # a linear row's bits never depend on the other rows of the call (runtime/batch.py):
+    # a linear row's bits never depend on the other rows of the call (backends/row_invariant.py):
     # every kernel computes a row the same way for any row count
     row_invariant_rows = 1 << 30
 
@@ -239,17 +239,17 @@ class CpuBackend(Backend):
         if not _cache_warm():
             print("edgeformer: compiling the CPU kernels on first use (once for this CPU, typically 20-50 s "
                   "on 2 cores; cached afterwards)", file=sys.stderr, flush=True)
-        from edgeformer.backends.cpu import activation, attention, embed, matmul, norm, rope
+        from edgeformer.backends.cpu import activation, attention, embed, linear, norm, rope
         isa.verify()        # Numba compiles for what EDGEFORMER_CPU_ISA asked
         from edgeformer.kernels.elementwise import add_ref, mul_ref
         self.kernels: dict[str, Callable[..., Any]] = {
-            "linear": matmul.linear, "embed": embed.embed,
+            "linear": linear.linear, "embed": embed.embed,
             "rms_norm": norm.rms_norm, "layer_norm": norm.layer_norm, "rope": rope.rope,
             "attention": attention.attention, "activation": activation.activation,
             "glu": activation.glu, "softmax": activation.softmax, "softcap": activation.softcap,
             "add": add_ref, "mul": mul_ref,
         }
-        self._linear_kernels = matmul.KERNELS
+        self._bind = linear.bind
         self._dequant_warned: set[str] = set()      # qtypes already warned about (once each)
         self.kernels.update(__import__("edgeformer.backends.cpu.conv", fromlist=["KERNELS"]).KERNELS)  # conv1d, conv_transpose1d
         self._forwards = 0                          # forward passes seen (after_forward)
@@ -305,7 +305,7 @@ class CpuBackend(Backend):
                               RuntimeWarning, stacklevel=2)
             qt = QTensor.from_array(dequantize(qt).astype("float32").reshape(qt.shape))
         packed = repack(qt)
-        packed.kernel, packed.act = self._linear_kernels[packed.kind], self._act
+        self._bind(packed, self._act)
         _release_file_pages(qt.data)
         return Weight(name, qt.qtype, qt.shape, qt.nbytes, packed, None)
 
@@ -319,7 +319,7 @@ class CpuBackend(Backend):
                               for w in ws):
             return None
         packed = concat_rows([w.handle for w in ws])
-        packed.kernel, packed.act = self._linear_kernels[packed.kind], self._act
+        self._bind(packed, self._act)
         n = sum(w.shape[0] for w in ws)
         return Weight(name, ws[0].qtype, (n,) + tuple(ws[0].shape[1:]), sum(w.nbytes for w in ws), packed, None)
 

@@ -4,11 +4,11 @@ or int8 (llama.cpp's Q8_1-like scheme, for exact parity with it).
 
 One block of x becomes xq = rint(x / d) with d = max|x| / QMAX (QMAX 32767 or 127, from
 xq's dtype), the scale xd = d and the scaled sum xs = d * sum(xq) (for zero points and
-mins). int16 blocks are stored pairwise interleaved (`simd.IL`: the order of a Q4 block
+mins). int16 blocks are stored pairwise interleaved (`vector_ir.IL`: the order of a Q4 block
 pair's nibbles, so one `vpmaddwd` per 32 weights lands each block in its own 8 lanes). A block holding NaN/Inf gets xd = xs = NaN, so every output of that token is NaN
 (the reference gives NaN/Inf there too) instead of integer garbage.
 
-Every kernel that quantizes activations (`matmul.py`'s linears, `block.py`'s fused decode
+Every kernel that quantizes activations (`linear.py`'s linears, `block.py`'s fused decode
 step) calls `quant_row`, so a token's integers are the same whatever path it takes.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def quant_row(v, xq, xd, xs):
     il = _interleaved(xq)
     for bk in range(nb):
         o = bk * 32
-        # int16: a complete pair of blocks (2g, 2g+1) is stored interleaved (simd.IL):
+        # int16: a complete pair of blocks (2g, 2g+1) is stored interleaved (vector_ir.IL):
         # weight i of block h goes to 64 g + 32 (i // 16) + 16 h + i % 16
         pair = il and (bk | 1) < nb
         h = bk & 1
@@ -89,7 +89,7 @@ def quant_row(v, xq, xd, xs):
 @njit(**JIT)
 def quantize_x(x, proto):
     """x (T, K) float32, K % 32 == 0 -> (xq (T, K) of proto's dtype, xd (T, K/32),
-    xs (T, K/32)). Serial: ~1 ns/element, small next to the matmul it feeds."""
+    xs (T, K/32)). Serial: ~1 ns/element, small next to the linear it feeds."""
     t_, k = x.shape
     xq = np.empty((t_, k), proto.dtype)
     xd = np.empty((t_, k // 32), np.float32)

@@ -11,7 +11,7 @@ from numba import njit, prange
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
 
-_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+ACTIVATION_IDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 _INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
 
@@ -132,9 +132,9 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 
 def _kind(kind: str) -> int:
-    k = _KINDS.get(kind)
+    k = ACTIVATION_IDS.get(kind)
     if k is None:
-        raise ValueError(f"unknown activation {kind!r}; known: {', '.join(_KINDS)}")
+        raise ValueError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATION_IDS)}")
     return k
 
 

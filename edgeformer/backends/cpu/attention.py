@@ -33,7 +33,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
-from edgeformer.backends.cpu.simd import _V16F, _data, _fma, _fsplat, _vload, fast_exp
+from edgeformer.backends.cpu.simd import fast_exp
+from edgeformer.backends.cpu.vector_ir import V16F, data, fma, fsplat, vload
 
 
 @njit(**JIT)
@@ -195,7 +196,7 @@ def _kt64(typingctx, k, kbase, ldk, jb, s, nch, kt, g0, g1):
 
     def codegen(context, builder, sig, args):
         ka, kbase, ldk, jb, s, nch, kta, g0, g1 = args
-        kp_, tp_ = _data(context, builder, sig.args[0], ka), _data(context, builder, sig.args[6], kta)
+        kp_, tp_ = data(context, builder, sig.args[0], ka), data(context, builder, sig.args[6], kta)
         i64 = ir.IntType(64)
         zero_i, last = ir.Constant(i64, 0), builder.sub(s, ir.Constant(i64, 1))
         offs = []
@@ -210,11 +211,11 @@ def _kt64(typingctx, k, kbase, ldk, jb, s, nch, kt, g0, g1):
                 gc = ir.Constant(i64, g)
                 inside = builder.and_(builder.icmp_signed("<=", g0, gc), builder.icmp_signed(">", g1, gc))
                 with builder.if_then(inside):
-                    rows = [_vload(builder, kp_, builder.add(offs[16 * g + r], c16), 16) for r in range(16)]
+                    rows = [vload(builder, kp_, builder.add(offs[16 * g + r], c16), 16) for r in range(16)]
                     for i, col in enumerate(_transpose16(builder, rows)):
                         off = builder.add(builder.mul(builder.add(c16, ir.Constant(i64, i)), ir.Constant(i64, BK)),
                                           ir.Constant(i64, 16 * g))
-                        p = builder.bitcast(builder.gep(tp_, [off]), _V16F.as_pointer())
+                        p = builder.bitcast(builder.gep(tp_, [off]), V16F.as_pointer())
                         builder.store(col, p, align=4)
         return context.get_dummy_value()
     return types.void(k, ip, ip, ip, ip, ip, kt, ip, ip), codegen
@@ -223,8 +224,8 @@ def _kt64(typingctx, k, kbase, ldk, jb, s, nch, kt, g0, g1):
 def _reduce64_codegen(is_max: bool):
     def codegen(context, builder, sig, args):
         ary, off = args
-        p = _data(context, builder, sig.args[0], ary)
-        v = [_vload(builder, p, builder.add(off, ir.Constant(off.type, 16 * c)), 16) for c in range(BK // 16)]
+        p = data(context, builder, sig.args[0], ary)
+        v = [vload(builder, p, builder.add(off, ir.Constant(off.type, 16 * c)), 16) for c in range(BK // 16)]
 
         def op(a, b):
             return builder.select(builder.fcmp_ordered(">", a, b), a, b) if is_max else builder.fadd(a, b)
@@ -258,23 +259,23 @@ def _tile_codegen(nc: int, rows: int, qk: bool):
     (row, lane) over i in order; then qk: c[coff + rr*ldc + c] = acc, else c[...] += acc."""
     def codegen(context, builder, sig, args):
         a_ary, aoff, lda, b_ary, boff, ldb, c_ary, coff, ldc, n = args
-        ap, bp, cp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3, 6))
+        ap, bp, cp = (data(context, builder, sig.args[i], args[i]) for i in (0, 3, 6))
         i64 = ir.IntType(64)
-        zero = ir.Constant(_V16F, None)
+        zero = ir.Constant(V16F, None)
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nc)] for _ in range(rows)]
         with cgutils.for_range(builder, n) as loop:
             i = loop.index
             bb = builder.add(boff, builder.mul(i, ldb))
-            bv = [_vload(builder, bp, builder.add(bb, ir.Constant(i64, 16 * c)), 16) for c in range(nc)]
+            bv = [vload(builder, bp, builder.add(bb, ir.Constant(i64, 16 * c)), 16) for c in range(nc)]
             for rr in range(rows):
                 ai = builder.add(builder.add(aoff, builder.mul(ir.Constant(i64, rr), lda)), i)
-                av = _fsplat(builder, builder.load(builder.gep(ap, [ai])), 16)
+                av = fsplat(builder, builder.load(builder.gep(ap, [ai])), 16)
                 for c in range(nc):
-                    builder.store(_fma(builder, av, bv[c], builder.load(acc[rr][c])), acc[rr][c])
+                    builder.store(fma(builder, av, bv[c], builder.load(acc[rr][c])), acc[rr][c])
         for rr in range(rows):
             cb = builder.add(coff, builder.mul(ir.Constant(i64, rr), ldc))
             for c in range(nc):
-                p = builder.bitcast(builder.gep(cp, [builder.add(cb, ir.Constant(i64, 16 * c))]), _V16F.as_pointer())
+                p = builder.bitcast(builder.gep(cp, [builder.add(cb, ir.Constant(i64, 16 * c))]), V16F.as_pointer())
                 x = builder.load(acc[rr][c])
                 if not qk:
                     x = builder.fadd(builder.load(p, align=4), x)

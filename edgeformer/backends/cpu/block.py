@@ -34,76 +34,54 @@ import numpy as np
 from numba import njit, prange
 
 from edgeformer.backends.cpu.act_quant import quant_row
-from edgeformer.backends.cpu.activation import _KINDS, glu_row
+from edgeformer.backends.cpu.activation import ACTIVATION_IDS, glu_row
 from edgeformer.backends.cpu.attention import attend_one
-from edgeformer.backends.cpu.common import EXACT, JIT
+from edgeformer.backends.cpu.common import EXACT, JIT, specialise
+from edgeformer.backends.cpu.kinds import EMPTY_SLOT, KINDS, slot
 from edgeformer.backends.cpu.norm import rms_row
 from edgeformer.backends.cpu.rope import cos_sin, rotate
 from edgeformer.backends.cpu.repack import PackedWeight
-from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
-from edgeformer.backends.cpu.simd_rows import rowdot2_q4_0, rowdot2_q4_1, rowdot2_q5_0, rowdot2_q5_1, rowdot2_q8_0
-from edgeformer.quant.qtypes import QType
 
-# kernel kinds of a weight "slot": (kind, u8 a, b, c, d, u16 e, f) - one tuple type for
-# every qtype (the row-dot intrinsics read raw bytes, so signedness of the views is moot)
-_KIND = {QType.Q8_0: 0, QType.Q4_0: 1, QType.Q4_1: 2, QType.Q4_K: 3, QType.Q5_K: 4, QType.Q6_K: 5,
-         QType.Q5_0: 6, QType.Q5_1: 7}
-_E8 = np.zeros((1, 0), np.uint8)
-_E16 = np.zeros((1, 0), np.uint16)
 _NOB = np.zeros(0, np.float32)
+# Template globals of `_rows_kind`, bound per table row by `specialise`.
+KIND, ROWDOT, OTHER = -1, None, None
 
 
-def slot(w: PackedWeight) -> tuple:
-    """A PackedWeight as (kind, a, b, c, d, e, f) for `_gemv` (views, no copies)."""
-    u8 = lambda x: x.view(np.uint8)  # noqa: E731
-    k, arr = w.kind, w.arrays
-    if k in (QType.Q8_0, QType.Q4_0):
-        return (_KIND[k], u8(arr[0]), _E8, _E8, _E8, arr[1], _E16)
-    if k == QType.Q4_1:
-        return (_KIND[k], arr[0], _E8, _E8, _E8, arr[1], arr[2])
-    if k == QType.Q5_0:
-        return (_KIND[k], arr[0], arr[1], _E8, _E8, arr[2], _E16)
-    if k == QType.Q5_1:
-        return (_KIND[k], arr[0], arr[1], _E8, _E8, arr[2], arr[3])
-    if k == QType.Q4_K:
-        return (_KIND[k], arr[0], _E8, arr[1], arr[2], arr[3], arr[4])
-    if k == QType.Q5_K:
-        return (_KIND[k], arr[0], arr[1], arr[2], arr[3], arr[4], arr[5])
-    return (_KIND[k], arr[0], arr[1], u8(arr[2]), _E8, arr[3], _E16)   # Q6_K
+@njit(**JIT)
+def _rows_none(w, xq, xd, xs, out):
+    """The end of the `_rows` chain: no kind matched (never reached for a fusable model)."""
 
 
-@njit(parallel=True, **JIT)
-def _gemv(w, xq, xd, xs, bias, out):
-    """out[r] = row r of weight slot `w` . activations (xq, xd, xs) (+ bias[r]). One loop
-    per kind: a kind test (or a non-inlined row-dot call) per row measured 2.7x slower."""
+def _rows_kind(w, xq, xd, xs, out):
+    """out[r] = row r of weight slot `w` . activations (xq, xd, xs) if w is of kind KIND
+    (ROWDOT; one loop per kind: a kind test or a non-inlined row-dot call per row measured
+    2.7x slower), else OTHER's (the next kind's)."""
     kind, a, b, c, d, e, f = w
-    n = out.shape[0]
-    if kind == 0:
-        for r in prange(n):
-            out[r] = rowdot2_q8_0(a[r], xq, e[r], xd, xs)
-    elif kind == 1:
-        for r in prange(n):
-            out[r] = rowdot2_q4_0(a[r], xq, e[r], xd, xs)
-    elif kind == 2:
-        for r in prange(n):
-            out[r] = rowdot2_q4_1(a[r], xq, e[r], xd, xs, f[r])
-    elif kind == 3:
-        for r in prange(n):
-            out[r] = rowdot_q4_k(a[r], c[r], d[r], e[r], f[r], xq, xd, xs)
-    elif kind == 4:
-        for r in prange(n):
-            out[r] = rowdot_q5_k(a[r], b[r], c[r], d[r], e[r], f[r], xq, xd, xs)
-    elif kind == 6:
-        for r in prange(n):
-            out[r] = rowdot2_q5_0(a[r], xq, e[r], xd, xs, b[r])
-    elif kind == 7:
-        for r in prange(n):
-            out[r] = rowdot2_q5_1(a[r], xq, e[r], xd, xs, f[r], b[r])
+    if kind == KIND:
+        for r in prange(out.shape[0]):
+            out[r] = ROWDOT(a[r], b[r], c[r], d[r], e[r], f[r], xq, xd, xs)
     else:
-        for r in prange(n):
-            out[r] = rowdot_q6_k(a[r], b[r], c[r], e[r], xq, xd)
+        OTHER(w, xq, xd, xs, out)
+
+
+def _chain():
+    """One `_rows_kind` link per `kinds.KINDS` row (KIND its id), built from the last."""
+    g = _rows_none
+    for i, (q, k) in reversed(list(enumerate(KINDS.items()))):
+        g = specialise(_rows_kind, f"_rows_{q.name.lower()}", dict(parallel=True, **JIT), KIND=i, ROWDOT=k.rowdot,
+                       OTHER=g)
+    return g
+
+
+_rows = _chain()
+
+
+@njit(**JIT)
+def _gemv(w, xq, xd, xs, bias, out):
+    """out[r] = row r of weight slot `w` . activations (xq, xd, xs) (+ bias[r])."""
+    _rows(w, xq, xd, xs, out)
     if bias.shape[0]:
-        for r in range(n):
+        for r in range(out.shape[0]):
             out[r] += bias[r]
 
 
@@ -194,8 +172,6 @@ def _attn_out(x, q, k, v, kpos, pos, scale, window, softcap, wo, bo, pan, ffn_w,
         x[i] += tmp[i]
 
 
-_EMPTY_SLOT = (0, _E8, _E8, _E8, _E8, _E16, _E16)
-
 
 class _Plan:
     """Per-model slots and scratch buffers for the fused step."""
@@ -207,14 +183,14 @@ class _Plan:
         for L in model.layers:
             if L.wqkv is not None:
                 n = nq + 2 * nkv       # one GEMV fills all of qkv
-                qkv = (slot(L.wqkv.handle), _EMPTY_SLOT, _EMPTY_SLOT, _b(L.bqkv), _NOB, _NOB, n, n)
+                qkv = (slot(L.wqkv.handle), EMPTY_SLOT, EMPTY_SLOT, _b(L.bqkv), _NOB, _NOB, n, n)
             else:
                 qkv = (slot(L.wq.handle), slot(L.wk.handle), slot(L.wv.handle), _b(L.bq), _b(L.bk), _b(L.bv),
                        nq, nq + nkv)
             if L.w_gate is not None:
                 gu = (slot(L.w_gate.handle), slot(L.w_up.handle), _b(L.b_gate), _b(L.b_up), True)
             else:
-                gu = (slot(L.w_up.handle), _EMPTY_SLOT, _b(L.b_up), _NOB, False)
+                gu = (slot(L.w_up.handle), EMPTY_SLOT, _b(L.b_up), _NOB, False)
             self.layers.append((L.attn_norm, qkv, _b(L.q_norm), _b(L.k_norm), slot(L.wo.handle), _b(L.bo),
                                 _b(L.post_attn_norm), L.ffn_norm, gu, slot(L.w_down.handle), _b(L.b_down),
                                 _b(L.post_ffn_norm), L.sliding))
@@ -225,15 +201,12 @@ class _Plan:
         self.aq, self.ad, self.as_ = e(nq, it), e(nq // 32), e(nq // 32)
         self.gu, self.h = e(2 * c.ffn_dim), e(c.ffn_dim)
         self.hq, self.hd, self.hs = e(c.ffn_dim, it), e(c.ffn_dim // 32), e(c.ffn_dim // 32)
-        self.act = _KINDS[c.activation]
+        self.act = ACTIVATION_IDS[c.activation]
         self.nq, self.nkv = nq, nkv
 
 
 def _b(b: np.ndarray | None) -> np.ndarray:
     return _NOB if b is None else np.ascontiguousarray(b, dtype=np.float32)
-
-
-_FUSABLE = tuple(_KIND)
 
 
 def why_not_fused(model: Any) -> str | None:
@@ -243,7 +216,7 @@ def why_not_fused(model: Any) -> str | None:
     c = model.config
     if any(d % 32 for d in (c.dim, c.n_heads * c.head_dim, c.ffn_dim)):
         return "a row length that is not a multiple of 32"
-    if c.activation not in _KINDS:
+    if c.activation not in ACTIVATION_IDS:
         return f"activation {c.activation}"
     for r in (model.rope_full, model.rope_sliding):
         s = getattr(r, "scaling", None)
@@ -257,7 +230,7 @@ def why_not_fused(model: Any) -> str | None:
         for w in ws + [L.wo, L.w_up, L.w_down] + ([L.w_gate] if L.w_gate is not None else []):
             if w is None:
                 return "a missing q/k/v weight"
-            if w.qtype not in _FUSABLE or not isinstance(w.handle, PackedWeight):
+            if w.qtype not in KINDS or not isinstance(w.handle, PackedWeight):
                 return f"{w.name} is {w.qtype.name} (no quantized fused kernel)"
             if w.handle.act is None:
                 return "float32 activations (the fused step dots integer activations)"

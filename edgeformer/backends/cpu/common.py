@@ -20,6 +20,18 @@ EXACT = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
 PARALLEL_MIN = 1 << 16   # elements; below this a serial loop beats waking the thread pool
 
 
+def specialise(fn, name: str, flags: dict, **names):
+    """`fn` compiled with Numba options `flags` as a kernel called `name`, with the global
+    `names` rebound (e.g. the row dot a template calls): one source, one machine-code kernel
+    per binding. Rebound globals, not a closure: Numba's disk cache keys a closure by
+    pickling its cells, and an intrinsic pickles to a new id in every process (never a hit).
+    Renamed because the cache keys an entry by qualified name and line, not by bindings."""
+    g = dict(fn.__globals__, **names) if names else fn.__globals__
+    f = types.FunctionType(fn.__code__, g, name, fn.__defaults__, fn.__closure__)
+    f.__qualname__, f.__module__, f.__doc__ = name, fn.__module__, fn.__doc__
+    return njit(**flags)(f)
+
+
 def jit_pair(fn, flags=None):
     """(serial, parallel) compiled versions of a kernel written with `prange` (Numba
     options `flags`, default JIT).
@@ -28,7 +40,5 @@ def jit_pair(fn, flags=None):
     function's qualified name, line and signature, not by `parallel=`, so two dispatchers
     of one function shared an entry and whichever compiled first served both (the HiFi-GAN
     convs ran their "parallel" kernel on one thread: 17.8 ms vs 8.6 ms)."""
-    par = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__, fn.__closure__)
-    par.__qualname__, par.__module__, par.__doc__ = fn.__qualname__ + "_parallel", fn.__module__, fn.__doc__
     flags = JIT if flags is None else flags
-    return njit(**flags)(fn), njit(parallel=True, **flags)(par)
+    return njit(**flags)(fn), specialise(fn, fn.__qualname__ + "_parallel", dict(parallel=True, **flags))

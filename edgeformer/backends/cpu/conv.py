@@ -38,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.common import jit_pair
-from edgeformer.kernels.conv import _pads, conv1d_out_len, conv1d_ref, conv_transpose1d_out_len
+from edgeformer.kernels.conv import conv_pads, conv1d_out_len, conv1d_ref, conv_transpose1d_out_len
 
 _TB = 512    # frames per task of the generic path: 4 x 512 float32 accumulators = 8 KB of L1
 _SERIAL_FLOPS = 1 << 21   # below ~2 MFLOP a serial loop beats waking the thread pool
@@ -253,7 +253,7 @@ def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride:
             or conv1d_out_len(t, k, stride=stride, padding=padding, dilation=dilation) < 1):
         # the reference raises the ValueError that names the problem
         return conv1d_ref(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    left, right = _pads(padding)
+    left, right = conv_pads(padding)
     t_out = conv1d_out_len(t, k, stride=stride, padding=(left, right), dilation=dilation)
     og = c_out // groups
     fast = groups == 1 or og % _R == 0

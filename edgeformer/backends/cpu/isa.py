@@ -1,7 +1,7 @@
 """Which x86 SIMD path the cpu backend's kernels compile for, and how to force one.
 
 The kernels pick their instructions from the LLVM target features Numba compiles for
-(`simd._features`): AVX-512 (VNNI `vpdpbusd`, BF16 `vdpbf16ps`, 512-bit tiles) where the
+(`vector_ir.features`): AVX-512 (VNNI `vpdpbusd`, BF16 `vdpbf16ps`, 512-bit tiles) where the
 features have them, else AVX2, else generic vector IR. Numba takes the target from the
 host unless `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` say otherwise, and reads both when
 `numba` is imported (its codegen is built once per process). `NUMBA_CPU_NAME=haswell`
@@ -145,18 +145,18 @@ def ensure() -> None:
 
 def target_features() -> set[str]:
     """The LLVM target features Numba compiles for in this process ("+avx2", "-avx512f",
-    ...), read the way the kernels read them (`simd._features`). Imports numba."""
+    ...), read the way the kernels read them (`vector_ir.features`). Imports numba."""
     from numba.core.registry import cpu_target
 
-    from edgeformer.backends.cpu.simd import _features
-    return _features(cpu_target.target_context)
+    from edgeformer.backends.cpu.vector_ir import features
+    return features(cpu_target.target_context)
 
 
 def isa_of(features: set[str]) -> str:
     """The kernel path those features select: "avx512" (512-bit tiles; VNNI/BF16 when
     present), "avx2", or "generic" (portable vector IR: non-x86 or pre-AVX2)."""
-    from edgeformer.backends.cpu.simd import _is_x86
-    if not _is_x86():
+    from edgeformer.backends.cpu.vector_ir import is_x86
+    if not is_x86():
         return "generic"
     if "+avx512f" in features:
         return "avx512"

@@ -17,7 +17,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.common import EXACT, PARALLEL_MIN, jit_pair
-from edgeformer.backends.cpu.simd import _V16F, _data, _fma, _hsum, _vload
+from edgeformer.backends.cpu.vector_ir import V16F, data, fma, hsum, vload
 
 _NONE = np.zeros(0, np.float32)
 
@@ -30,23 +30,23 @@ def _sumsq(typingctx, x, n):
     order for each n (the caller's flags never reach it: only exact callers use it)."""
     def codegen(context, builder, sig, args):
         xa, n = args
-        xp = _data(context, builder, sig.args[0], xa)
+        xp = data(context, builder, sig.args[0], xa)
         i64 = ir.IntType(64)
         c = lambda k: ir.Constant(i64, k)  # noqa: E731
-        zero = ir.Constant(_V16F, None)
+        zero = ir.Constant(V16F, None)
         acc = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
         with cgutils.for_range(builder, builder.sdiv(n, c(64))) as loop:
             base = builder.mul(loop.index, c(64))
             for k in range(4):
-                v = _vload(builder, xp, builder.add(base, c(16 * k)), 16)
-                builder.store(_fma(builder, v, v, builder.load(acc[k])), acc[k])
+                v = vload(builder, xp, builder.add(base, c(16 * k)), 16)
+                builder.store(fma(builder, v, v, builder.load(acc[k])), acc[k])
         a = [builder.load(x) for x in acc]
         tot = cgutils.alloca_once_value(builder, builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3])))
         done = builder.mul(builder.sdiv(n, c(64)), c(64))
         with cgutils.for_range(builder, builder.sdiv(builder.sub(n, done), c(16))) as loop:
-            v = _vload(builder, xp, builder.add(done, builder.mul(loop.index, c(16))), 16)
-            builder.store(_fma(builder, v, v, builder.load(tot)), tot)
-        s = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(tot)))
+            v = vload(builder, xp, builder.add(done, builder.mul(loop.index, c(16))), 16)
+            builder.store(fma(builder, v, v, builder.load(tot)), tot)
+        s = cgutils.alloca_once_value(builder, hsum(builder, builder.load(tot)))
         tail = builder.mul(builder.sdiv(n, c(16)), c(16))
         with cgutils.for_range(builder, builder.sub(n, tail)) as loop:
             xi = builder.load(builder.gep(xp, [builder.add(tail, loop.index)]))
@@ -107,7 +107,7 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return x2
 
 
-def _vec(w: np.ndarray | None, d: int) -> np.ndarray:
+def vec(w: np.ndarray | None, d: int) -> np.ndarray:
     if w is None:
         return _NONE
     if np.shape(w) != (d,):   # the kernels index w unchecked
@@ -119,7 +119,7 @@ def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis; same contract as `rms_norm_ref`."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    (_rms_par if x2.size >= PARALLEL_MIN else _rms_ser)(x2, _vec(w, x2.shape[1]), np.float32(eps), out)
+    (_rms_par if x2.size >= PARALLEL_MIN else _rms_ser)(x2, vec(w, x2.shape[1]), np.float32(eps), out)
     return out.reshape(x.shape)
 
 
@@ -128,5 +128,5 @@ def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: f
     x2 = _rows(x)
     out = np.empty_like(x2)
     d = x2.shape[1]
-    (_ln_par if x2.size >= PARALLEL_MIN else _ln_ser)(x2, _vec(w, d), _vec(b, d), np.float32(eps), out)
+    (_ln_par if x2.size >= PARALLEL_MIN else _ln_ser)(x2, vec(w, d), vec(b, d), np.float32(eps), out)
     return out.reshape(x.shape)

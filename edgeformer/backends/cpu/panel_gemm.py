@@ -6,7 +6,7 @@ Layout (made once at load by `to_panels`, in place of the file's row-major bytes
 the 16 weights of one column k are one 64-byte vector (F32) or 32 bytes (F16/BF16 bits,
 widened in-register). Padding rows are zero.
 
-Kernel (`_tile`, LLVM IR like simd.py): RV panels x TT tokens of <16 x float> accumulators
+Kernel (`tile`, LLVM IR built with vector_ir.py): RV panels x TT tokens of <16 x float> accumulators
 (AVX-512: 4 x 6 = 24 of the 32 registers; AVX2: 1 x 6, each accumulator two ymm). Per
 column k it loads RV weight vectors and broadcasts TT activations x[t, k]: RV*TT FMAs per
 RV + TT loads, so prefill is FMA-bound instead of reading the weights once per token.
@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.common import JIT
-from edgeformer.backends.cpu.simd import _I32, _V16F, _data, _features, _fma, _fsplat, _is_x86, _native_half
+from edgeformer.backends.cpu.vector_ir import I32, V16F, data, features, fma, fsplat, is_x86, native_half
 
 P = 16          # rows per panel (one <16 x float>)
 KC = 512        # columns per K block: a 4-panel block is 128 KiB of F32
@@ -38,28 +38,28 @@ TT = 6          # tokens per tile (T = 1 gets a 1-token tile: no idle FMAs in de
 
 def _rv(context) -> int:
     """Panels per tile: 4 where AVX-512 gives 32 vector registers, else 1."""
-    f = _features(context) if _is_x86() else set()
+    f = features(context) if is_x86() else set()
     return 4 if "+avx512f" in f else 1
 
 
 def _widen(context, builder, v, kind: str):
     """<16 x float> from 16 loaded weight elements of `kind` (f32 / f16 / bf16 bits)."""
     if isinstance(v.type.element, ir.FloatType):    # f32 weights (whatever `kind` says:
-        return v                                     # `_tile` compiles every kind's branch)
-    v16i32 = ir.VectorType(_I32, 16)
+        return v                                     # `tile` compiles every kind's branch)
+    v16i32 = ir.VectorType(I32, 16)
     if kind != "f16":
-        return builder.bitcast(builder.shl(builder.zext(v, v16i32), ir.Constant(v16i32, [16] * 16)), _V16F)
-    if _native_half(context):
-        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 16)), _V16F)
-    # exact bit trick (see simd._half_to_float), lane-wise
+        return builder.bitcast(builder.shl(builder.zext(v, v16i32), ir.Constant(v16i32, [16] * 16)), V16F)
+    if native_half(context):
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 16)), V16F)
+    # exact bit trick (see vector_ir.half_to_float), lane-wise
     c = lambda k: ir.Constant(v16i32, [k] * 16)  # noqa: E731
     h = builder.zext(v, v16i32)
-    f = builder.fmul(builder.bitcast(builder.shl(builder.and_(h, c(0x7FFF)), c(13)), _V16F),
-                     ir.Constant(_V16F, [2.0 ** 112] * 16))
+    f = builder.fmul(builder.bitcast(builder.shl(builder.and_(h, c(0x7FFF)), c(13)), V16F),
+                     ir.Constant(V16F, [2.0 ** 112] * 16))
     bits = builder.bitcast(f, v16i32)
     infnan = builder.icmp_unsigned(">=", builder.and_(h, c(0x7C00)), c(0x7C00))
     bits = builder.select(infnan, builder.or_(bits, c(0x7F800000)), bits)
-    return builder.bitcast(builder.or_(bits, builder.shl(builder.and_(h, c(0x8000)), c(16))), _V16F)
+    return builder.bitcast(builder.or_(bits, builder.shl(builder.and_(h, c(0x8000)), c(16))), V16F)
 
 
 def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) -> None:
@@ -77,11 +77,11 @@ def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) 
     wvt = ir.VectorType(wp.type.pointee, P)
 
     def yptr(v, t):
-        return builder.bitcast(builder.gep(yp, [ybase[v][t]]), _V16F.as_pointer())
+        return builder.bitcast(builder.gep(yp, [ybase[v][t]]), V16F.as_pointer())
 
     def live(v, t):
         return builder.and_(builder.icmp_signed("<", k64(v), nrv), builder.icmp_signed("<", k64(t), nt))
-    acc = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(tt)] for _ in range(rv)]
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(tt)] for _ in range(rv)]
     with builder.if_then(builder.icmp_signed("==", first, ir.Constant(first.type, 0))):
         for v in range(rv):
             for t in range(tt):
@@ -94,9 +94,9 @@ def _emit_tile(context, builder, args, wp, xp, yp, kind: str, rv: int, tt: int) 
               for v in range(rv)]
         wv = [_widen(context, builder, w, kind) for w in wv]
         for t in range(tt):
-            xb = _fsplat(builder, builder.load(builder.gep(xp, [builder.add(xbase[t], k)])), P)
+            xb = fsplat(builder, builder.load(builder.gep(xp, [builder.add(xbase[t], k)])), P)
             for v in range(rv):
-                builder.store(_fma(builder, wv[v], xb, builder.load(acc[v][t])), acc[v][t])
+                builder.store(fma(builder, wv[v], xb, builder.load(acc[v][t])), acc[v][t])
     for v in range(rv):
         for t in range(tt):
             with builder.if_then(live(v, t)):
@@ -117,7 +117,7 @@ def _make_tile(kind: str):
 
         def codegen(context, builder, sig, args):
             rv = _rv(context)
-            wp, xp, yp = (_data(context, builder, sig.args[i], args[i]) for i in (0, 5, 9))
+            wp, xp, yp = (data(context, builder, sig.args[i], args[i]) for i in (0, 5, 9))
             nt = args[8]
             with builder.if_else(builder.icmp_signed("==", nt, ir.Constant(nt.type, 1))) as (gemv, gemm):
                 with gemv:
@@ -145,11 +145,11 @@ def target_constant(fn):
     return const
 
 
-_panels_per_tile = target_constant(_rv)     # RV of the target
+panels_per_tile = target_constant(_rv)     # RV of the target
 
 
 @njit(**JIT)
-def _tile(kind, w, w_off, w_ps, nrv, nk, x, x_off, x_ts, nt, y, y_off, y_ts, first):
+def tile(kind, w, w_off, w_ps, nrv, nk, x, x_off, x_ts, nt, y, y_off, y_ts, first):
     if kind == 0:
         _TILE_F32(w, w_off, w_ps, nrv, nk, x, x_off, x_ts, nt, y, y_off, y_ts, first)
     elif kind == 1:
@@ -165,7 +165,7 @@ def _linear(kind, x, w, bias, out):
     t_, k = x.shape
     n = out.shape[1]
     n_full = n // P                          # panels stored straight into out
-    rv = _panels_per_tile()
+    rv = panels_per_tile()
     n_groups = (n_full + rv - 1) // rv
     tb = max(TT, 96 // TT * TT)              # tokens per task: the group's K block stays in L2
     n_tt = (t_ + tb - 1) // tb
@@ -179,16 +179,16 @@ def _linear(kind, x, w, bias, out):
         for k0 in range(0, k, KC):
             nk = min(KC, k - k0)
             for ts in range(t0, t1, TT):
-                _tile(kind, w, p0 * ps + k0 * P, ps, nrv, nk, x, ts * k + k0, k, min(TT, t1 - ts), out,
-                      ts * n + p0 * P, n, k0 == 0)
+                tile(kind, w, p0 * ps + k0 * P, ps, nrv, nk, x, ts * k + k0, k, min(TT, t1 - ts), out,
+                     ts * n + p0 * P, n, k0 == 0)
     if n_full * P < n:                       # a last, partial panel: through scratch
         nl = n - n_full * P
         scratch = np.empty((TT, P), np.float32)
         for ts in range(0, t_, TT):
             nt = min(TT, t_ - ts)
             for k0 in range(0, k, KC):
-                _tile(kind, w, n_full * ps + k0 * P, ps, 1, min(KC, k - k0), x, ts * k + k0, k, nt, scratch, 0, P,
-                      k0 == 0)
+                tile(kind, w, n_full * ps + k0 * P, ps, 1, min(KC, k - k0), x, ts * k + k0, k, nt, scratch, 0, P,
+                     k0 == 0)
             for t in range(nt):
                 for j in range(nl):
                     out[ts + t, n_full * P + j] = scratch[t, j]

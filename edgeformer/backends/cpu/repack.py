@@ -36,14 +36,16 @@ FLOAT = (QType.F32, QType.F16, QType.BF16)   # panel layout, `panel_gemm.py` ker
 
 class PackedWeight:
     """A weight in CPU-kernel layout: `kind` (the QType its arrays follow), logical
-    (n, k), the arrays, and `kernel`, the Numba linear kernel bound at prepare time so a
-    call does no dispatch in Python."""
+    (n, k), the arrays, and `kernel`, the Numba linear kernel bound at prepare time
+    (`linear.bind`) so a call does no dispatch in Python, with `fields`, the arrays as the
+    slot fields a quantized kernel takes (`kinds.slot`)."""
 
-    __slots__ = ("kind", "n", "k", "arrays", "kernel", "act")
+    __slots__ = ("kind", "n", "k", "arrays", "kernel", "fields", "act")
 
     def __init__(self, kind: QType, n: int, k: int, arrays: tuple[np.ndarray, ...],
                  kernel: Callable[..., None] | None = None, act: np.ndarray | None = None) -> None:
         self.kind, self.n, self.k, self.arrays, self.kernel = kind, n, k, arrays, kernel
+        self.fields: tuple[np.ndarray, ...] = ()
         # quantized kinds: an empty array of the activations' integer dtype (int16/int8),
         # or None for float32 activations against dequantized panels
         self.act = act

@@ -1,9 +1,9 @@
 """Row dots for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 with every scale formed in registers (`rowdot2_*`,
 one token; `rowdot4_*`, four tokens per weight-row pass for prefill), in the generic LLVM
-vector IR of `simd.py` (its helpers; see its docstring for why IR).
+vector IR of `vector_ir.py` (see `simd.py`'s docstring for why IR).
 
 Editing this file: as for `simd.py`, Numba's disk cache is keyed on the calling kernels'
-files (matmul.py, block.py): delete `backends/cpu/__pycache__` after a change here.
+files; `CpuBackend` drops the cache when any source of the package changes.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from edgeformer.backends.cpu.simd import (_F32, _I8, _I32, _V16F, _bsplat, _c, _data, _dot64, _ext16, _f16,
-                                          _features, _fma, _hsum, _is16, _is_x86, _lanes, _len, _loop2, _pairdot, _ptrs,
-                                          _vec, _vload, _wdot64, IL)
+from edgeformer.backends.cpu.vector_ir import (F32, I8, I32, IL, V16F, bsplat, const, data, dot64, ext16, f16,
+                                               features, fma, hsum, is16, is_x86, lanes, length, loop2, pairdot,
+                                               ptrs, vec, vload, wdot64)
 
 
 # ---------------------------------------------------------------- row dots, scales in-register
@@ -24,18 +24,18 @@ from edgeformer.backends.cpu.simd import (_F32, _I8, _I32, _V16F, _bsplat, _c, _
 # directly and return the whole row result (zero point / mins included).
 
 def _vnni(context) -> bool:
-    f = _features(context) if _is_x86() else set()
+    f = features(context) if is_x86() else set()
     return "+avx512vnni" in f and "+avx512f" in f
 
 
 def _f2(context, builder, ptr, b, half: bool):
     """<2 x float> of ptr[b], ptr[b + 1] (f16 bits converted when `half`)."""
-    v2 = ir.VectorType(_F32, 2)
+    v2 = ir.VectorType(F32, 2)
     out = ir.Constant(v2, None)
     for j in range(2):
-        i = builder.add(b, _c(b, j))
-        x = _f16(context, builder, ptr, i) if half else builder.load(builder.gep(ptr, [i]))
-        out = builder.insert_element(out, x, ir.Constant(_I32, j))
+        i = builder.add(b, const(b, j))
+        x = f16(context, builder, ptr, i) if half else builder.load(builder.gep(ptr, [i]))
+        out = builder.insert_element(out, x, ir.Constant(I32, j))
     return out
 
 
@@ -45,8 +45,8 @@ _ZP = {"q4_0": 8, "q5_0": 16}     # zero points: with int16 activations q - zp g
 
 def _signed_dot(context, builder, q64, x64, zp: int):
     """int16 activations: (q - zp) . x exactly in the integers, <16 x float> (no xs term)."""
-    qs = builder.sub(q64, _bsplat(zp, q64.type.count)) if zp else q64
-    return builder.sitofp(_wdot64(context, builder, _ext16(builder, qs, True), x64), _V16F)
+    qs = builder.sub(q64, bsplat(zp, q64.type.count)) if zp else q64
+    return builder.sitofp(wdot64(context, builder, ext16(builder, qs, True), x64), V16F)
 
 
 def _has_z(kind: str, il: bool) -> bool:
@@ -61,56 +61,56 @@ _ZPW = {"q4_0": -8.0, "q4_1": 1.0, "q5_0": -16.0, "q5_1": 1.0}
 
 def _hibits(builder, hp, b, nblk: int, il: bool = False):
     """<32 nblk x i8>: 16 where the 5th bit of a weight of blocks b..b+nblk-1 is set, else 0,
-    in natural order (or interleaved, `simd.IL`, for two blocks and `il`).
+    in natural order (or interleaved, `vector_ir.IL`, for two blocks and `il`).
     qh holds each block's little-endian uint32 (bit j = weight j; ggml `block_q5_0`)."""
     n = 32 * nblk
-    h = _vload(builder, hp, builder.mul(b, _c(b, 4)), 4 * nblk)
+    h = vload(builder, hp, builder.mul(b, const(b, 4)), 4 * nblk)
     pos = IL if il else list(range(n))      # natural weight index at each output position
-    spread = builder.shuffle_vector(h, h, _vec(_I32, n, [4 * (p // 32) + p % 32 // 8 for p in pos]))
-    bit = builder.and_(spread, _vec(_I8, n, [(1 << (p % 8)) if p % 8 < 7 else -128 for p in pos]))
-    return builder.select(builder.icmp_unsigned("!=", bit, _bsplat(0, n)), _bsplat(16, n), _bsplat(0, n))
+    spread = builder.shuffle_vector(h, h, vec(I32, n, [4 * (p // 32) + p % 32 // 8 for p in pos]))
+    bit = builder.and_(spread, vec(I8, n, [(1 << (p % 8)) if p % 8 < 7 else -128 for p in pos]))
+    return builder.select(builder.icmp_unsigned("!=", bit, bsplat(0, n)), bsplat(16, n), bsplat(0, n))
 
 
 def _pairdot64(context, builder, q, x64):
     """Signed <64 x i8> q . x64 -> <16 x float>: lanes 0-7 sum to block (bytes 0-31),
-    lanes 8-15 to the next (each block's 16 pair sums folded to 8), `_idot64`'s layout."""
-    if _is16(x64):     # q in natural order -> interleaved, as int16 activations are
-        q = _lanes(builder, q, IL)
-        return builder.sitofp(_wdot64(context, builder, _ext16(builder, q, True), x64), _V16F)
-    lo = _pairdot(builder, _lanes(builder, q, list(range(32))), _lanes(builder, x64, list(range(32))))
-    hi = _pairdot(builder, _lanes(builder, q, list(range(32, 64))), _lanes(builder, x64, list(range(32, 64))))
-    return builder.fadd(builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(0, 16, 2)) + list(range(16, 32, 2)))),
-                        builder.shuffle_vector(lo, hi, _vec(_I32, 16, list(range(1, 16, 2)) + list(range(17, 32, 2)))))
+    lanes 8-15 to the next (each block's 16 pair sums folded to 8), `idot64`'s layout."""
+    if is16(x64):     # q in natural order -> interleaved, as int16 activations are
+        q = lanes(builder, q, IL)
+        return builder.sitofp(wdot64(context, builder, ext16(builder, q, True), x64), V16F)
+    lo = pairdot(builder, lanes(builder, q, list(range(32))), lanes(builder, x64, list(range(32))))
+    hi = pairdot(builder, lanes(builder, q, list(range(32, 64))), lanes(builder, x64, list(range(32, 64))))
+    return builder.fadd(builder.shuffle_vector(lo, hi, vec(I32, 16, list(range(0, 16, 2)) + list(range(16, 32, 2)))),
+                        builder.shuffle_vector(lo, hi, vec(I32, 16, list(range(1, 16, 2)) + list(range(17, 32, 2)))))
 
 
 def _add_tail(context, builder, kind: str, wp, hp, mp, b, d, xp, xdp, xsp, res, z) -> None:
     """The last block b of an odd block count, for one token: res += d xd_b (q_b . x_b) and
     the zero-point / mins term into z (lane 0), as the paired loop does for two blocks.
     d: the block's weight scale (float); xp/xdp/xsp: the token's xq / xd / xs pointers."""
-    x32 = _vload(builder, xp, builder.mul(b, _c(b, 32)), 32)
-    il = _is16(x32)
+    x32 = vload(builder, xp, builder.mul(b, const(b, 32)), 32)
+    il = is16(x32)
     if kind == "q8_0":       # signed pair products, exact on every target; no zero point
-        tail = _hsum(builder, _pairdot(builder, _vload(builder, wp, builder.mul(b, _c(b, 32)), 32), x32))
+        tail = hsum(builder, pairdot(builder, vload(builder, wp, builder.mul(b, const(b, 32)), 32), x32))
     else:
-        q = _vload(builder, wp, builder.mul(b, _c(b, 16)), 16)
-        q32 = builder.shuffle_vector(builder.and_(q, _bsplat(15, 16)), builder.lshr(q, _bsplat(4, 16)),
-                                     _vec(_I32, 32, list(range(32))))
+        q = vload(builder, wp, builder.mul(b, const(b, 16)), 16)
+        q32 = builder.shuffle_vector(builder.and_(q, bsplat(15, 16)), builder.lshr(q, bsplat(4, 16)),
+                                     vec(I32, 32, list(range(32))))
         if hp is not None:
             q32 = builder.or_(q32, _hibits(builder, hp, b, 1))
-        widen = _vec(_I32, 64, list(range(64)))
-        q64, x64 = builder.shuffle_vector(q32, _vec(_I8, 32), widen), builder.shuffle_vector(
+        widen = vec(I32, 64, list(range(64)))
+        q64, x64 = builder.shuffle_vector(q32, vec(I8, 32), widen), builder.shuffle_vector(
             x32, ir.Constant(x32.type, None), widen)
         if il and kind in _ZP:    # zero point inside the integer dot (the padding's -zp meets x = 0)
-            tail = _hsum(builder, _signed_dot(context, builder, q64, x64, _ZP[kind]))
+            tail = hsum(builder, _signed_dot(context, builder, q64, x64, _ZP[kind]))
         else:
-            tail = _hsum(builder, _dot64(context, builder, q64, x64))
+            tail = hsum(builder, dot64(context, builder, q64, x64))
     if _has_z(kind, il):
-        zv, i0 = builder.load(z), ir.Constant(_I32, 0)
-        z0 = _fma(builder, _f16(context, builder, mp, b) if mp is not None else d,
+        zv, i0 = builder.load(z), ir.Constant(I32, 0)
+        z0 = fma(builder, f16(context, builder, mp, b) if mp is not None else d,
                   builder.load(builder.gep(xsp, [b])), builder.extract_element(zv, i0))
         builder.store(builder.insert_element(zv, z0, i0), z)
     s = builder.fmul(d, builder.load(builder.gep(xdp, [b])))
-    builder.store(_fma(builder, tail, s, builder.load(res)), res)
+    builder.store(fma(builder, tail, s, builder.load(res)), res)
 
 
 def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
@@ -119,87 +119,54 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     with the 5th bit ORed in (0..31; zero point 16 / min m_b) and, on VNNI, Q8_0 as q + 128
     (one vpdpbusd per 64 weights instead of widening multiplies). The zero-point term is
     zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q4_1/Q5_1.
-    Arguments: w, xq, d, xd, xs, then m (mins kinds), then qh (Q5 kinds)."""
-    ps = _ptrs(context, builder, sig, args)
-    wp, xp, dp, xdp, xsp = ps[:5]
-    mp = ps[5] if kind in _MINS else None
-    hp = ps[-1] if kind in _Q5 else None
-    nb = _len(context, builder, sig.args[2], args[2])
-    z = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(_F32, 2), None))   # zero-point / mins sums
-    unsigned8 = kind == "q8_0" and _vnni(context) and sig.args[1].dtype == types.int8
-    il = sig.args[1].dtype == types.int16       # int16 activations are interleaved (simd.IL)
-    order = _vec(_I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
-    split = _vec(_I32, 16, [0] * 8 + [1] * 8)
+    Arguments: the slot fields w, qh (Q5 kinds), -, -, d, m (mins kinds), then xq, xd, xs."""
+    wp, hp, _, _, dp, mp, xp, xdp, xsp = ptrs(context, builder, sig, args)
+    mp = mp if kind in _MINS else None
+    hp = hp if kind in _Q5 else None
+    nb = length(context, builder, sig.args[4], args[4])
+    z = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(F32, 2), None))   # zero-point / mins sums
+    unsigned8 = kind == "q8_0" and _vnni(context) and sig.args[6].dtype == types.int8
+    il = sig.args[6].dtype == types.int16       # int16 activations are interleaved (vector_ir.IL)
+    order = vec(I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
+    split = vec(I32, 16, [0] * 8 + [1] * 8)
 
     def scales(b):
         d2 = _f2(context, builder, dp, b, True)
         if _has_z(kind, il) or unsigned8:
             xs2 = _f2(context, builder, xsp, b, False)
-            builder.store(_fma(builder, _f2(context, builder, mp, b, True) if mp is not None else d2, xs2,
+            builder.store(fma(builder, _f2(context, builder, mp, b, True) if mp is not None else d2, xs2,
                                builder.load(z)), z)
         s2 = builder.fmul(d2, _f2(context, builder, xdp, b, False))
         return builder.shuffle_vector(s2, s2, split)
 
     def body(i, acc):     # blocks 2i, 2i+1: 64 weights
-        b = builder.shl(i, _c(i, 1))
-        x64 = _vload(builder, xp, builder.mul(i, _c(i, 64)), 64)
+        b = builder.shl(i, const(i, 1))
+        x64 = vload(builder, xp, builder.mul(i, const(i, 64)), 64)
         if kind == "q8_0":
-            q = _vload(builder, wp, builder.mul(i, _c(i, 64)), 64)
+            q = vload(builder, wp, builder.mul(i, const(i, 64)), 64)
             if unsigned8:
-                f = _dot64(context, builder, builder.xor(q, _bsplat(-128, 64)), x64)
+                f = dot64(context, builder, builder.xor(q, bsplat(-128, 64)), x64)
             else:
                 f = _pairdot64(context, builder, q, x64)
         else:
-            q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
-            q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+            q = vload(builder, wp, builder.mul(i, const(i, 32)), 32)
+            q64 = builder.shuffle_vector(builder.and_(q, bsplat(15)), builder.lshr(q, bsplat(4)), order)
             if hp is not None:
                 q64 = builder.or_(q64, _hibits(builder, hp, b, 2, il))
             f = _signed_dot(context, builder, q64, x64, _ZP[kind]) if il and kind in _ZP else \
-                _dot64(context, builder, q64, x64)
-        return _fma(builder, f, scales(b), acc)
+                dot64(context, builder, q64, x64)
+        return fma(builder, f, scales(b), acc)
 
-    res = cgutils.alloca_once_value(builder, _loop2(builder, builder.ashr(nb, _c(nb, 1)), body))
-    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
-        b = builder.sub(nb, _c(nb, 1))           # odd count: the last block alone
-        _add_tail(context, builder, kind, wp, hp, mp, b, _f16(context, builder, dp, b), xp, xdp, xsp, res, z)
+    res = cgutils.alloca_once_value(builder, loop2(builder, builder.ashr(nb, const(nb, 1)), body))
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, const(nb, 1)), const(nb, 0))):
+        b = builder.sub(nb, const(nb, 1))           # odd count: the last block alone
+        _add_tail(context, builder, kind, wp, hp, mp, b, f16(context, builder, dp, b), xp, xdp, xsp, res, z)
     if not (_has_z(kind, il) or unsigned8):
         return builder.load(res)
     zs = builder.load(z)
-    zsum = builder.fadd(builder.extract_element(zs, ir.Constant(_I32, 0)), builder.extract_element(zs, ir.Constant(_I32, 1)))
+    zsum = builder.fadd(builder.extract_element(zs, ir.Constant(I32, 0)), builder.extract_element(zs, ir.Constant(I32, 1)))
     zpw = -128.0 if unsigned8 else _ZPW[kind]
-    return _fma(builder, zsum, ir.Constant(_F32, zpw), builder.load(res))
-
-
-@intrinsic
-def rowdot2_q8_0(typingctx, w, xq, d, xd, xs):
-    """Q8_0 row: w int8 (K,), xq int8 (K,), d f16 bits (K/32,), xd, xs float32 (K/32,)
-    -> sum_b f16(d_b) xd_b (w_b . xq_b), float32."""
-    sig = types.float32(w, xq, d, xd, xs)
-
-    def codegen(context, builder, sig, args):
-        return _rowdot_scaled_codegen(context, builder, sig, args, "q8_0")
-    return sig, codegen
-
-
-@intrinsic
-def rowdot2_q4_0(typingctx, w, xq, d, xd, xs):
-    """Q4_0 row (w uint8 (K/2,) in ggml block order: byte i of a 16-byte block holds weight i in the
-    low nibble, weight i + 16 in the high) -> sum_b f16(d_b) (xd_b (q_b . xq_b) - 8 xs_b)."""
-    sig = types.float32(w, xq, d, xd, xs)
-
-    def codegen(context, builder, sig, args):
-        return _rowdot_scaled_codegen(context, builder, sig, args, "q4_0")
-    return sig, codegen
-
-
-@intrinsic
-def rowdot2_q4_1(typingctx, w, xq, d, xd, xs, m):
-    """Q4_1 row -> sum_b f16(d_b) xd_b (q_b . xq_b) + f16(m_b) xs_b."""
-    sig = types.float32(w, xq, d, xd, xs, m)
-
-    def codegen(context, builder, sig, args):
-        return _rowdot_scaled_codegen(context, builder, sig, args, "q4_1")
-    return sig, codegen
+    return fma(builder, zsum, ir.Constant(F32, zpw), builder.load(res))
 
 
 # ---------------------------------------------------------------- four tokens per row pass
@@ -210,140 +177,158 @@ def rowdot2_q4_1(typingctx, w, xq, d, xd, xs, m):
 def _rowdot4_codegen(context, builder, sig, args, kind: str):
     """As `_rowdot_scaled_codegen` for tokens t0..t0+3 of 2-D xq (T, K), xd/xs (T, K/32);
     returns a UniTuple(float32, 4)."""
-    wty, xqty, dty, xdty, xsty = sig.args[:5]
-    w, xq, d, xd, xs = args[:5]
-    t0 = args[-1]
-    wp, dp = _data(context, builder, wty, w), _data(context, builder, dty, d)
-    mp = _data(context, builder, sig.args[5], args[5]) if kind in _MINS else None
-    hp = _data(context, builder, sig.args[-2], args[-2]) if kind in _Q5 else None
+    wty, hty, _, _, dty, mty, xqty, xdty, xsty, _ = sig.args
+    w, h, _, _, d, m, xq, xd, xs, t0 = args
+    wp, dp = data(context, builder, wty, w), data(context, builder, dty, d)
+    mp = data(context, builder, mty, m) if kind in _MINS else None
+    hp = data(context, builder, hty, h) if kind in _Q5 else None
     xqa = context.make_array(xqty)(context, builder, xq)
     xda = context.make_array(xdty)(context, builder, xd)
     xsa = context.make_array(xsty)(context, builder, xs)
     k = cgutils.unpack_tuple(builder, xqa.shape)[1]
-    nb = _len(context, builder, dty, d)
-    xps = [builder.gep(xqa.data, [builder.mul(builder.add(t0, _c(t0, j)), k)]) for j in range(4)]
-    xdps = [builder.gep(xda.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
-    xsps = [builder.gep(xsa.data, [builder.mul(builder.add(t0, _c(t0, j)), nb)]) for j in range(4)]
-    # two accumulators per token (even / odd pair), summed as `_loop2` does: every token's
+    nb = length(context, builder, dty, d)
+    xps = [builder.gep(xqa.data, [builder.mul(builder.add(t0, const(t0, j)), k)]) for j in range(4)]
+    xdps = [builder.gep(xda.data, [builder.mul(builder.add(t0, const(t0, j)), nb)]) for j in range(4)]
+    xsps = [builder.gep(xsa.data, [builder.mul(builder.add(t0, const(t0, j)), nb)]) for j in range(4)]
+    # two accumulators per token (even / odd pair), summed as `loop2` does: every token's
     # result has the bits `rowdot2_*` gives it alone (row-invariant batches rely on that)
-    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(4)] for _ in range(2)]
-    zs = [cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(_F32, 2), None)) for _ in range(4)]
-    il = xqty.dtype == types.int16       # int16 activations are interleaved (simd.IL)
-    order = _vec(_I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
-    split = _vec(_I32, 16, [0] * 8 + [1] * 8)
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(V16F, None)) for _ in range(4)] for _ in range(2)]
+    zs = [cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(F32, 2), None)) for _ in range(4)]
+    il = xqty.dtype == types.int16       # int16 activations are interleaved (vector_ir.IL)
+    order = vec(I32, 64, list(range(64)) if il else IL)   # lo|hi nibbles -> natural or interleaved
+    split = vec(I32, 16, [0] * 8 + [1] * 8)
     unsigned8 = kind == "q8_0" and _vnni(context) and xqty.dtype == types.int8
 
     def pair(i, acc):          # blocks 2i, 2i+1 of all 4 tokens into accumulators `acc`
-        b = builder.shl(i, _c(i, 1))
+        b = builder.shl(i, const(i, 1))
         if kind == "q8_0":
-            q64 = _vload(builder, wp, builder.mul(i, _c(i, 64)), 64)
-            q64 = builder.xor(q64, _bsplat(-128, 64)) if unsigned8 else q64
+            q64 = vload(builder, wp, builder.mul(i, const(i, 64)), 64)
+            q64 = builder.xor(q64, bsplat(-128, 64)) if unsigned8 else q64
         else:
-            q = _vload(builder, wp, builder.mul(i, _c(i, 32)), 32)
-            q64 = builder.shuffle_vector(builder.and_(q, _bsplat(15)), builder.lshr(q, _bsplat(4)), order)
+            q = vload(builder, wp, builder.mul(i, const(i, 32)), 32)
+            q64 = builder.shuffle_vector(builder.and_(q, bsplat(15)), builder.lshr(q, bsplat(4)), order)
             if hp is not None:
                 q64 = builder.or_(q64, _hibits(builder, hp, b, 2, il))
         d2 = _f2(context, builder, dp, b, True)
         zw = _f2(context, builder, mp, b, True) if mp is not None else d2
         if il and kind in _ZP:       # shared by the 4 tokens: the signed, widened quants
-            q64 = builder.sub(q64, _bsplat(_ZP[kind], 64))
+            q64 = builder.sub(q64, bsplat(_ZP[kind], 64))
         for j in range(4):
-            x64 = _vload(builder, xps[j], builder.mul(i, _c(i, 64)), 64)
+            x64 = vload(builder, xps[j], builder.mul(i, const(i, 64)), 64)
             if il and kind in _ZP:
                 f = _signed_dot(context, builder, q64, x64, 0)
             elif kind != "q8_0" or unsigned8:
-                f = _dot64(context, builder, q64, x64)
+                f = dot64(context, builder, q64, x64)
             else:
                 f = _pairdot64(context, builder, q64, x64)
             if _has_z(kind, il) or unsigned8:
-                builder.store(_fma(builder, zw, _f2(context, builder, xsps[j], b, False), builder.load(zs[j])), zs[j])
+                builder.store(fma(builder, zw, _f2(context, builder, xsps[j], b, False), builder.load(zs[j])), zs[j])
             s2 = builder.fmul(d2, _f2(context, builder, xdps[j], b, False))
-            builder.store(_fma(builder, f, builder.shuffle_vector(s2, s2, split), builder.load(acc[j])), acc[j])
+            builder.store(fma(builder, f, builder.shuffle_vector(s2, s2, split), builder.load(acc[j])), acc[j])
 
-    npairs = builder.ashr(nb, _c(nb, 1))
-    one = _c(npairs, 1)
+    npairs = builder.ashr(nb, const(nb, 1))
+    one = const(npairs, 1)
     with cgutils.for_range(builder, builder.ashr(npairs, one)) as loop:
         i = builder.shl(loop.index, one)
         pair(i, accs[0])
         pair(builder.add(i, one), accs[1])
-    with builder.if_then(builder.icmp_signed("!=", builder.and_(npairs, one), _c(npairs, 0))):
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(npairs, one), const(npairs, 0))):
         pair(builder.sub(npairs, one), accs[0])
     accs = [builder.fadd(builder.load(accs[0][j]), builder.load(accs[1][j])) for j in range(4)]
-    res = [cgutils.alloca_once_value(builder, _hsum(builder, a)) for a in accs]
-    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, _c(nb, 1)), _c(nb, 0))):
-        b = builder.sub(nb, _c(nb, 1))
-        dd = _f16(context, builder, dp, b)
+    res = [cgutils.alloca_once_value(builder, hsum(builder, a)) for a in accs]
+    with builder.if_then(builder.icmp_signed("!=", builder.and_(nb, const(nb, 1)), const(nb, 0))):
+        b = builder.sub(nb, const(nb, 1))
+        dd = f16(context, builder, dp, b)
         for j in range(4):
             _add_tail(context, builder, kind, wp, hp, mp, b, dd, xps[j], xdps[j], xsps[j], res[j], zs[j])
-    zpw = ir.Constant(_F32, -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind])
+    zpw = ir.Constant(F32, -128.0 if unsigned8 else 0.0 if kind == "q8_0" else _ZPW[kind])
     if not (_has_z(kind, il) or unsigned8):
         return context.make_tuple(builder, sig.return_type, [builder.load(r) for r in res])
     outs = []
     for j in range(4):
         zv = builder.load(zs[j])
-        zsum = builder.fadd(builder.extract_element(zv, ir.Constant(_I32, 0)), builder.extract_element(zv, ir.Constant(_I32, 1)))
-        outs.append(_fma(builder, zsum, zpw, builder.load(res[j])))
+        zsum = builder.fadd(builder.extract_element(zv, ir.Constant(I32, 0)), builder.extract_element(zv, ir.Constant(I32, 1)))
+        outs.append(fma(builder, zsum, zpw, builder.load(res[j])))
     return context.make_tuple(builder, sig.return_type, outs)
 
 
-def _rowdot4(kind: str, n_args: int):
-    def typer(typingctx, *a):
-        sig = types.UniTuple(types.float32, 4)(*a)
+# ---------------------------------------------------------------- the row dots
+# Arguments: one weight row as the slot fields a..f (`kinds.slot`: a the quants, b the Q5
+# high bits qh, e the f16 scales d, f the f16 mins m; the others empty), then the
+# activations: one token's xq (K,), xd, xs (K/32,) for `rowdot2_*`, or 2-D xq (T, K), xd, xs
+# (T, K/32) and a first token t0 for `rowdot4_*` (tokens t0..t0+3, each with the bits
+# `rowdot2_*` gives it alone: row-invariant batches rely on that).
 
-        def codegen(context, builder, sig, args):
-            return _rowdot4_codegen(context, builder, sig, args, kind)
-        return sig, codegen
-    return typer
-
-
-@intrinsic
-def rowdot4_q8_0(typingctx, w, xq, d, xd, xs, t0):
-    """Q8_0 row . tokens t0..t0+3 of xq (T, K) (xd, xs (T, K/32)) -> 4 float32 (the
-    unsigned-offset dot on VNNI, signed pair products elsewhere)."""
-    return _rowdot4("q8_0", 6)(typingctx, w, xq, d, xd, xs, t0)
-
-
-@intrinsic
-def rowdot4_q4_0(typingctx, w, xq, d, xd, xs, t0):
-    """Q4_0 row . 4 tokens, as `rowdot4_q8_0`."""
-    return _rowdot4("q4_0", 6)(typingctx, w, xq, d, xd, xs, t0)
-
-
-@intrinsic
-def rowdot4_q4_1(typingctx, w, xq, d, xd, xs, m, t0):
-    """Q4_1 row . tokens t0..t0+3, bit-identical per token to `rowdot2_q4_1`."""
-    return _rowdot4("q4_1", 7)(typingctx, w, xq, d, xd, xs, m, t0)
-
-
-@intrinsic
-def rowdot2_q5_0(typingctx, w, xq, d, xd, xs, qh):
-    """Q5_0 row: w uint8 (K/2,) nibbles as Q4_0, qh uint8 (K/8,) (each block's uint32 high
-    bits, little-endian), d f16 bits (K/32,) -> sum_b f16(d_b) (xd_b (q_b . xq_b) - 16 xs_b)."""
-    sig = types.float32(w, xq, d, xd, xs, qh)
-
+def _rowdot2(kind: str, *tys):
     def codegen(context, builder, sig, args):
-        return _rowdot_scaled_codegen(context, builder, sig, args, "q5_0")
-    return sig, codegen
+        return _rowdot_scaled_codegen(context, builder, sig, args, kind)
+    return types.float32(*tys), codegen
 
 
-@intrinsic
-def rowdot2_q5_1(typingctx, w, xq, d, xd, xs, m, qh):
-    """Q5_1 row (layout as Q5_0 plus mins m f16 bits (K/32,))
-    -> sum_b f16(d_b) xd_b (q_b . xq_b) + f16(m_b) xs_b."""
-    sig = types.float32(w, xq, d, xd, xs, m, qh)
-
+def _rowdot4(kind: str, *tys):
     def codegen(context, builder, sig, args):
-        return _rowdot_scaled_codegen(context, builder, sig, args, "q5_1")
-    return sig, codegen
+        return _rowdot4_codegen(context, builder, sig, args, kind)
+    return types.UniTuple(types.float32, 4)(*tys), codegen
 
 
 @intrinsic
-def rowdot4_q5_0(typingctx, w, xq, d, xd, xs, qh, t0):
-    """Q5_0 row . tokens t0..t0+3, bit-identical per token to `rowdot2_q5_0`."""
-    return _rowdot4("q5_0", 7)(typingctx, w, xq, d, xd, xs, qh, t0)
+def rowdot2_q8_0(typingctx, a, b, c, d, e, f, xq, xd, xs):
+    """Q8_0 row: a int8 (K,), e f16 bits (K/32,) -> sum_b f16(e_b) xd_b (a_b . xq_b), float32."""
+    return _rowdot2("q8_0", a, b, c, d, e, f, xq, xd, xs)
 
 
 @intrinsic
-def rowdot4_q5_1(typingctx, w, xq, d, xd, xs, m, qh, t0):
-    """Q5_1 row . tokens t0..t0+3 (see `_linear_q5_1` on row invariance)."""
-    return _rowdot4("q5_1", 8)(typingctx, w, xq, d, xd, xs, m, qh, t0)
+def rowdot2_q4_0(typingctx, a, b, c, d, e, f, xq, xd, xs):
+    """Q4_0 row (a uint8 (K/2,) in ggml block order: byte i of a 16-byte block holds weight i in
+    the low nibble, weight i + 16 in the high) -> sum_b f16(e_b) (xd_b (q_b . xq_b) - 8 xs_b)."""
+    return _rowdot2("q4_0", a, b, c, d, e, f, xq, xd, xs)
+
+
+@intrinsic
+def rowdot2_q4_1(typingctx, a, b, c, d, e, f, xq, xd, xs):
+    """Q4_1 row (mins f) -> sum_b f16(e_b) xd_b (q_b . xq_b) + f16(f_b) xs_b."""
+    return _rowdot2("q4_1", a, b, c, d, e, f, xq, xd, xs)
+
+
+@intrinsic
+def rowdot2_q5_0(typingctx, a, b, c, d, e, f, xq, xd, xs):
+    """Q5_0 row: a nibbles as Q4_0, b uint8 (K/8,) (each block's uint32 high bits,
+    little-endian) -> sum_b f16(e_b) (xd_b (q_b . xq_b) - 16 xs_b)."""
+    return _rowdot2("q5_0", a, b, c, d, e, f, xq, xd, xs)
+
+
+@intrinsic
+def rowdot2_q5_1(typingctx, a, b, c, d, e, f, xq, xd, xs):
+    """Q5_1 row (as Q5_0 plus mins f) -> sum_b f16(e_b) xd_b (q_b . xq_b) + f16(f_b) xs_b."""
+    return _rowdot2("q5_1", a, b, c, d, e, f, xq, xd, xs)
+
+
+@intrinsic
+def rowdot4_q8_0(typingctx, a, b, c, d, e, f, xq, xd, xs, t0):
+    """Q8_0 row . tokens t0..t0+3 -> 4 float32 (the unsigned-offset dot on VNNI, signed pair
+    products elsewhere)."""
+    return _rowdot4("q8_0", a, b, c, d, e, f, xq, xd, xs, t0)
+
+
+@intrinsic
+def rowdot4_q4_0(typingctx, a, b, c, d, e, f, xq, xd, xs, t0):
+    """Q4_0 row . tokens t0..t0+3, as `rowdot4_q8_0`."""
+    return _rowdot4("q4_0", a, b, c, d, e, f, xq, xd, xs, t0)
+
+
+@intrinsic
+def rowdot4_q4_1(typingctx, a, b, c, d, e, f, xq, xd, xs, t0):
+    """Q4_1 row . tokens t0..t0+3."""
+    return _rowdot4("q4_1", a, b, c, d, e, f, xq, xd, xs, t0)
+
+
+@intrinsic
+def rowdot4_q5_0(typingctx, a, b, c, d, e, f, xq, xd, xs, t0):
+    """Q5_0 row . tokens t0..t0+3."""
+    return _rowdot4("q5_0", a, b, c, d, e, f, xq, xd, xs, t0)
+
+
+@intrinsic
+def rowdot4_q5_1(typingctx, a, b, c, d, e, f, xq, xd, xs, t0):
+    """Q5_1 row . tokens t0..t0+3."""
+    return _rowdot4("q5_1", a, b, c, d, e, f, xq, xd, xs, t0)

@@ -29,9 +29,10 @@ import numpy as np
 
 def linear_checks(report: dict, quick: bool = False) -> None:
     from edgeformer.backends.cpu import CpuBackend
-    from edgeformer.backends.conformance import nmse, random_qtensor
+    from edgeformer.backends.conformance import nmse
     from edgeformer.backends.cpu.repack import NATIVE
-    from edgeformer.kernels.matmul import LINEAR, linear_ref
+    from edgeformer.kernels.inputs import random_qtensor
+    from edgeformer.kernels.linear import LINEAR, linear_ref
     from edgeformer.quant import dequantize
     from edgeformer.quant.qtypes import QType
     for acts in ("auto",) if quick else ("auto", "int8", "f32"):
@@ -110,7 +111,7 @@ def decode_checks(report: dict, root: Path) -> None:
     from edgeformer.backends.cpu.block import why_not_fused
     from edgeformer.formats import load_checkpoint
     from edgeformer.formats.convert import convert
-    from edgeformer.kernels.matmul import LINEAR
+    from edgeformer.kernels.linear import LINEAR
     from edgeformer.models.decoder import Decoder
     bound = 10 * LINEAR.max_nmse["default"]
     for name, qtype in (("llama", "Q8_0"), ("qwen2", "Q4_0"), ("llama", "Q4_1")):
@@ -143,33 +144,43 @@ def decode_checks(report: dict, root: Path) -> None:
                                  "max_nmse": max(errs), "bound": bound, "ok": fused and max(errs) < bound})
 
 
-# the entry points whose machine code is checked; callees (the simd row dots, quantize_x,
-# the panel tiles) are linked into their callers' code, so it covers them too
-ASM_KERNELS = r"matmul\._linear_\w+|panel_gemm\.linear_\w+|qgemm\.linear_dequant|block\.(_gemv|_attn_in|_attn_out)"
+# the entry points whose machine code is checked (module.kernel name; the per-qtype
+# kernels are generated, `kinds.py`); callees (the simd row dots, quantize_x, the panel
+# tiles, _gemv's chain of per-kind row loops) are linked into their callers' code, so it covers them
+ASM_KERNELS = r"linear\.linear_\w+|panel_gemm\.linear_\w+|qgemm\.linear_dequant_\w+|block\.(_gemv|_attn_in|_attn_out)"
+
+
+def _kernels() -> dict[str, object]:
+    """module.name -> every compiled Numba kernel of the cpu backend this process holds: module
+    attributes and the values of module-level tables (the generated per-qtype kernels)."""
+    from numba.core.dispatcher import Dispatcher
+    out = {}
+    for modname, mod in sorted(sys.modules.items()):
+        if not modname.startswith("edgeformer.backends.cpu.") or mod is None:
+            continue
+        for obj in vars(mod).values():
+            for d in (obj.values() if isinstance(obj, dict) else (obj,)):
+                if isinstance(d, Dispatcher) and d.signatures:
+                    out[f"{d.py_func.__module__.rsplit('.', 1)[1]}.{d.py_func.__name__}"] = d
+    return dict(sorted(out.items()))
 
 
 def asm_checks(report: dict, expect: str, pattern: str = ASM_KERNELS) -> None:
     """Recompile (uncached) every edgeformer cpu kernel this process compiled, for the same
     signatures, and count zmm / ymm registers in its assembly."""
-    from numba.core.dispatcher import Dispatcher
     zmm = ymm = 0
     names, vnni = [], 0
-    for modname, mod in sorted(sys.modules.items()):
-        if not modname.startswith("edgeformer.backends.cpu.") or mod is None:
+    for name, obj in _kernels().items():
+        if not re.fullmatch(pattern, name):
             continue
-        for attr, obj in sorted(vars(mod).items()):
-            if not isinstance(obj, Dispatcher) or not obj.signatures or obj.py_func.__module__ != modname:
-                continue
-            if not re.fullmatch(pattern, f"{modname.rsplit('.', 1)[1]}.{attr}"):
-                continue
-            clone = type(obj)(obj.py_func, locals=dict(obj.locals), targetoptions=dict(obj.targetoptions))
-            for sig in obj.signatures[:2]:
-                clone.compile(sig)
-                asm = clone.inspect_asm(sig)
-                zmm += len(re.findall(r"%zmm\d+", asm))
-                ymm += len(re.findall(r"%ymm\d+", asm))
-                vnni += len(re.findall(r"\bvpdpbusd|\bvdpbf16ps", asm))
-            names.append(f"{modname.rsplit('.', 1)[1]}.{attr}")
+        clone = type(obj)(obj.py_func, locals=dict(obj.locals), targetoptions=dict(obj.targetoptions))
+        for sig in obj.signatures[:2]:
+            clone.compile(sig)
+            asm = clone.inspect_asm(sig)
+            zmm += len(re.findall(r"%zmm\d+", asm))
+            ymm += len(re.findall(r"%ymm\d+", asm))
+            vnni += len(re.findall(r"\bvpdpbusd|\bvdpbf16ps", asm))
+        names.append(name)
     ok = (zmm == 0 and vnni == 0 and ymm > 0) if expect == "avx2" else (zmm > 0) if expect == "avx512" else True
     report["asm"] = {"kernels": names, "zmm": zmm, "ymm": ymm, "vnni_bf16": vnni, "ok": ok and len(names) > 0}
 

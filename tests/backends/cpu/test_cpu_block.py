@@ -17,7 +17,7 @@ import pytest
 
 from edgeformer.backends.cpu import CpuBackend
 from edgeformer.backends.trace import Tracer
-from edgeformer.kernels.matmul import LINEAR
+from edgeformer.kernels.linear import LINEAR
 from edgeformer.quant.qtypes import QTensor, QType
 from support.random_gguf import random_gguf
 
@@ -45,7 +45,7 @@ def test_concat_weights_equals_separate_linears(q: QType) -> None:
 @pytest.mark.parametrize("q", [QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1], ids=lambda q: q.name)
 def test_linear_rows_do_not_depend_on_the_token_count(q: QType) -> None:
     """Prefill dots 4 tokens per row pass; each token must still get the bits it gets
-    alone (runtime/batch.py relies on row invariance)."""
+    alone (backends/row_invariant.py relies on row invariance)."""
     be, rng = CpuBackend(), np.random.default_rng(6)
     w = be.prepare_weight(_qt(q, 40, 96, rng))        # 3 blocks: an odd block count
     x = rng.standard_normal((9, 96)).astype(np.float32)
@@ -230,7 +230,7 @@ def _greedy_vs_numpy(name: str, prompt_text: str, n_new: int, cpu=None) -> None:
     rounding), and it is printed."""
     from edgeformer.formats import load_checkpoint
     from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
-    from edgeformer.kernels.matmul import LINEAR
+    from edgeformer.kernels.linear import LINEAR
     from edgeformer.models.shipped import resolve_model
     try:
         path = resolve_model(name)

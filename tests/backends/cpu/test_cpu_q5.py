@@ -1,5 +1,5 @@
 """The cpu backend's native Q5_0 / Q5_1 weights (repack.py layout, simd_rows.py row dots,
-matmul.py kernels) against references nobody here wrote: the `gguf` package's
+linear.py kernels) against references nobody here wrote: the `gguf` package's
 dequantizer (bit for bit) and a float64 matmul over its dequantized weights; plus the
 numpy reference backend, row invariance, joined weights, and the once-per-qtype warning
 for qtypes that still fall back to F32."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeformer.backends import get_backend
-from edgeformer.kernels.matmul import LINEAR
+from edgeformer.kernels.linear import LINEAR
 from edgeformer.quant.qtypes import QTensor, QType
 
 pytest.importorskip("numba")
@@ -79,7 +79,7 @@ def test_linear_matches_references(q: QType, n: int, k: int) -> None:
 @pytest.mark.parametrize("q", Q5, ids=lambda q: q.name)
 def test_linear_rows_do_not_depend_on_the_token_count(q: QType) -> None:
     """Prefill dots 4 tokens per row pass (rowdot4_q5_*); each token must get the bits
-    it gets alone (runtime/batch.py relies on row invariance)."""
+    it gets alone (backends/row_invariant.py relies on row invariance)."""
     be, rng = get_backend("cpu"), np.random.default_rng(6)
     for k in (96, 640):
         w = be.prepare_weight(_qt(q, 41, k, rng))

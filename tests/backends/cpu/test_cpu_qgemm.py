@@ -19,9 +19,9 @@ gguf = pytest.importorskip("gguf")
 
 from edgeformer.backends.base import Ops  # noqa: E402
 from edgeformer.backends.cpu import CpuBackend  # noqa: E402
+from edgeformer.backends.row_invariant import row_invariant_linear  # noqa: E402
 from edgeformer.quant import quantize  # noqa: E402
 from edgeformer.quant.qtypes import QType  # noqa: E402
-from edgeformer.runtime.batch import row_invariant_linear  # noqa: E402
 
 QTYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 QMAX = {"int16": 32767, "int8": 127}

@@ -131,7 +131,7 @@ def test_avx2_kernels_match_the_reference_without_avx512_code():
 @needs_avx512
 def test_native_path_has_avx512_code():
     """The control for the zmm count above: the native path's Q8_0 kernel does use zmm."""
-    rep = _isa_check("--expect", "avx512", "--quick", "--no-decode", "--asm-kernels", r"matmul\._linear_q8_0")
+    rep = _isa_check("--expect", "avx512", "--quick", "--no-decode", "--asm-kernels", r"linear\.linear_q8_0")
     assert rep["isa"] == "avx512" and rep["asm"]["zmm"] > 0, rep.get("asm")
 
 

@@ -13,7 +13,7 @@ from edgeformer.backends.cpu import CpuBackend  # noqa: E402
 from edgeformer.backends.cpu.repack import NATIVE, dequantize_rows, repack  # noqa: E402
 from edgeformer.errors import InputError, UnsupportedError  # noqa: E402
 from edgeformer.kernels.embed import EMBED  # noqa: E402
-from edgeformer.kernels.matmul import LINEAR, linear_ref  # noqa: E402
+from edgeformer.kernels.linear import LINEAR, linear_ref  # noqa: E402
 from edgeformer.quant.qtypes import QTensor, QType  # noqa: E402
 
 # f16 offsets of the super-block scales (d, dmin) in the K-quant blocks (ggml-common.h)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from edgeformer.backends.conformance import random_qtensor
 from edgeformer.kernels import OPS
-from edgeformer.kernels.matmul import linear_ref
+from edgeformer.kernels.inputs import random_qtensor
+from edgeformer.kernels.linear import linear_ref
 from edgeformer.quant.qtypes import QType
 from support.kernel_testutil import assert_f32_close, gguf_f32, randn, rng_for, t64
 

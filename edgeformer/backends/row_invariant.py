@@ -1,4 +1,5 @@
-"""Batched forward helpers: a row-invariant `linear` for `Decoder.forward_batch`.
+"""A row-invariant `linear` over any backend, for `Decoder.forward_batch` (BatchEngine) and
+the conformance suite's "rows" cases.
 
 Batch invariance needs every output row of a linear to be computed the same way however
 many rows are in the batch. numpy's `matmul` does not give that: OpenBLAS picks gemv for

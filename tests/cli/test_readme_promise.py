@@ -56,7 +56,6 @@ def test_readme_quick_start_answers_paris():
 @pytest.fixture(scope="module")
 def engines():
     """(cpu engine, numpy reference engine) on the default model, loaded once."""
-    numba = pytest.importorskip("numba")  # noqa: F841 - the default backend is cpu only with numba
     from edgeformer.api import load
     return load(None, backend="cpu", n_ctx=512), load(None, backend="numpy", n_ctx=512)
 

@@ -41,7 +41,7 @@ def test_defaults_are_the_calibrated_setup():
     from edgeformer.errors import InputError
     with pytest.raises(InputError):
         clock.use_setup(1, "sundial")
-    numba = pytest.importorskip("numba")
+    import numba
     if numba.config.NUMBA_NUM_THREADS >= 2:
         assert clock.use_setup(2, None) == (2, "wall") and clock.threads() == 2
         with pytest.raises(InputError):           # CPU time sums threads: one only

@@ -19,8 +19,6 @@ pytest.importorskip("torch")
 
 
 def _backend(name: str):
-    if name == "cpu":
-        pytest.importorskip("numba")
     return get_backend(name)
 
 

@@ -24,7 +24,6 @@ import pytest
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.sampler import SamplingParams
 
-pytest.importorskip("numba")
 MODEL = "smollm2-135m-instruct"
 N_NEW = 8
 WORDS = ("fox dog edge model memory budget hello world numbers tabs code blocks weights values quick lazy "

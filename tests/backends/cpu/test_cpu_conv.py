@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("numba")
 F = torch.nn.functional
 
 from edgeformer.backends.cpu import CpuBackend  # noqa: E402

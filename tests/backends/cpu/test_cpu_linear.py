@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-gq = pytest.importorskip("gguf.quants")
+import gguf.quants as gq
 from gguf import GGMLQuantizationType as GT  # noqa: E402
 
 from edgeformer.backends.cpu import CpuBackend  # noqa: E402

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
 
 from edgeformer.backends.cpu import CpuBackend  # noqa: E402
 from edgeformer.backends.cpu.panel_gemm import KC, from_panels, to_panels  # noqa: E402

@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
 
 
 @pytest.fixture(scope="module")

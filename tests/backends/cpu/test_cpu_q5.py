@@ -14,8 +14,7 @@ from edgeformer.backends import get_backend
 from edgeformer.kernels.linear import LINEAR
 from edgeformer.quant.qtypes import QTensor, QType
 
-pytest.importorskip("numba")
-gguf = pytest.importorskip("gguf")
+import gguf
 
 Q5 = [QType.Q5_0, QType.Q5_1]
 # K: 1, 3, 5 and 20 blocks of 32 (odd block counts take the row dots' one-block tail);

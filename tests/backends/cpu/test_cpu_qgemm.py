@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
-gguf = pytest.importorskip("gguf")
+import gguf
 
 from edgeformer.backends.base import Ops  # noqa: E402
 from edgeformer.backends.cpu import CpuBackend  # noqa: E402

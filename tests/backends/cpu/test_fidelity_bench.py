@@ -11,7 +11,6 @@ import pytest
 
 from support.random_gguf import random_gguf
 
-pytest.importorskip("numba")
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "fidelity.py"
 

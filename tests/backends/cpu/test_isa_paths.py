@@ -28,7 +28,6 @@ import pytest
 from edgeformer.backends.cpu import isa
 from edgeformer.errors import UnsupportedError
 
-pytest.importorskip("numba")
 
 ROOT = Path(__file__).parents[3]
 HERE = Path(__file__).relative_to(ROOT)

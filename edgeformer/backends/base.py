@@ -8,6 +8,7 @@ A missing op falls back to `kernels/`' reference, with one warning naming it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 import warnings
 from collections.abc import Callable
@@ -47,6 +48,25 @@ class Backend:
     # True for backends that compile kernels on first use (runtime/warmup.py runs them
     # before anything is timed)
     compiles: ClassVar[bool] = False
+    # how quantized weights meet activations (the cpu backend's setting, `--activations`);
+    # float32 elsewhere
+    activations: str = "f32"
+
+    # Optional abilities, declared here and read by models, the runtime and perf (never
+    # probed with hasattr). A backend that sets one implements the methods it names;
+    # perf reads them from the class, so an instance may only narrow them.
+    # joins_weights: `concat_weights` joins q|k|v and gate|up into one weight each
+    joins_weights: bool = False
+    # fused_decode: `decode_step` runs all blocks of a one-token step (`blocks.DecoderStack`)
+    fused_decode: bool = False
+    # batched rows: a linear's output rows are bit-identical for any row count up to
+    # this many rows (0: not; `row_invariant.py` then runs fixed row blocks)
+    row_invariant_rows: int = 0
+    # paged_attention: attention reads a paged KV cache's pages in place (none does yet:
+    # the runtime gathers pages into contiguous arrays)
+    paged_attention: bool = False
+    # device_memory: kernels take `to_device` arrays and return arrays `to_host` reads back
+    device_memory: bool = False
 
     def kernels_cached(self) -> bool:
         """Whether the compiled kernels are on disk already (False: the first use compiles)."""
@@ -67,6 +87,35 @@ class Backend:
     def prepare_vector(self, qt: QTensor) -> np.ndarray:
         """Small float vectors (norm weights, biases) as float32 host arrays."""
         return np.ascontiguousarray(dequantize(qt), dtype=np.float32)
+
+    def concat_weights(self, ws: list[Weight], name: str = "") -> Weight | None:
+        """One weight whose rows are `ws`' rows in order, or None when they cannot be
+        joined (`joins_weights` backends)."""
+        return None
+
+    @classmethod
+    def why_not_fused(cls, stack: Any, activations: str | None = None) -> str | None:
+        """None if `decode_step` can run `stack` (a `blocks.DecoderStack`; its weights'
+        qtypes as this backend prepares them), with the activation setting `activations`
+        (None: the default), else the reason. A classmethod: perf asks it of a model
+        traced on the null backend."""
+        return f"backend {cls.name!r} has no fused decode step"
+
+    def decode_step(self, stack: Any, x: np.ndarray, pos: int, cache: Any,
+                    ropes: dict[str, tuple[np.ndarray, float]]) -> np.ndarray | None:
+        """All blocks of `stack` for one token (`fused_decode` backends): x (1, dim) float32
+        at position `pos`, keys/values appended to `cache` (`update_and_fetch` contract),
+        ropes {"full", "sliding"} -> (inv_freq, mscale) for this step. The new x, or None
+        when the stack is not covered (the caller then runs the op-by-op path)."""
+        return None
+
+    def to_device(self, a: np.ndarray) -> Any:
+        """A host array as the kernels take it (`device_memory` backends; else itself)."""
+        return a
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """A kernel's output as a host numpy array."""
+        return np.asarray(a)
 
     def unsupported(self, op: str, **attrs: Any) -> list[str]:
         return [] if op in self.kernels else [f"{self.name} has no kernel for {op}"]
@@ -115,19 +164,39 @@ class Ops:
 # imports none of the backends it lists)
 BUILTIN_BACKENDS = {"numpy": "edgeformer.backends.numpy_ref:NumpyBackend",
                     "cpu": "edgeformer.backends.cpu:CpuBackend"}
-_BACKENDS: dict[str, Callable[..., Backend]] = {}
+# the entry-point group through which a separately installed package adds a backend:
+#   [project.entry-points."edgeformer.backends"]
+#   opencl = "edgeformer_opencl:OpenCLBackend"
+ENTRY_POINT_GROUP = "edgeformer.backends"
+_BACKENDS: dict[str, type[Backend]] = {}
 
 
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+def register_backend(name: str, factory: type[Backend]) -> None:
+    """Register a backend in this process (a plugin package is found through
+    ENTRY_POINT_GROUP instead, without being imported first)."""
     _BACKENDS[name] = factory
 
 
-def backend_class(name: str) -> Callable[..., Backend] | None:
-    """The factory registered under `name` (a built-in one is imported on first use);
-    None if no backend has that name."""
-    if name not in _BACKENDS and name in BUILTIN_BACKENDS:
-        module, cls = BUILTIN_BACKENDS[name].split(":")
-        _BACKENDS[name] = getattr(importlib.import_module(module), cls)
+def _plugins() -> dict[str, Any]:
+    """name -> entry point of the installed backend plugins (not loaded)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_class(name: str) -> type[Backend] | None:
+    """The factory registered under `name`: registered in this process, built in, or a
+    plugin's entry point (imported on first use); None if no backend has that name."""
+    if name not in _BACKENDS:
+        if name in BUILTIN_BACKENDS:
+            module, cls = BUILTIN_BACKENDS[name].split(":")
+            _BACKENDS[name] = getattr(importlib.import_module(module), cls)
+        else:
+            ep = _plugins().get(name)
+            if ep is not None:
+                try:
+                    _BACKENDS[name] = ep.load()
+                except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a traceback
+                    raise UnsupportedError(f"backend plugin {name!r} ({ep.value}) failed to load: "
+                                           f"{type(e).__name__}: {e}") from e
     return _BACKENDS.get(name)
 
 
@@ -144,7 +213,7 @@ def default_backend_name() -> str:
         factory = backend_class(name)
         if factory is None:
             continue
-        why = factory.available() if hasattr(factory, "available") else None
+        why = factory.available() if isinstance(factory, type) and issubclass(factory, Backend) else None
         if why is None:
             if skipped and name == "numpy" and not _FALLBACK_SAID:
                 _FALLBACK_SAID.append(True)
@@ -175,9 +244,9 @@ def get_backend(name: str | None = None, activations: str | None = None) -> Back
         if activations == "f32":
             return factory()
         raise UnsupportedError(f"backend {name!r} computes in float32; --activations {activations} is for cpu")
-    return factory(activations=activations)
+    return factory(activations=activations)  # type: ignore[call-arg]  # the cpu backend's setting
 
 
 def backend_names() -> list[str]:
-    """Names of the registered and built-in backends, sorted."""
-    return sorted({*_BACKENDS, *BUILTIN_BACKENDS})
+    """Names of the registered, built-in and plugin backends, sorted."""
+    return sorted({*_BACKENDS, *BUILTIN_BACKENDS, *_plugins()})

@@ -123,21 +123,19 @@ def run_case(backend: Backend, case: Case, seed: int = 0) -> CaseResult:
     ref = OPS[case.op].reference(*args, **attrs)
     if case.check == "rows":
         return _run_rows(backend, args, ref, res)
-    to_device = getattr(backend, "to_device", None)   # not in the Backend base yet: optional
-    to_host = getattr(backend, "to_host", None)
     try:
         dev = [backend.prepare_weight(a, f"{case.id}.w{i}").handle if isinstance(a, QTensor)
-               else (to_device(a) if to_device and isinstance(a, np.ndarray) else a)
+               else (backend.to_device(a) if isinstance(a, np.ndarray) else a)
                for i, a in enumerate(args)]
-        before = [a.copy() if isinstance(a, np.ndarray) else None for a in dev]
-        out = kernel(*dev, **attrs)
-        out = to_host(out) if to_host else out
+        before = [backend.to_host(d).copy() if isinstance(a, np.ndarray) else None for a, d in zip(args, dev)]
+        out = backend.to_host(kernel(*dev, **attrs))
     except Exception as e:                            # noqa: BLE001 - reported, not raised
         res.status, res.message = "error", f"{type(e).__name__}: {e}"
         return res
     res = _judge(res, case, np.asarray(out), ref, _all_finite(args))
     # a kernel that writes into its inputs would corrupt e.g. the residual stream
-    changed = [i for i, (a, b) in enumerate(zip(dev, before)) if b is not None and not np.array_equal(a, b, equal_nan=True)]
+    changed = [i for i, (a, b) in enumerate(zip(dev, before))
+               if b is not None and not np.array_equal(backend.to_host(a), b, equal_nan=True)]
     if changed:
         res.status = "fail"
         res.message = "; ".join(filter(None, [res.message, f"kernel modified input(s) {changed}"]))
@@ -149,7 +147,7 @@ def _run_rows(backend: Backend, args: tuple, ref: np.ndarray, res: CaseResult) -
     ROWS_CHUNKS-row chunks must give each row exactly the bits it gets alone; the rows-alone
     output is also held to the nmse bound (module docstring)."""
     x, qt = args[0], args[1]
-    declared = getattr(backend, "row_invariant_rows", 0)
+    declared = backend.row_invariant_rows
     if not declared:
         res.message = "backend declares no row_invariant_rows: judged through row_invariant_linear's fixed row blocks"
     try:

@@ -38,12 +38,10 @@ class NullBackend(Backend):
 
     def __init__(self, fuse: bool = False) -> None:
         # mirror a backend's weight fusion (the Decoder joins q|k|v and gate|up when the
-        # backend has `concat_weights`), so the traced op list is the one it executes
-        if fuse:
-            self.concat_weights = self._concat_weights
+        # backend `joins_weights`), so the traced op list is the one it executes
+        self.joins_weights = fuse
 
-    @staticmethod
-    def _concat_weights(ws: list[Weight], name: str = "") -> Weight | None:
+    def concat_weights(self, ws: list[Weight], name: str = "") -> Weight | None:
         """Shape-only join of `ws`' rows, under the cpu backend's conditions (same qtype
         and row length, at least two parts)."""
         if len(ws) < 2 or any(w.qtype != ws[0].qtype or w.shape[1:] != ws[0].shape[1:] for w in ws):

@@ -30,7 +30,7 @@ def row_invariant_linear(ops: Ops, row_block: int = ROW_BLOCK) -> Callable[..., 
     """A `linear(x, w, b, name=, layer=)` over `ops` whose output rows do not depend on the
     other rows of x: `ops.linear` itself on row-invariant backends, else fixed blocks of
     `row_block` rows (zero-padded)."""
-    chunk = getattr(ops.backend, "row_invariant_rows", 0)
+    chunk = ops.backend.row_invariant_rows
     if chunk:     # the backend's rows are invariant in calls of up to `chunk` rows
         def chunked(x: np.ndarray, w, b=None, *, name: str | None = None, layer: int | None = None) -> np.ndarray:
             if x.shape[0] <= chunk:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeformer.backends.base import Backend, Ops, Weight
+from edgeformer.backends.blocks import Attention, Block, DecoderStack, Proj
 from edgeformer.config import DecoderConfig
 from edgeformer.errors import FormatError, InputError
 from edgeformer.formats.checkpoint import Checkpoint
@@ -76,6 +77,26 @@ class Decoder:
                                    if c.rope_local_theta is not None else self.rope_full)
         self.attn_scale = c.attn_scale if c.attn_scale is not None else c.head_dim ** -0.5
         del self._tensors      # prepared; do not pin the lazy mapping
+        self.stack = self.describe()
+
+    def describe(self) -> DecoderStack:
+        """The blocks as a backend's fused step reads them (`backends/blocks.py`), built
+        from the prepared layers (`self.stack` holds the one built at load)."""
+        c = self.config
+        rope_varies = any(getattr(r.scaling, "kind", None) in ("dynamic", "longrope")
+                          for r in (self.rope_full, self.rope_sliding))
+
+        def block(L: Layer) -> Block:
+            qkv = ((Proj(L.wqkv, L.bqkv),) if L.wqkv is not None
+                   else (Proj(L.wq, L.bq), Proj(L.wk, L.bk), Proj(L.wv, L.bv)))          # type: ignore[arg-type]
+            gate_up = (Proj(L.w_up, L.b_up),) if L.w_gate is None else (Proj(L.w_gate, L.b_gate), Proj(L.w_up, L.b_up))
+            att = Attention(c.n_heads, c.n_kv_heads, c.head_dim, self.attn_scale,
+                            c.sliding_window if L.sliding else None, c.attn_softcap,
+                            "sliding" if L.sliding else "full", c.rope_neox)
+            return Block(L.attn_norm, qkv, L.q_norm, L.k_norm, Proj(L.wo, L.bo), L.post_attn_norm, L.ffn_norm,
+                         gate_up, Proj(L.w_down, L.b_down), L.post_ffn_norm, att)
+        return DecoderStack(c.dim, c.ffn_dim, c.activation, c.norm_eps, rope_varies,
+                            tuple(block(L) for L in self.layers))
 
     # ------------------------------------------------------------------ loading
 
@@ -127,16 +148,16 @@ class Decoder:
         )
 
     def _fuse(self, L: Layer) -> Layer:
-        """Fusion hook: a backend with `concat_weights` (the cpu backend) joins q|k|v and
+        """Fusion hook: a backend that `joins_weights` (the cpu backend) joins q|k|v and
         gate|up into one weight each, in place of the parts (no extra memory), so a step
         makes 2 fewer linear calls per block; the forward pass already handles joined
         weights (Phi-3's layout). The tracer prices the joined weight: same bytes."""
-        concat = getattr(self.backend, "concat_weights", None)
-        if concat is None:
+        if not self.backend.joins_weights:
             return L
+        concat = self.backend.concat_weights
         nq = self.config.n_heads * self.config.head_dim
         nkv = self.config.n_kv_heads * self.config.head_dim
-        if L.wqkv is None and L.wq is not None:
+        if L.wqkv is None and L.wq is not None and L.wk is not None and L.wv is not None:
             w = concat([L.wq, L.wk, L.wv], L.wq.name.replace("attn_q", "attn_qkv"))
             if w is not None:
                 L.bqkv = _cat_bias((L.bq, L.bk, L.bv), (nq, nkv, nkv))
@@ -227,9 +248,10 @@ class Decoder:
         # fusion hook: a backend's one-token step over all blocks (cpu: two Numba calls per
         # block). Not while an observer (tracer, profiler) watches: they see the op-by-op
         # path, which computes the same ops
-        step = getattr(self.backend, "decode_layers", None) if fused and not ops.observers else None
-        if step is not None and embeds is None and x.shape[0] == 1:
-            y = step(self, x, int(segs[0][2][0]), segs[0][3], segs[0][4][False])
+        if fused and self.backend.fused_decode and not ops.observers and embeds is None and x.shape[0] == 1:
+            ropes = segs[0][4]
+            y = self.backend.decode_step(self.stack, x, int(segs[0][2][0]), segs[0][3],
+                                         {"full": ropes[False], "sliding": ropes[True]})
         if y is not None:
             x = y
         else:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeformer.backends.cpu.block import why_not_fused
 from edgeformer.config import DecoderConfig
 from edgeformer.formats.synthetic import random_matrix, synthetic_checkpoint
 from edgeformer.kernels import OPS
@@ -162,7 +161,7 @@ def measure_fused_decode(be: Any, bench: Callable[..., float], min_time: float,
     "tiny" one at the first context, the "main" one at each of `contexts`. The cache is
     truncated back after each step, so every timed step sees exactly `ctx` positions.
     Empty when the backend has no fused decode (for these models)."""
-    if be.name != "cpu" or getattr(be, "decode_layers", None) is None:
+    if not be.fused_decode:
         return []
     out: list[dict[str, Any]] = []
     rng = np.random.default_rng(7)
@@ -170,7 +169,7 @@ def measure_fused_decode(be: Any, bench: Callable[..., float], min_time: float,
     for key, dims in (models or FUSED_MODELS).items():
         cfg = DecoderConfig(**dims)
         model = Decoder(synthetic_checkpoint(cfg, FUSED_QTYPE, calib_weight), be)
-        if why_not_fused(model) is not None:
+        if be.why_not_fused(model.stack, be.activations) is not None:
             return []
         for ctx in contexts if key == "main" else contexts[:1]:
             cache = model.make_cache(cfg.max_seq_len)

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeformer.backends.base import Weight, backend_class, backend_names, default_backend_name
-from edgeformer.backends.cpu.act_quant import DEFAULT, DTYPES
-from edgeformer.backends.cpu.block import why_not_fused
-from edgeformer.backends.cpu.repack import NATIVE, PackedWeight
+from edgeformer.backends.base import backend_class, backend_names, default_backend_name
 from edgeformer.backends.null import NullBackend
 from edgeformer.backends.trace import OpRecord, Tracer
 from edgeformer.config import DecoderConfig
@@ -142,41 +139,23 @@ def _ids_bytes(rec: OpRecord) -> float:
 
 def fused_decode(model: Any, backend: str | None) -> bool:
     """Whether `backend` would run one-token steps of `model` (a Decoder, typically on
-    the null backend, weight fusion mirrored) through its fused `decode_layers`: asks the
-    cpu backend's own `why_not_fused` about a view of the model whose weights carry the
-    handle type and qtype `prepare_weight` would give them (block.py's contract)."""
-    if backend is None:
-        backend = default_backend_name()
-    if backend != "cpu" or not hasattr(backend_class(backend), "decode_layers"):
-        return False
-    return why_not_fused(_PackedView(model)) is None
-
-
-class _PackedView:
-    """A Decoder seen as the cpu backend holds it: each Weight's handle a data-less
-    `PackedWeight`, qtypes without a native kernel as F32 (dequantized at load)."""
-
-    def __init__(self, model: Any) -> None:
-        act = np.zeros(0, DTYPES[DEFAULT])      # the cpu backend's default activations
-
-        def packed(w: Any) -> Any:
-            if not isinstance(w, Weight):
-                return w
-            q = w.qtype if w.qtype in NATIVE else QType.F32
-            return replace(w, qtype=q, handle=PackedWeight(q, w.shape[0], w.shape[-1], (), act=act))
-        self.config, self.rope_full, self.rope_sliding = model.config, model.rope_full, model.rope_sliding
-        self.layers = [replace(L, **{f.name: packed(getattr(L, f.name)) for f in fields(L)})
-                       if is_dataclass(L) and not isinstance(L, type) else L for L in model.layers]
+    the null backend, weight fusion mirrored) through its fused `decode_step`: asks the
+    backend class's own `why_not_fused` about the model's block description (weights
+    carry the file's qtypes; a qtype the backend dequantizes at load has no fused kernel
+    either way)."""
+    cls = backend_class(backend or default_backend_name())
+    return bool(cls is not None and cls.fused_decode and cls.why_not_fused(model.stack) is None)
 
 
 def backend_fuses(backend: str | None) -> bool:
     """Whether the Decoder fuses weights on `backend` (None: the fastest available one,
-    what `edgeformer run` uses): it does when the backend has `concat_weights`."""
+    what `edgeformer run` uses): it does when the backend `joins_weights`."""
     if backend is None:
         backend = default_backend_name()
-    if backend not in backend_names():
+    cls = backend_class(backend)
+    if cls is None:
         raise UnsupportedError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
-    return hasattr(backend_class(backend), "concat_weights")
+    return bool(cls.joins_weights)
 
 
 def null_decoder(ckpt: Checkpoint, backend: str | None = None) -> Any:

@@ -57,14 +57,14 @@ def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = Fal
     A no-op for backends that do not compile. `path` (the model file) lets a cold cache
     compile in two processes."""
     be = model.backend
-    if not getattr(be, "compiles", False) or model.config.max_seq_len < WARM_LEN:
+    if not be.compiles or model.config.max_seq_len < WARM_LEN:
         return 0.0
     t0 = time.perf_counter()
     cold = not be.kernels_cached()
     child = None
     if cold:         # the backend said so when it was made (CpuBackend's notice)
         if path is not None and (os.cpu_count() or 1) >= 2:
-            child = _decode_child(path, getattr(be, "activations", None))
+            child = _decode_child(path, be.activations)
     cache = model.make_cache(WARM_LEN)
     _step(model, cache, WARM_PROMPT)
     if child is not None:

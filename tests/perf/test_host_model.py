@@ -111,15 +111,15 @@ def test_fused_flag_matches_cpu_backend(tmp_path, qtype, kw):
         pytest.skip("cpu backend unavailable")
     from dataclasses import replace
 
-    from edgeformer.backends.cpu.block import why_not_fused
     from edgeformer.formats.synthetic import write_random_gguf
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.decoder import Decoder
     cfg = replace(CFG, **kw)
     path = write_random_gguf(cfg, tmp_path / "m.gguf", qtype)
-    model = Decoder(load_checkpoint(path), get_backend("cpu"))
+    be = get_backend("cpu")
+    model = Decoder(load_checkpoint(path), be)
     tr = trace_decoder(path, prompt_len=2, backend="cpu")
-    assert tr.fused_decode == (why_not_fused(model) is None)
+    assert tr.fused_decode == (be.why_not_fused(model.stack, be.activations) is None)
     assert not trace_decoder(path, prompt_len=2, backend="numpy").fused_decode
 
 

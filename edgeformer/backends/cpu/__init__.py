@@ -219,6 +219,8 @@ class CpuBackend(Backend):
     # a linear row's bits never depend on the other rows of the call (backends/row_invariant.py):
     # every kernel computes a row the same way for any row count
     row_invariant_rows = 1 << 30
+    joins_weights = True
+    fused_decode = True
 
     def __init__(self, activations: str = "auto") -> None:
         """activations: how quantized weights meet activations (`act_quant.py`): "int16"
@@ -323,8 +325,17 @@ class CpuBackend(Backend):
         n = sum(w.shape[0] for w in ws)
         return Weight(name, ws[0].qtype, (n,) + tuple(ws[0].shape[1:]), sum(w.nbytes for w in ws), packed, None)
 
-    def decode_layers(self, model: Any, x: Any, pos: int, cache: Any, rope: tuple) -> Any:
-        """Every block of a decoder for one token in two Numba calls per block (see
-        `block.py`); None when the model's family or qtypes are not covered."""
-        from edgeformer.backends.cpu.block import decode_layers
-        return decode_layers(model, x, pos, cache, rope)
+    @classmethod
+    def why_not_fused(cls, stack: Any, activations: str | None = None) -> str | None:
+        """See `block.why_not_fused`: covered families, qtypes with a row dot
+        (`kinds.KINDS`; a qtype the backend dequantizes at load is F32, not covered), and
+        integer activations (not the "f32" setting)."""
+        from edgeformer.backends.cpu.act_quant import DTYPES, resolve
+        from edgeformer.backends.cpu.block import why_not_fused
+        return why_not_fused(stack, DTYPES[resolve(activations or "auto")] is not None)
+
+    def decode_step(self, stack: Any, x: Any, pos: int, cache: Any, ropes: dict) -> Any:
+        """Every block for one token in two Numba calls per block (see `block.py`); None
+        when the stack is not covered (`why_not_fused`)."""
+        from edgeformer.backends.cpu.block import decode_step
+        return decode_step(stack, x, pos, cache, ropes, self._act is not None)

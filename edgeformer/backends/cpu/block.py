@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from edgeformer.backends.blocks import DecoderStack
 from edgeformer.backends.cpu.act_quant import quant_row
 from edgeformer.backends.cpu.activation import ACTIVATION_IDS, glu_row
 from edgeformer.backends.cpu.attention import attend_one
@@ -40,7 +41,6 @@ from edgeformer.backends.cpu.common import EXACT, JIT, specialise
 from edgeformer.backends.cpu.kinds import EMPTY_SLOT, KINDS, slot
 from edgeformer.backends.cpu.norm import rms_row
 from edgeformer.backends.cpu.rope import cos_sin, rotate
-from edgeformer.backends.cpu.repack import PackedWeight
 
 _NOB = np.zeros(0, np.float32)
 # Template globals of `_rows_kind`, bound per table row by `specialise`.
@@ -174,34 +174,37 @@ def _attn_out(x, q, k, v, kpos, pos, scale, window, softcap, wo, bo, pan, ffn_w,
 
 
 class _Plan:
-    """Per-model slots and scratch buffers for the fused step."""
+    """Per-stack slots and scratch buffers for the fused step."""
 
-    def __init__(self, model: Any) -> None:
-        c = model.config
-        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    def __init__(self, stack: DecoderStack) -> None:
+        a0 = stack.blocks[0].attention
+        nq, nkv = a0.n_heads * a0.head_dim, a0.n_kv_heads * a0.head_dim
         self.layers = []
-        for L in model.layers:
-            if L.wqkv is not None:
+        for B in stack.blocks:
+            if len(B.qkv) == 1:
                 n = nq + 2 * nkv       # one GEMV fills all of qkv
-                qkv = (slot(L.wqkv.handle), EMPTY_SLOT, EMPTY_SLOT, _b(L.bqkv), _NOB, _NOB, n, n)
+                qkv = (slot(B.qkv[0].weight.handle), EMPTY_SLOT, EMPTY_SLOT, _b(B.qkv[0].bias), _NOB, _NOB, n, n)
             else:
-                qkv = (slot(L.wq.handle), slot(L.wk.handle), slot(L.wv.handle), _b(L.bq), _b(L.bk), _b(L.bv),
-                       nq, nq + nkv)
-            if L.w_gate is not None:
-                gu = (slot(L.w_gate.handle), slot(L.w_up.handle), _b(L.b_gate), _b(L.b_up), True)
+                q, k, v = B.qkv
+                qkv = (slot(q.weight.handle), slot(k.weight.handle), slot(v.weight.handle), _b(q.bias), _b(k.bias),
+                       _b(v.bias), nq, nq + nkv)
+            if len(B.gate_up) == 2:
+                g, u = B.gate_up
+                gu = (slot(g.weight.handle), slot(u.weight.handle), _b(g.bias), _b(u.bias), True)
             else:
-                gu = (slot(L.w_up.handle), EMPTY_SLOT, _b(L.b_up), _NOB, False)
-            self.layers.append((L.attn_norm, qkv, _b(L.q_norm), _b(L.k_norm), slot(L.wo.handle), _b(L.bo),
-                                _b(L.post_attn_norm), L.ffn_norm, gu, slot(L.w_down.handle), _b(L.b_down),
-                                _b(L.post_ffn_norm), L.sliding))
+                gu = (slot(B.gate_up[0].weight.handle), EMPTY_SLOT, _b(B.gate_up[0].bias), _NOB, False)
+            self.layers.append((B.attn_norm, qkv, _b(B.q_norm), _b(B.k_norm), slot(B.out.weight.handle),
+                                _b(B.out.bias), _b(B.post_attn_norm), B.ffn_norm, gu, slot(B.down.weight.handle),
+                                _b(B.down.bias), _b(B.post_ffn_norm), B.attention))
         e = lambda n, dt=np.float32: np.zeros(n, dt)  # noqa: E731
-        it = model.layers[0].wo.handle.act.dtype       # the activations' integer type
-        self.xn, self.xq, self.xd, self.xs = e(c.dim), e(c.dim, it), e(c.dim // 32), e(c.dim // 32)
-        self.qkv, self.att, self.tmp = e(nq + 2 * nkv), e(nq), e(c.dim)
+        it = stack.blocks[0].out.weight.handle.act.dtype       # the activations' integer type
+        d, f = stack.dim, stack.ffn_dim
+        self.xn, self.xq, self.xd, self.xs = e(d), e(d, it), e(d // 32), e(d // 32)
+        self.qkv, self.att, self.tmp = e(nq + 2 * nkv), e(nq), e(d)
         self.aq, self.ad, self.as_ = e(nq, it), e(nq // 32), e(nq // 32)
-        self.gu, self.h = e(2 * c.ffn_dim), e(c.ffn_dim)
-        self.hq, self.hd, self.hs = e(c.ffn_dim, it), e(c.ffn_dim // 32), e(c.ffn_dim // 32)
-        self.act = ACTIVATION_IDS[c.activation]
+        self.gu, self.h = e(2 * f), e(f)
+        self.hq, self.hd, self.hs = e(f, it), e(f // 32), e(f // 32)
+        self.act = ACTIVATION_IDS[stack.activation]
         self.nq, self.nkv = nq, nkv
 
 
@@ -209,76 +212,68 @@ def _b(b: np.ndarray | None) -> np.ndarray:
     return _NOB if b is None else np.ascontiguousarray(b, dtype=np.float32)
 
 
-def why_not_fused(model: Any) -> str | None:
-    """None if `decode_layers` can run this model's blocks (what `Decoder._block` does for
-    one token: q/k norm, post norms, soft-capped and windowed attention, a separate rope
-    for sliding layers included), else the reason."""
-    c = model.config
-    if any(d % 32 for d in (c.dim, c.n_heads * c.head_dim, c.ffn_dim)):
+def why_not_fused(stack: DecoderStack, int_activations: bool = True) -> str | None:
+    """None if `decode_step` can run `stack` (every block what `blocks.py` describes: q/k
+    norm, post norms, soft-capped and windowed attention, a separate rope for sliding
+    layers included) with weights of these qtypes and integer activations
+    (`int_activations`; the "f32" setting has none), else the reason."""
+    if not stack.blocks:
+        return "no blocks"
+    if not int_activations:
+        return "float32 activations (the fused step dots integer activations)"
+    a0 = stack.blocks[0].attention
+    if any(d % 32 for d in (stack.dim, a0.n_heads * a0.head_dim, stack.ffn_dim)):
         return "a row length that is not a multiple of 32"
-    if c.activation not in ACTIVATION_IDS:
-        return f"activation {c.activation}"
-    for r in (model.rope_full, model.rope_sliding):
-        s = getattr(r, "scaling", None)
-        if s is not None and s.kind in ("dynamic", "longrope"):
-            return "rope scaling that changes with the sequence length"
-    acts = set()
-    for L in model.layers:
-        if (L.q_norm is None) != (L.k_norm is None):
+    if stack.activation not in ACTIVATION_IDS:
+        return f"activation {stack.activation}"
+    if stack.rope_varies:
+        return "rope scaling that changes with the sequence length"
+    for B in stack.blocks:
+        a = B.attention
+        if (a.n_heads, a.n_kv_heads, a.head_dim, a.neox) != (a0.n_heads, a0.n_kv_heads, a0.head_dim, a0.neox):
+            return "blocks of different attention shapes"
+        if (B.q_norm is None) != (B.k_norm is None):
             return "a q norm without a k norm"
-        ws = [L.wqkv] if L.wqkv is not None else [L.wq, L.wk, L.wv]
-        for w in ws + [L.wo, L.w_up, L.w_down] + ([L.w_gate] if L.w_gate is not None else []):
-            if w is None:
-                return "a missing q/k/v weight"
-            if w.qtype not in KINDS or not isinstance(w.handle, PackedWeight):
-                return f"{w.name} is {w.qtype.name} (no quantized fused kernel)"
-            if w.handle.act is None:
-                return "float32 activations (the fused step dots integer activations)"
-            acts.add(w.handle.act.dtype)
-    if len(acts) > 1:
-        return "weights prepared for different activation types"
+        if len(B.qkv) not in (1, 3) or len(B.gate_up) not in (1, 2):
+            return "projections other than q|k|v (or q, k, v) and gate|up (or gate, up)"
+        for pr in B.projections():
+            if pr.weight.qtype not in KINDS:
+                return f"{pr.weight.name} is {pr.weight.qtype.name} (no quantized fused kernel)"
     return None
 
 
-_PLANS: "weakref.WeakKeyDictionary[Any, _Plan | None]" = weakref.WeakKeyDictionary()
+_PLANS: "weakref.WeakKeyDictionary[DecoderStack, _Plan | None]" = weakref.WeakKeyDictionary()
 
 
-def decode_layers(model: Any, x: np.ndarray, pos: int, cache: Any, rope: tuple[np.ndarray, float]) -> np.ndarray | None:
-    """Run every block of `model` (a models.decoder.Decoder) for one token: x (1, dim)
-    float32 at position `pos`, keys/values appended to `cache` (update_and_fetch
-    contract); `rope` is the full-attention layers' (inv_freq, mscale) for this step
-    (sliding layers' comes from `model.rope_sliding`, as the decoder takes it). Returns
-    the new x (1, dim), or None when the model cannot use the fused path (the caller then
-    runs the op-by-op path)."""
-    if model not in _PLANS:
-        _PLANS[model] = _Plan(model) if why_not_fused(model) is None else None
-    p = _PLANS[model]
+def decode_step(stack: DecoderStack, x: np.ndarray, pos: int, cache: Any,
+                ropes: dict[str, tuple[np.ndarray, float]], int_activations: bool = True) -> np.ndarray | None:
+    """Run every block of `stack` for one token: x (1, dim) float32 at position `pos`,
+    keys/values appended to `cache` (update_and_fetch contract); `ropes` "full" and
+    "sliding" -> (inv_freq, mscale) for this step. Returns the new x (1, dim), or None when
+    the stack is not covered (`why_not_fused`; the caller then runs the op-by-op path)."""
+    if stack not in _PLANS:
+        _PLANS[stack] = _Plan(stack) if why_not_fused(stack, int_activations) is None else None
+    p = _PLANS[stack]
     if p is None:
         return None
-    c = model.config
-    ropes = {False: (np.ascontiguousarray(rope[0], dtype=np.float32), np.float32(rope[1]))}
-    if model.rope_sliding is model.rope_full:
-        ropes[True] = ropes[False]
-    else:
-        r = model.rope_sliding.frequencies(pos + 1)
-        ropes[True] = (np.ascontiguousarray(r[0], dtype=np.float32), np.float32(r[1]))
+    rs = {k: (np.ascontiguousarray(r[0], dtype=np.float32), np.float32(r[1])) for k, r in ropes.items()}
     xr = np.array(x[0], dtype=np.float32)               # residual stream, updated in place
-    eps, scale = np.float32(c.norm_eps), np.float32(model.attn_scale)
-    softcap = np.float32(c.attn_softcap or 0.0)
+    eps = np.float32(stack.norm_eps)
     full = np.int64(1 << 62)
-    window = np.int64(c.sliding_window) if c.sliding_window else full
-    nq, nkv, hd = p.nq, p.nkv, c.head_dim
-    for i, (an, qkv, qn, kn, wo, bo, pan, fn, gu, wdn, bdn, pfn, sliding) in enumerate(p.layers):
+    nq, nkv = p.nq, p.nkv
+    for i, (an, qkv, qn, kn, wo, bo, pan, fn, gu, wdn, bdn, pfn, att) in enumerate(p.layers):
         wq, wk, wv, bq, bk, bv, n0, n1 = qkv
-        inv_freq, mscale = ropes[sliding]
-        _attn_in(xr, an, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, c.rope_neox, mscale,
-                 c.n_heads, c.n_kv_heads, hd, p.xn, p.xq, p.xd, p.xs, p.qkv)
-        k = p.qkv[nq:nq + nkv].reshape(1, c.n_kv_heads, hd)
-        v = p.qkv[nq + nkv:].reshape(1, c.n_kv_heads, hd)
+        inv_freq, mscale = rs[att.rope]
+        hd = att.head_dim
+        _attn_in(xr, an, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, att.neox, mscale,
+                 att.n_heads, att.n_kv_heads, hd, p.xn, p.xq, p.xd, p.xs, p.qkv)
+        k = p.qkv[nq:nq + nkv].reshape(1, att.n_kv_heads, hd)
+        v = p.qkv[nq + nkv:].reshape(1, att.n_kv_heads, hd)
         k_all, v_all, k_pos = cache.update_and_fetch(i, k, v)
         wg, wu, bg, bu, split = gu
-        _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos, scale,
-                  window if sliding else full, softcap, wo, bo, pan, fn, eps, wg, wu, bg, bu, split, p.act,
+        _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos,
+                  np.float32(att.scale), np.int64(att.window) if att.window else full,
+                  np.float32(att.softcap or 0.0), wo, bo, pan, fn, eps, wg, wu, bg, bu, split, p.act,
                   wdn, bdn, pfn,
                   p.att, p.aq, p.ad, p.as_, p.tmp, p.xn, p.xq, p.xd, p.xs, p.gu, p.h, p.hq, p.hd, p.hs)
     return xr.reshape(1, -1)

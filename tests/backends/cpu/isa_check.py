@@ -7,7 +7,7 @@ Checks:
 - every native qtype's linear (the per-qtype row-dot kernels at T=1, the 4-token row dots
   at T=5, the prefill path at T=70), under each activation setting, vs `linear_ref` on the
   dequantized weight, within `LINEAR.max_nmse` (the conformance bound);
-- the fused one-token decode step (`CpuBackend.decode_layers`) on small random llama and
+- the fused one-token decode step (`CpuBackend.decode_step`) on small random llama and
   qwen2 models (Q8_0, Q4_0, Q4_1) vs the numpy backend on the same file: the bound the
   real-model test uses (10x the linear op's);
 - the machine code: uncached recompiles of every kernel these calls compiled (their
@@ -108,7 +108,6 @@ def _hf_dir(name: str, root: Path) -> Path:
 def decode_checks(report: dict, root: Path) -> None:
     from edgeformer.backends import get_backend
     from edgeformer.backends.cpu import CpuBackend
-    from edgeformer.backends.cpu.block import why_not_fused
     from edgeformer.formats import load_checkpoint
     from edgeformer.formats.convert import convert
     from edgeformer.kernels.linear import LINEAR
@@ -122,13 +121,13 @@ def decode_checks(report: dict, root: Path) -> None:
             convert(hf, gguf, qtype)
         be = CpuBackend()
         calls = []
-        step = be.decode_layers
+        step = be.decode_step
 
         def counted(*a, step=step, calls=calls):
             y = step(*a)
             calls.append(y is not None)
             return y
-        be.decode_layers = counted
+        be.decode_step = counted
         m, ref = Decoder(load_checkpoint(gguf), be), Decoder(load_checkpoint(gguf), get_backend("numpy"))
         toks = np.random.default_rng(5).integers(0, 211, 24)
         c, rc = m.make_cache(64), ref.make_cache(64)
@@ -140,7 +139,7 @@ def decode_checks(report: dict, root: Path) -> None:
             b = ref.forward(toks[i:i + 1], rc, last_only=True)[0].astype(np.float64)
             errs.append(float(((a - b) ** 2).mean() / (b ** 2).mean()))
         fused = len(calls) == 8 and all(calls)
-        report["decode"].append({"model": name, "qtype": qtype, "why_not_fused": why_not_fused(m), "fused_steps": sum(calls),
+        report["decode"].append({"model": name, "qtype": qtype, "why_not_fused": be.why_not_fused(m.stack, be.activations), "fused_steps": sum(calls),
                                  "max_nmse": max(errs), "bound": bound, "ok": fused and max(errs) < bound})
 
 

@@ -21,7 +21,6 @@ from edgeformer.kernels.linear import LINEAR
 from edgeformer.quant.qtypes import QTensor, QType
 from support.random_gguf import random_gguf
 
-pytest.importorskip("numba")
 
 
 def _qt(q: QType, n: int, k: int, rng) -> QTensor:
@@ -109,8 +108,12 @@ class _NoJoinBackend(CpuBackend):
     """The cpu backend without q|k|v / gate|up joining: the fused step's separate-weights
     path (as in llama.cpp Q4_K_M files, whose q/k/v qtypes differ)."""
 
-    def concat_weights(self, ws, name=""):
-        return None
+    joins_weights = False
+
+
+def _why_not(m) -> str | None:
+    """The cpu backend's reason not to fuse m's current layers (None: it fuses them)."""
+    return m.backend.why_not_fused(m.describe(), m.backend.activations)
 
 
 def _nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,10 +126,9 @@ def _nmse(a: np.ndarray, b: np.ndarray) -> float:
                                                ("gemma2", "Q5_0", True)])
 def test_fused_decode_matches_op_by_op_and_transformers(tiny_gguf, name, qtype, joined) -> None:
     import torch
-    from edgeformer.backends.cpu.block import why_not_fused
     hf, path = tiny_gguf(name, qtype)
     m = _decoder(path, "cpu" if joined else _NoJoinBackend())
-    assert why_not_fused(m) is None
+    assert _why_not(m) is None
     if joined:
         assert all(L.wqkv is not None and L.wq is None and L.w_gate is None for L in m.layers)  # joined in place
     else:
@@ -192,12 +194,13 @@ def test_fused_decode_gives_a_token_its_prefill_bits(tiny_gguf, name, qtype, joi
 
 
 def test_fused_path_declines_unsupported_models(tiny_gguf) -> None:
-    from edgeformer.backends.cpu.block import decode_layers
     _, path = tiny_gguf("llama", "F16")
     m = _decoder(path)
     c = m.make_cache(8)
     x = np.zeros((1, 64), np.float32)
-    assert decode_layers(m, x, 0, c, m.rope_full.frequencies(1)) is None
+    r = m.rope_full.frequencies(1)
+    assert m.backend.decode_step(m.stack, x, 0, c, {"full": r, "sliding": r}) is None
+    assert c.offset == 0
     out = m.forward(np.array([3]), c, last_only=True)       # still runs, op by op
     assert np.isfinite(out).all()
 
@@ -206,18 +209,19 @@ def test_why_not_fused_refuses_what_it_does_not_cover(tiny_gguf) -> None:
     """A covered model (Gemma 3) made uncoverable one way at a time is refused, with the reason."""
     from types import SimpleNamespace
 
-    from edgeformer.backends.cpu.block import why_not_fused
+    from edgeformer.backends.cpu import CpuBackend
     _, path = tiny_gguf("gemma3", "Q5_0")
     m = _decoder(path)
-    assert why_not_fused(m) is None
+    assert _why_not(m) is None
+    assert "float32 activations" in CpuBackend.why_not_fused(m.stack, "f32")
     m.rope_sliding = SimpleNamespace(scaling=SimpleNamespace(kind="dynamic"))
-    assert "sequence length" in why_not_fused(m)
+    assert "sequence length" in _why_not(m)
     m = _decoder(path)
     m.layers[1].k_norm = None
-    assert "k norm" in why_not_fused(m)
+    assert "k norm" in _why_not(m)
     m = _decoder(path)
     m.layers[2].w_down = _decoder(tiny_gguf("llama", "F16")[1]).layers[0].w_down
-    assert "F16" in why_not_fused(m)
+    assert "F16" in _why_not(m)
 
 
 def _greedy_vs_numpy(name: str, prompt_text: str, n_new: int, cpu=None) -> None:
@@ -265,7 +269,6 @@ def test_real_gemma3_loads_natively_and_decodes_fused() -> None:
     """The shipped Gemma 3 270M Q4_K_M file (Q5_0, Q8_0, Q4_K, Q6_K weights; q/k/v of
     mixed qtypes in half its blocks) loads with no dequantize-at-load warning, runs the
     fused step, and its greedy tokens match the numpy reference backend's."""
-    from edgeformer.backends.cpu.block import why_not_fused
     from edgeformer.models.shipped import resolve_model
     try:
         path = resolve_model("gemma3-270m")
@@ -274,6 +277,6 @@ def test_real_gemma3_loads_natively_and_decodes_fused() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         m = _decoder(path, "cpu")
-    assert why_not_fused(m) is None
+    assert _why_not(m) is None
     assert any(L.wqkv is None for L in m.layers) and any(L.wqkv is not None for L in m.layers)
     _greedy_vs_numpy("gemma3-270m", "The quick brown fox jumps over the lazy dog. Once upon a time,", 16, m)

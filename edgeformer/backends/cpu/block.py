@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from edgeformer.backends.blocks import DecoderStack
+from edgeformer.backends.blocks import Attention, DecoderStack
 from edgeformer.backends.cpu.act_quant import quant_row
 from edgeformer.backends.cpu.activation import ACTIVATION_IDS, glu_row
 from edgeformer.backends.cpu.attention import attend_one
@@ -195,7 +195,7 @@ class _Plan:
                 gu = (slot(B.gate_up[0].weight.handle), EMPTY_SLOT, _b(B.gate_up[0].bias), _NOB, False)
             self.layers.append((B.attn_norm, qkv, _b(B.q_norm), _b(B.k_norm), slot(B.out.weight.handle),
                                 _b(B.out.bias), _b(B.post_attn_norm), B.ffn_norm, gu, slot(B.down.weight.handle),
-                                _b(B.down.bias), _b(B.post_ffn_norm), B.attention))
+                                _b(B.down.bias), _b(B.post_ffn_norm), _attention_args(B.attention)))
         e = lambda n, dt=np.float32: np.zeros(n, dt)  # noqa: E731
         it = stack.blocks[0].out.weight.handle.act.dtype       # the activations' integer type
         d, f = stack.dim, stack.ffn_dim
@@ -206,6 +206,13 @@ class _Plan:
         self.hq, self.hd, self.hs = e(f, it), e(f // 32), e(f // 32)
         self.act = ACTIVATION_IDS[stack.activation]
         self.nq, self.nkv = nq, nkv
+
+
+def _attention_args(a: Attention) -> tuple:
+    """A block's attention as the kernels take it: (rope key, neox, Hq, Hkv, D, scale,
+    window (1 << 62: none), softcap (0: none)), converted once per plan."""
+    return (a.rope, a.neox, a.n_heads, a.n_kv_heads, a.head_dim, np.float32(a.scale),
+            np.int64(a.window) if a.window else np.int64(1 << 62), np.float32(a.softcap or 0.0))
 
 
 def _b(b: np.ndarray | None) -> np.ndarray:
@@ -259,22 +266,19 @@ def decode_step(stack: DecoderStack, x: np.ndarray, pos: int, cache: Any,
     rs = {k: (np.ascontiguousarray(r[0], dtype=np.float32), np.float32(r[1])) for k, r in ropes.items()}
     xr = np.array(x[0], dtype=np.float32)               # residual stream, updated in place
     eps = np.float32(stack.norm_eps)
-    full = np.int64(1 << 62)
     nq, nkv = p.nq, p.nkv
     for i, (an, qkv, qn, kn, wo, bo, pan, fn, gu, wdn, bdn, pfn, att) in enumerate(p.layers):
         wq, wk, wv, bq, bk, bv, n0, n1 = qkv
-        inv_freq, mscale = rs[att.rope]
-        hd = att.head_dim
-        _attn_in(xr, an, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, att.neox, mscale,
-                 att.n_heads, att.n_kv_heads, hd, p.xn, p.xq, p.xd, p.xs, p.qkv)
-        k = p.qkv[nq:nq + nkv].reshape(1, att.n_kv_heads, hd)
-        v = p.qkv[nq + nkv:].reshape(1, att.n_kv_heads, hd)
+        rope, neox, nh, nkh, hd, scale, window, softcap = att
+        inv_freq, mscale = rs[rope]
+        _attn_in(xr, an, eps, wq, wk, wv, bq, bk, bv, n0, n1, qn, kn, pos, inv_freq, neox, mscale,
+                 nh, nkh, hd, p.xn, p.xq, p.xd, p.xs, p.qkv)
+        k = p.qkv[nq:nq + nkv].reshape(1, nkh, hd)
+        v = p.qkv[nq + nkv:].reshape(1, nkh, hd)
         k_all, v_all, k_pos = cache.update_and_fetch(i, k, v)
         wg, wu, bg, bu, split = gu
-        _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos,
-                  np.float32(att.scale), np.int64(att.window) if att.window else full,
-                  np.float32(att.softcap or 0.0), wo, bo, pan, fn, eps, wg, wu, bg, bu, split, p.act,
-                  wdn, bdn, pfn,
+        _attn_out(xr, p.qkv[:nq], _f32(k_all), _f32(v_all), np.asarray(k_pos, dtype=np.int64), pos, scale,
+                  window, softcap, wo, bo, pan, fn, eps, wg, wu, bg, bu, split, p.act, wdn, bdn, pfn,
                   p.att, p.aq, p.ad, p.as_, p.tmp, p.xn, p.xq, p.xd, p.xs, p.gu, p.h, p.hq, p.hd, p.hs)
     return xr.reshape(1, -1)
 

@@ -30,6 +30,7 @@ coverage table, as the runtime would use the reference for it.
 """
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class CaseResult:
     bound: float
     nmse: float | None = None
     message: str = ""
+    seconds: float | None = None     # one kernel call (transfers included), when timed
 
     @property
     def ok(self) -> bool:
@@ -107,14 +109,18 @@ def _call_attrs(args: tuple, attrs: dict) -> dict:
     return {**attrs, "qtype": q} if q is not None else dict(attrs)
 
 
-def run_case(backend: Backend, case: Case, seed: int = 0) -> CaseResult:
-    """Run one case on `backend` against the reference; never raises for kernel errors."""
+def run_case(backend: Backend, case: Case, seed: int = 0, min_time: float = 0.0) -> CaseResult:
+    """Run one case on `backend` against the reference; never raises for kernel errors.
+    `min_time` > 0: afterwards the kernel call is repeated for at least that many seconds
+    and `seconds` is the mean per call (a fallback runs the reference)."""
     rng = np.random.default_rng(zlib.crc32(case.id.encode()) + seed)
     args, attrs = case.build(rng)
     res = CaseResult(backend.name, case.op, case.name, "ok", bound_for(case.op, case.dtype))
     reasons = backend.unsupported(case.op, **_call_attrs(args, attrs))
     if reasons:
         res.status, res.message = "fallback", "; ".join(reasons)
+        if min_time > 0:
+            res.seconds = _time_call(lambda: OPS[case.op].reference(*args, **attrs), min_time)
         return res
     kernel = backend.kernels.get(case.op)
     if kernel is None:
@@ -139,7 +145,22 @@ def run_case(backend: Backend, case: Case, seed: int = 0) -> CaseResult:
     if changed:
         res.status = "fail"
         res.message = "; ".join(filter(None, [res.message, f"kernel modified input(s) {changed}"]))
+    if min_time > 0 and res.status == "ok":
+        res.seconds = _time_call(lambda: backend.to_host(kernel(*dev, **attrs)), min_time)
     return res
+
+
+def _time_call(call: Callable[[], object], min_time: float) -> float:
+    """Mean seconds per `call()` over at least `min_time` seconds of calls (at least 2
+    calls; the first, warm-up call is not timed)."""
+    call()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        call()
+        n += 1
+        dt = time.perf_counter() - t0
+        if n >= 2 and dt >= min_time:
+            return dt / n
 
 
 def _run_rows(backend: Backend, args: tuple, ref: np.ndarray, res: CaseResult) -> CaseResult:
@@ -233,11 +254,12 @@ class SuiteReport:
 
 
 def run_suite(backend: Backend, op: str | None = None, quick: bool = False,
-              progress: Callable[[CaseResult], None] | None = None) -> SuiteReport:
-    """Run the selected cases on `backend`; `progress` is called after each case."""
+              progress: Callable[[CaseResult], None] | None = None, min_time: float = 0.0) -> SuiteReport:
+    """Run the selected cases on `backend`; `progress` is called after each case;
+    `min_time` > 0 times each case (`run_case`)."""
     report = SuiteReport(backend.name)
     for case in select_cases(op, quick):
-        r = run_case(backend, case)
+        r = run_case(backend, case, min_time=min_time)
         report.results.append(r)
         if progress:
             progress(r)

@@ -3,6 +3,8 @@ classic kernel bug, and must be flagged on the case built to catch it, while the
 backend passes that same case (tested in test_conformance.py)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -126,6 +128,23 @@ def test_cli_check_backend(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
     assert main(["check-backend", "numpy", "--op", "no_such_op"]) == 1
     assert main(["check-backend", "no_such_backend"]) == 1
+
+
+def test_cli_check_backend_names_kernel_and_time_per_case(monkeypatch, capsys):
+    """Each case row says native or fallback and gives a time per call."""
+    class NoSoftcap(NumpyBackend):
+        name = "nosoftcap"
+
+        def unsupported(self, op, **attrs):
+            return ["no softcap kernel"] if op == "softcap" else super().unsupported(op, **attrs)
+
+    monkeypatch.setitem(backends_base._BACKENDS, "nosoftcap", NoSoftcap)
+    assert main(["check-backend", "nosoftcap", "--quick", "--op", "softcap", "--min-time", "0.001"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if "cap30" in ln]          # the case rows
+    assert rows and all("fallback" in ln and re.search(r"\d+ (us|ms)", ln) for ln in rows)
+    assert main(["check-backend", "numpy", "--quick", "--op", "rms_norm", "--min-time", "0.001"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│ rms_norm │") and "e-" in ln]
+    assert rows and all("native" in ln and re.search(r"\d+ (us|ms)", ln) for ln in rows)
 
 
 def _linear_switches_at_64(x, w, b=None):

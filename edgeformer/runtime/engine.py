@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, TokenizerLike, collect
+from edgeformer.runtime.grammar import Grammar, check as check_grammar, constrained
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.session import DecoderModel, Session
 from edgeformer.runtime.speculative import SpeculativeConfig, speculative_steps
@@ -122,33 +123,42 @@ class Engine:
 
     # ---- generation ----
 
-    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> GenerationResult:
-        """Complete `prompt` (text, or token ids used as given). Raises InputError on an
-        empty prompt, one that does not fit the context (unless params.truncate), or
-        token ids outside the vocabulary."""
-        params = params or SamplingParams()
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                 response_format: Mapping[str, Any] | None = None, grammar: Grammar | None = None
+                 ) -> GenerationResult:
+        """Complete `prompt` (text, or token ids used as given). `response_format` (OpenAI's:
+        {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}})
+        or `grammar` (a `runtime.grammar.Grammar`: regex, Lark, GBNF, JSON Schema) constrain
+        the output (params.grammar otherwise). Raises InputError on an empty prompt, one
+        that does not fit the context (unless params.truncate), token ids outside the
+        vocabulary, or a grammar that does not compile or admits no output."""
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids = self.encode(prompt)
         ids, budget = self._fit(ids, params)
         return collect(self._run(ids, budget, params), ids, params.logprobs or params.top_logprobs > 0)
 
-    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Iterator[TokenEvent]:
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+               response_format: Mapping[str, Any] | None = None, grammar: Grammar | None = None
+               ) -> Iterator[TokenEvent]:
         """Like generate(), one TokenEvent per sampled token. Input is validated here, before
         the first event, so errors surface at the call."""
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget = self._fit(self.encode(prompt), params)
         return self._run(ids, budget, params)
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None) -> GenerationResult:
+    def chat(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None, *,
+             response_format: Mapping[str, Any] | None = None, grammar: Grammar | None = None) -> GenerationResult:
         """Render the chat template (add_generation_prompt=True) and generate the reply;
         stops on the tokenizer's EOS/EOT tokens."""
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget = self._fit(self.encode_chat(messages), params)
         return collect(self._run(ids, budget, params), ids, params.logprobs or params.top_logprobs > 0)
 
-    def chat_stream(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], params: SamplingParams | None = None, *,
+                    response_format: Mapping[str, Any] | None = None, grammar: Grammar | None = None
                     ) -> Iterator[TokenEvent]:
         """chat() as a stream of TokenEvents."""
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget = self._fit(self.encode_chat(messages), params)
         return self._run(ids, budget, params)
 
@@ -173,6 +183,8 @@ class Engine:
 
     def _run(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
         params.check_vocab(self.vocab_size)
+        if params.grammar is not None:      # compile now (cached): a bad grammar fails at the call
+            check_grammar(params.grammar, self.tokenizer, self.vocab_size)
         self._check_idle()
         return self._loop(ids, budget, params)
 
@@ -194,9 +206,10 @@ class Engine:
 
     def _steps(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
         em = TokenEmitter(self.tokenizer, ids, budget, params, self.load_s)
-        picker = TokenPicker(params, self.vocab_size, make_rng(params.seed))
+        picker = TokenPicker(params, self.vocab_size, make_rng(params.seed), self.tokenizer)
         try:
-            if self.speculative is None:
+            # drafts are not masked by the grammar: a constrained generation decodes plainly
+            if self.speculative is None or picker.constraint is not None:
                 yield from self._decode(ids, em, picker)
             else:
                 yield from speculative_steps(self.speculative, self.session, ids, em, picker)

@@ -34,11 +34,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.quant.metrics import log_softmax
+from edgeformer.runtime.grammar import Constraint, Grammar
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Sampler = Callable[[np.ndarray, np.random.Generator], int]
@@ -63,7 +65,9 @@ class SamplingParams:
     generation like EOS. logprobs: report each token's log-probability; top_logprobs:
     also the n most likely alternatives (0..20). ignore_eos: keep going past EOS/EOT.
     truncate: drop prompt tokens from the left when the prompt does not fit the context,
-    instead of raising InputError.
+    instead of raising InputError. grammar: what the output must match
+    (`runtime.grammar.Grammar`: JSON, a JSON Schema, a regex, a Lark or GBNF grammar),
+    applied as a token mask after the penalties; None = unconstrained.
     """
 
     max_tokens: int = 256
@@ -83,6 +87,7 @@ class SamplingParams:
     top_logprobs: int = 0
     ignore_eos: bool = False
     truncate: bool = False
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -130,6 +135,8 @@ class SamplingParams:
         if not all(is_int(t) and t >= 0 for t in ids):
             raise bad("stop_token_ids", "must be non-negative ints")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in ids))
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise bad("grammar", "must be a runtime.grammar.Grammar or None")
 
     @property
     def greedy(self) -> bool:
@@ -330,23 +337,37 @@ class TokenPicker:
     shared by plain decoding, a drafter and the verifier, so that p and q see the same
     processing at each position."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int, rng: np.random.Generator) -> None:
+    def __init__(self, params: SamplingParams, vocab_size: int, rng: np.random.Generator,
+                 tokenizer: Any = None) -> None:
+        """`tokenizer` is needed when params.grammar is set (InputError if that grammar
+        does not compile for it or admits no output)."""
         self.params = params
         self.greedy = params.greedy
         self.vocab_size = vocab_size
         self.rng = rng
         self.procs = make_logits_processors(params)
         self.sample = make_sampler(params)
+        self.constraint: Constraint | None = None
+        if params.grammar is not None:
+            if tokenizer is None:
+                raise InputError("a grammar needs the model's tokenizer")
+            self.constraint = Constraint(params.grammar, tokenizer, vocab_size)
 
     def process(self, context: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Logits after bias and penalties over `context` (prompt + tokens before this one)."""
-        return apply_processors(self.procs, context, logits) if self.procs else logits
+        """Logits after bias and penalties over `context` (prompt + tokens before this one),
+        then the grammar's mask (forbidden tokens at -inf)."""
+        out = apply_processors(self.procs, context, logits) if self.procs else logits
+        return self.constraint.mask(out) if self.constraint is not None else out
 
     def next_token(self, context: np.ndarray, logits: np.ndarray) -> int:
         """The token plain decoding draws after `context` from the model's raw `logits`
-        (checked by `check_logits`: EdgeformerError for NaN)."""
+        (checked by `check_logits`: EdgeformerError for NaN); the grammar, if any, moves
+        past it."""
         check_logits(logits, context.shape[0] - 1)
-        return self.sample(self.process(context, logits), self.rng)
+        tok = self.sample(self.process(context, logits), self.rng)
+        if self.constraint is not None:
+            self.constraint.accept(tok)
+        return tok
 
     def probs(self, processed: np.ndarray) -> np.ndarray:
         """(vocab,) float64 distribution plain sampling draws from (temperature, top-k/p, min-p)."""

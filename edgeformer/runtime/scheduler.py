@@ -278,8 +278,9 @@ class BatchEngine:
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
                stop: Sequence[str] | None = None) -> RequestHandle:
         """Queue a completion of `prompt_ids`; `stop` adds stop strings to params.stop.
-        InputError for an empty prompt, ids outside the vocabulary, or a prompt that leaves
-        no room in n_ctx; CapacityError if the KV budget could never hold the request."""
+        InputError for an empty prompt, ids outside the vocabulary, a prompt that leaves
+        no room in n_ctx, or a grammar (params.grammar) that does not compile; CapacityError
+        if the KV budget could never hold the request."""
         params = params or SamplingParams()
         if stop:
             params = replace(params, stop=tuple(params.stop) + tuple(stop))
@@ -293,14 +294,15 @@ class BatchEngine:
         if len(ids) >= self.n_ctx:
             raise InputError(f"prompt is {len(ids)} tokens; the context holds {self.n_ctx} (prompt + output)")
         budget = min(params.max_tokens, self.n_ctx - len(ids))
+        # one rng: the first token, drafts and verification draw from it; a grammar that
+        # does not compile fails here, before the request holds anything
+        picker = TokenPicker(params, self.vocab_size, make_rng(params.seed), self.tokenizer)
         with self._lock:
             rid = self._next_id
             self._next_id += 1
             handle = RequestHandle(self, rid, ids)
             self.scheduler.add(rid, ids, len(ids) + budget)       # CapacityError: refused now
-            # one rng: the first token, drafts and verification draw from it
-            self._requests[rid] = _Request(handle, TokenEmitter(self.tokenizer, ids, budget, params),
-                                           TokenPicker(params, self.vocab_size, make_rng(params.seed)))
+            self._requests[rid] = _Request(handle, TokenEmitter(self.tokenizer, ids, budget, params), picker)
             self._wake.notify_all()
         return handle
 
@@ -403,6 +405,8 @@ class BatchEngine:
         for sid, n in plan.items():
             st, req = self.scheduler.running[sid], self._requests.get(sid)
             if req is None or n != 1 or st.prefilling or st.computed + 1 != len(st.tokens):
+                continue
+            if req.picker.constraint is not None:      # drafts are not grammar-masked: decode plainly
                 continue
             k = min(spec.num_draft, req.em.budget - req.em.i - 1)   # never past the budget
             if k > 0:

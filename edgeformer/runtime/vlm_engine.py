@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeformer.errors import InputError
 from edgeformer.models.vlm import LlavaModel, load_llava
+from edgeformer.runtime.grammar import check as check_grammar, constrained
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.events import GenerationResult, TokenEvent, collect
 
@@ -105,6 +106,8 @@ class VLMEngine(Engine):
     def _run(self, ids: list[int], budget: int, params: Any, spans: Sequence[_Span] = (),
              feats: Sequence[np.ndarray] = ()) -> Iterator[TokenEvent]:
         params.check_vocab(self.vocab_size)
+        if params.grammar is not None:      # compile now (cached): a bad grammar fails at the call
+            check_grammar(params.grammar, self.tokenizer, self.vocab_size)
         self._check_idle()
         return self._image_loop(ids, budget, params, list(spans), list(feats))
 
@@ -119,18 +122,18 @@ class VLMEngine(Engine):
         yield from self._loop(ids, budget, params)
 
     def generate(self, prompt: str | Sequence[int], params: Any = None,
-                 images: Sequence[Any] = ()) -> GenerationResult:
+                 images: Sequence[Any] = (), *, response_format: Mapping[str, Any] | None = None, grammar: Any = None) -> GenerationResult:
         """Engine.generate with images (one `<image>` token in the prompt per image)."""
         from edgeformer.runtime.sampler import SamplingParams
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget, spans, feats = self._prepare(self.encode(prompt), images, params)
         return collect(self._run(ids, budget, params, spans, feats), ids, params.logprobs or params.top_logprobs > 0)
 
     def stream(self, prompt: str | Sequence[int], params: Any = None,
-               images: Sequence[Any] = ()) -> Iterator[TokenEvent]:
+               images: Sequence[Any] = (), *, response_format: Mapping[str, Any] | None = None, grammar: Any = None) -> Iterator[TokenEvent]:
         """Engine.stream with images."""
         from edgeformer.runtime.sampler import SamplingParams
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget, spans, feats = self._prepare(self.encode(prompt), images, params)
         return self._run(ids, budget, params, spans, feats)
 
@@ -145,22 +148,22 @@ class VLMEngine(Engine):
         return ids
 
     def chat(self, messages: Sequence[Mapping[str, Any]], params: Any = None,
-             images: Sequence[Any] = ()) -> GenerationResult:
+             images: Sequence[Any] = (), *, response_format: Mapping[str, Any] | None = None, grammar: Any = None) -> GenerationResult:
         """Engine.chat with images; `<image>` in a message marks where each image goes."""
         if not images:
-            return super().chat(messages, params)
+            return super().chat(messages, params, response_format=response_format, grammar=grammar)
         from edgeformer.runtime.sampler import SamplingParams
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget, spans, feats = self._prepare(self.encode_chat_images(messages), images, params)
         return collect(self._run(ids, budget, params, spans, feats), ids, params.logprobs or params.top_logprobs > 0)
 
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], params: Any = None,
-                    images: Sequence[Any] = ()) -> Iterator[TokenEvent]:
+                    images: Sequence[Any] = (), *, response_format: Mapping[str, Any] | None = None, grammar: Any = None) -> Iterator[TokenEvent]:
         """Engine.chat_stream with images."""
         if not images:
-            return super().chat_stream(messages, params)
+            return super().chat_stream(messages, params, response_format=response_format, grammar=grammar)
         from edgeformer.runtime.sampler import SamplingParams
-        params = params or SamplingParams()
+        params = constrained(params or SamplingParams(), response_format, grammar)
         ids, budget, spans, feats = self._prepare(self.encode_chat_images(messages), images, params)
         return self._run(ids, budget, params, spans, feats)
 

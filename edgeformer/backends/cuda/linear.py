@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgeformer.backends.cuda import interpreting
+from edgeformer.backends.cuda.traits import interpreting
 from edgeformer.backends.cuda.device import as_f32, as_int, cdiv, pow2
 from edgeformer.backends.cuda.weights import CudaWeight
 from edgeformer.quant.qtypes import QType

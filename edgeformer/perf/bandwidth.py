@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import edgeformer.backends.cpu  # noqa: F401 - applies EDGEFORMER_CPU_ISA before numba is imported
 import numba
 import numpy as np
 

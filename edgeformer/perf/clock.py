@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import edgeformer.backends.cpu  # noqa: F401 - applies EDGEFORMER_CPU_ISA before numba is imported
 import numba
 
 from edgeformer.errors import InputError

@@ -30,13 +30,13 @@ the step (measured in `bench/structured.py`), less than a thread hand-off would 
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from edgeformer.errors import EdgeformerError, InputError
 
@@ -236,7 +236,7 @@ class Constraint:
                                   f"{self._m.get_error() or 'no continuation'}")
         lg = np.ascontiguousarray(logits, dtype=np.float32)
         out = np.empty_like(lg)
-        _apply_bits(lg, self._bits, out)
+        _apply_bits()(lg, self._bits, out)
         return out
 
     def accept(self, token: int) -> None:
@@ -251,16 +251,26 @@ class Constraint:
         return bool(self._m.is_accepting())
 
 
-@njit(cache=True, nogil=True)
-def _apply_bits(logits, bits, out):
-    """out[i] = logits[i] where bit i of `bits` is set, else -inf. 14 us (49k tokens) to
-    56 us (262k) where np.where over the unpacked bits took 0.1 to 1.3 ms."""
+def _apply_bits_py(logits, bits, out):
+    """out[i] = logits[i] where bit i of `bits` is set, else -inf. Compiled by Numba
+    (`_apply_bits`): 14 us (49k tokens) to 56 us (262k) where np.where over the unpacked
+    bits took 0.1 to 1.3 ms."""
     v = logits.shape[0]
     ninf = np.float32(-np.inf)
     for w in range(bits.shape[0]):
         b, base = bits[w], w * 32
         for j in range(min(32, v - base)):
             out[base + j] = logits[base + j] if (b >> j) & 1 else ninf
+
+
+@functools.cache
+def _apply_bits() -> Any:
+    """`_apply_bits_py` compiled, on the first constrained step. numba is imported here,
+    after `edgeformer.backends.cpu` has applied EDGEFORMER_CPU_ISA (a module-level import
+    would let `SamplingParams` import numba first and refuse a forced ISA)."""
+    import edgeformer.backends.cpu  # noqa: F401 - sets Numba's target for EDGEFORMER_CPU_ISA
+    from numba import njit
+    return njit(cache=True, nogil=True)(_apply_bits_py)
 
 
 def check(grammar: Grammar, tokenizer: Any, vocab_size: int) -> None:

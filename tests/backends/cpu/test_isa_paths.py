@@ -150,3 +150,28 @@ def test_suite_passes_on_forced_avx2():
     tail = (r.stdout + "\n" + r.stderr)[-6000:]
     print(f"AVX2 pass ({' '.join(paths)}): {took:.0f} s\n{tail[-1500:]}")
     assert r.returncode == 0, f"the AVX2 pass failed (rc {r.returncode}, {took:.0f} s):\n{tail}"
+
+
+def test_forced_isa_survives_every_module_that_imports_numba():
+    """With only EDGEFORMER_CPU_ISA=avx2 in the environment, importing the modules that use
+    Numba themselves (sampling with its grammar mask, perf's clock, bandwidth and profiler)
+    before the cpu backend must not import numba ahead of the ISA choice: the backend
+    builds, compiles for AVX2, and a constrained step runs."""
+    code = """
+import numpy as np
+from edgeformer.runtime.sampler import SamplingParams
+import edgeformer.perf.clock, edgeformer.perf.bandwidth, edgeformer.perf.profile
+from edgeformer.backends import get_backend
+from edgeformer.backends.cpu import isa
+be = get_backend("cpu")
+from edgeformer.api import load
+eng = load(None, n_ctx=64)
+from edgeformer.runtime.grammar import Grammar
+r = eng.generate("Yes or no?", SamplingParams(max_tokens=4), grammar=Grammar("regex", "(yes|no)"))
+print(isa.compiled_isa(), r.text)
+"""
+    env = {k: v for k, v in _env(EDGEFORMER_CPU_ISA="avx2").items() if not k.startswith("NUMBA_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    isa_name, text = r.stdout.split()[-2:]
+    assert isa_name == "avx2" and text in ("yes", "no"), r.stdout

@@ -95,10 +95,20 @@ class DecoderConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len"):
+        for name in LIMITS:
+            bounded(self.arch, name, getattr(self, name))
+        for name in ("norm_eps", "rope_theta", "partial_rotary_factor", "rope_local_theta", "embed_scale",
+                     "attn_softcap", "final_softcap", "attn_scale"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{self.arch}: {name} must be a positive int, got {v!r}")
+            if v is None and name not in ("norm_eps", "rope_theta", "partial_rotary_factor"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{self.arch}: {name} must be a finite number > 0, got {v!r}")
+        if self.norm_eps >= 1 or self.partial_rotary_factor > 1:
+            raise ConfigError(f"{self.arch}: norm_eps {self.norm_eps} must be < 1 and partial_rotary_factor "
+                              f"{self.partial_rotary_factor} at most 1")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ConfigError(f"{self.arch}: sliding_window must be a positive int or None, got {self.sliding_window!r}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"{self.arch}: n_heads={self.n_heads} not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.activation not in ("silu", "gelu", "gelu_tanh"):
@@ -130,7 +140,7 @@ class DecoderConfig:
         `model_type` or rope scaling type, ConfigError on missing/invalid keys."""
         try:
             return _from_hf(cls, cfg)
-        except (TypeError, ValueError, ZeroDivisionError) as e:   # e.g. "hidden_size": "big"
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:   # e.g. "hidden_size": "big"
             raise ConfigError(f"HF config ({cfg.get('model_type')!r}) has a bad value: {e}") from None
 
     @classmethod
@@ -144,7 +154,7 @@ class DecoderConfig:
         them it is True only for Gemma 1/2 (which llama.cpp always ties)."""
         try:
             c = _from_gguf(cls, md)
-        except (TypeError, ValueError, ZeroDivisionError) as e:   # e.g. a string block_count
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:   # e.g. a string block_count
             raise ConfigError(f"GGUF metadata has a bad value: {e}") from None
         tied = (GGUF_ARCHS[c.arch].always_tied if tensor_names is None
                 else "output.weight" not in set(tensor_names))
@@ -361,9 +371,9 @@ def _from_hf(cls: type[DecoderConfig], cfg: dict[str, Any]) -> DecoderConfig:
     cfg = {**defaults, **{k: v for k, v in cfg.items() if v is not None or k not in defaults}}
     if cfg.get("use_bidirectional_attention"):
         raise UnsupportedError(f"{mt}: bidirectional attention is not supported")
-    dim = int(_need(cfg, "hidden_size", mt))
-    n_heads = int(_need(cfg, "num_attention_heads", mt))
-    n_layers = int(_need(cfg, "num_hidden_layers", mt))
+    dim = bounded(mt, "dim", int(_need(cfg, "hidden_size", mt)))
+    n_heads = bounded(mt, "n_heads", int(_need(cfg, "num_attention_heads", mt)))
+    n_layers = bounded(mt, "n_layers", int(_need(cfg, "num_hidden_layers", mt)))
     head_dim = cfg.get("head_dim") or dim // n_heads
     rope, rope_local = _hf_rope_dicts(cfg, fam)
     if rope_local is not None and rope_local.get("rope_type", "default") != "default":
@@ -397,6 +407,19 @@ def _from_hf(cls: type[DecoderConfig], cfg: dict[str, Any]) -> DecoderConfig:
 # ------------------------------------------------------------------ GGUF metadata
 
 _MISSING = object()
+
+# Sane upper bounds, far above the largest open models (dim 16384, 126 layers, 128 heads,
+# FFN 53248, vocabulary 262144, context 10M): a header claiming more is refused before any
+# per-layer or per-token work (a block_count of 3,000,000 built a 3.6 GB list before).
+LIMITS = {"vocab_size": 1 << 22, "dim": 1 << 16, "n_layers": 1024, "n_heads": 1024, "n_kv_heads": 1024,
+          "head_dim": 4096, "ffn_dim": 1 << 20, "max_seq_len": 1 << 24}
+
+
+def bounded(arch: str, name: str, v: Any) -> int:
+    """`v` if it is an int in [1, LIMITS[name]], else ConfigError naming the field."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= LIMITS[name]:
+        raise ConfigError(f"{arch}: {name} must be an int in [1, {LIMITS[name]}], got {v!r}")
+    return v
 
 
 def _gguf_scalar(md: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
@@ -452,9 +475,11 @@ def _from_gguf(cls: type[DecoderConfig], md: dict[str, Any]) -> DecoderConfig:
     fam = gguf_family(md.get("general.architecture"))
     arch = fam.arch
     g = lambda key, default=_MISSING: _gguf_scalar(md, f"{arch}.{key}", default)  # noqa: E731
-    dim, n_layers, n_heads = int(g("embedding_length")), int(g("block_count")), int(g("attention.head_count"))
+    dim = bounded(arch, "dim", int(g("embedding_length")))
+    n_layers = bounded(arch, "n_layers", int(g("block_count")))
+    n_heads = bounded(arch, "n_heads", int(g("attention.head_count")))
     head_dim = int(g("attention.key_length", dim // n_heads))
-    ctx = int(g("context_length"))
+    ctx = bounded(arch, "max_seq_len", int(g("context_length")))
     vocab = g("vocab_size", None) or len(md.get("tokenizer.ggml.tokens") or ())
     if not vocab:
         raise ConfigError(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")

@@ -231,7 +231,7 @@ def _copy_hf(src, dst, config_changes=None, drop=()):
 @pytest.mark.parametrize("changes,drop,message", [
     ({"model_type": "gpt_neox"}, (), "unsupported HF model_type 'gpt_neox'; supported: llama, mistral"),
     ({"hidden_size": "big"}, (), "config.json: HF config ('llama') has a bad value"),
-    ({"num_attention_heads": 0, "head_dim": None}, (), "config.json: HF config ('llama') has a bad value"),
+    ({"num_attention_heads": 0, "head_dim": None}, (), "config.json: llama: n_heads must be an int in [1, 1024], got 0"),
     ({"rope_parameters": {"rope_type": "su-per", "factor": 2.0}}, (), "unsupported rope scaling type 'su-per'"),
     ({}, ("model.layers.1.mlp.up_proj.weight",), "missing tensor(s) the llama config needs: blk.1.ffn_up.weight"),
 ])

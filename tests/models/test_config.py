@@ -120,8 +120,7 @@ def test_values_of_the_wrong_type_are_config_errors():
     base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_attention_heads=2,
                 num_hidden_layers=1, intermediate_size=4)
     for bad in ({"hidden_size": "big"}, {"model_type": "mistral", "layer_types": 3, "sliding_window": 4},
-                {"num_attention_heads": 0},
-                {"rope_parameters": "x"}):
+                {"rope_parameters": "x"}, {"hidden_size": float("inf")}):
         with pytest.raises(ConfigError, match="bad value"):
             DecoderConfig.from_hf({**base, **bad})
     md = DecoderConfig.from_hf(base).to_gguf()
@@ -129,6 +128,32 @@ def test_values_of_the_wrong_type_are_config_errors():
         DecoderConfig.from_gguf({**md, "llama.block_count": "one"})
     with pytest.raises(UnsupportedError, match="supported: llama, qwen2"):
         DecoderConfig.from_gguf({**md, "general.architecture": ["llama"]})
+
+
+def test_values_that_make_no_model_are_refused_naming_the_field():
+    """Zero or absurd counts, NaN / inf / zero floats: a ConfigError naming the field, before
+    any per-layer work (issue 16: a block_count of 3,000,000 built a 3.6 GB list, 2**64-1 hung)."""
+    import time
+    base = dict(model_type="llama", vocab_size=10, hidden_size=8, num_attention_heads=2,
+                num_hidden_layers=1, intermediate_size=4)
+    md = DecoderConfig.from_hf(base).to_gguf()
+    t0 = time.perf_counter()
+    for key, value, field in (("llama.block_count", 3_000_000, "n_layers"), ("llama.block_count", 2**64 - 1, "n_layers"),
+                              ("llama.attention.head_count", 0, "n_heads"), ("llama.context_length", 2**40, "max_seq_len"),
+                              ("llama.embedding_length", -8, "dim"),
+                              ("llama.attention.layer_norm_rms_epsilon", float("nan"), "norm_eps"),
+                              ("llama.attention.layer_norm_rms_epsilon", 0.0, "norm_eps"),
+                              ("llama.rope.freq_base", float("inf"), "rope_theta")):
+        with pytest.raises(ConfigError, match=field):
+            DecoderConfig.from_gguf({**md, key: value})
+    for key, value, field in (("num_hidden_layers", 3_000_000, "n_layers"), ("num_attention_heads", 0, "n_heads"),
+                              ("rms_norm_eps", float("nan"), "norm_eps"), ("rope_theta", -1.0, "rope_theta")):
+        with pytest.raises(ConfigError, match=field):
+            DecoderConfig.from_hf({**base, key: value})
+    assert time.perf_counter() - t0 < 2.0
+    with pytest.raises(ConfigError, match="attn_softcap"):
+        DecoderConfig(arch="gemma2", vocab_size=8, dim=8, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=8, ffn_dim=8,
+                      max_seq_len=8, attn_softcap=float("nan"))
 
 
 def test_every_model_type_and_architecture_leads_to_one_family_row():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from edgeformer.errors import EdgeformerError
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgeformerError as e:
-        print(f"edgeformer: error: {e}", file=sys.stderr)
+        print(f"edgeformer: error: {_capped(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -56,9 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`edgeformer info --json | head`): stop quietly, as a
         # SIGPIPE-killed Unix tool would; stdout goes to /dev/null so the interpreter's
         # final flush does not raise again
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as e:  # noqa: BLE001 - anything else is our bug: one line, not a traceback
+        if os.environ.get("EDGEFORMER_DEBUG"):
+            raise
+        print(f"edgeformer: internal error ({type(e).__name__}: {_capped(str(e), 300)}); this is a bug: please "
+              f"report it with the command line (EDGEFORMER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70      # EX_SOFTWARE
+
+
+def _capped(text: str, limit: int = 2000) -> str:
+    """An error text cut to `limit` characters (a hostile file can make a huge one)."""
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
 
 
 if __name__ == "__main__":

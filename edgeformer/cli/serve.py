@@ -14,6 +14,7 @@ greedy output is unchanged).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most prompt tokens of one request per step; smaller evens out inter-token latency "
                         "of running streams, larger gives faster TTFT (default: %(default)s)")
     p.add_argument("--max-body", default=DEFAULTS["max_body"], help="request body limit (default: %(default)s)")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on every endpoint but /health "
+                        "(default: $EDGEFORMER_API_KEY, else none)")
     p.add_argument("--audio", action="store_true",
                    help="also serve /v1/embeddings, /v1/audio/transcriptions and /v1/audio/speech with the "
                         "shipped MiniLM, Whisper tiny.en and Piper voice (those installed)")
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgeformer serve: speculative decoding ({what} tokens per step)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
-                     prefill_chunk=args.prefill_chunk, max_body_bytes=max_body)
+                     prefill_chunk=args.prefill_chunk, max_body_bytes=max_body,
+                     api_key=args.api_key or os.environ.get("EDGEFORMER_API_KEY") or None)
     if args.audio:
         mount_shipped_audio(app, engine.backend)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -121,10 +122,12 @@ def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, n
 
 def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAULT_KV_BUDGET,
                max_batch: int = 16, block_size: int = 16, kv_dtype: str = "f16", prefill_chunk: int = 256,
-               max_body_bytes: int = DEFAULT_MAX_BODY, batch_engine: Any = None) -> Starlette:
+               max_body_bytes: int = DEFAULT_MAX_BODY, batch_engine: Any = None,
+               api_key: str | None = None) -> Starlette:
     """A Starlette app serving `engine`'s model under the id `model_name`. The batching
     engine (given, or built by `make_batch_engine`) is started and stopped with the app's
-    lifespan. Requests naming another model get 404 `model_not_found`."""
+    lifespan. Requests naming another model get 404 `model_not_found`. With `api_key`,
+    every endpoint but /health wants `Authorization: Bearer <api_key>` (401 otherwise)."""
     batch = batch_engine or make_batch_engine(engine, kv_budget_bytes=kv_budget_bytes, kv_dtype=kv_dtype,
                                               block_size=block_size, max_batch=max_batch,
                                               prefill_chunk=prefill_chunk)
@@ -155,8 +158,28 @@ def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAUL
         return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)
     app.state.server = state
     return app
+
+
+class ApiKey:
+    """ASGI middleware: a request without `Authorization: Bearer <key>` gets OpenAI's 401
+    (constant-time comparison); /health stays open for liveness probes."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.key):
+                await error_response(APIError(401, "Incorrect API key provided.", "invalid_request_error", None,
+                                              "invalid_api_key"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -223,6 +246,8 @@ async def read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
+    except RecursionError:
+        raise bad("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise bad("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
                   "your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None

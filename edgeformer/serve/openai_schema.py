@@ -322,7 +322,11 @@ class CompletionRequest(CommonRequest):
         echo = _bool(body, "echo", False)
         if echo and logprobs is not None:
             raise bad("'echo' with 'logprobs' (prompt logprobs) is not supported", "echo", "unsupported_parameter")
-        return cls(**c, prompts=_prompts(body["prompt"]), logprobs=logprobs, echo=echo)
+        prompts = _prompts(body["prompt"])
+        if c["n"] * len(prompts) > MAX_N:       # each is a sequence with its own thread and KV
+            raise bad(f"a request may ask for at most {MAX_N} completions (n x prompts), got "
+                      f"{c['n']} x {len(prompts)}", "n", "invalid_value")
+        return cls(**c, prompts=prompts, logprobs=logprobs, echo=echo)
 
 
 def _prompts(p: Any) -> tuple[str | tuple[int, ...], ...]:

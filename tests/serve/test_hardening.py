@@ -42,3 +42,12 @@ def test_deeply_nested_json_is_a_400_and_the_server_goes_on(tiny_server) -> None
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
     assert httpx.post(tiny_server.base_url + "/chat/completions", json=CHAT).status_code == 200
+
+
+def test_n_times_prompts_is_bounded(tiny_server) -> None:
+    """One ~300-byte request once fanned out to 8,192 sequences (n x a prompt list)."""
+    body = {"model": "tiny", "prompt": ["a"] * 64, "n": 128, "max_tokens": 1}
+    r = httpx.post(tiny_server.base_url + "/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+    ok = httpx.post(tiny_server.base_url + "/completions", json={**body, "prompt": ["a"] * 2, "n": 3})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 6

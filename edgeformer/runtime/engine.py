@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, TokenizerLike, collect
-from edgeformer.runtime.grammar import Grammar, check as check_grammar, constrained
+from edgeformer.runtime.grammar import Grammar, constrained
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.session import DecoderModel, Session
 from edgeformer.runtime.speculative import SpeculativeConfig, speculative_steps
@@ -183,30 +183,35 @@ class Engine:
 
     def _run(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
         params.check_vocab(self.vocab_size)
-        if params.grammar is not None:      # compile now (cached): a bad grammar fails at the call
-            check_grammar(params.grammar, self.tokenizer, self.vocab_size)
+        picker = self._picker(params)
         self._check_idle()
-        return self._loop(ids, budget, params)
+        return self._loop(ids, budget, params, picker)
+
+    def _picker(self, params: SamplingParams) -> TokenPicker:
+        """The generation's TokenPicker, made at the call: a grammar (compiled once per
+        tokenizer and schema) that does not compile fails here, not at the first event."""
+        return TokenPicker(params, self.vocab_size, make_rng(params.seed), self.tokenizer)
 
     def _check_idle(self) -> None:
         if self._active is not None:
             raise InputError("another generation is running on this Engine; finish or close() it first")
 
-    def _loop(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
+    def _loop(self, ids: list[int], budget: int, params: SamplingParams, picker: TokenPicker
+              ) -> Iterator[TokenEvent]:
         # claimed when the generator starts: an unstarted stream has not touched the cache,
         # and an abandoned one is closed by the garbage collector, which runs `finally`
         self._check_idle()
         token = object()
         self._active = token
         try:
-            yield from self._steps(ids, budget, params)
+            yield from self._steps(ids, budget, params, picker)
         finally:
             if self._active is token:
                 self._active = None
 
-    def _steps(self, ids: list[int], budget: int, params: SamplingParams) -> Iterator[TokenEvent]:
+    def _steps(self, ids: list[int], budget: int, params: SamplingParams, picker: TokenPicker
+               ) -> Iterator[TokenEvent]:
         em = TokenEmitter(self.tokenizer, ids, budget, params, self.load_s)
-        picker = TokenPicker(params, self.vocab_size, make_rng(params.seed), self.tokenizer)
         try:
             # drafts are not masked by the grammar: a constrained generation decodes plainly
             if self.speculative is None or picker.constraint is not None:

@@ -275,7 +275,7 @@ def _apply_bits() -> Any:
 
 def check(grammar: Grammar, tokenizer: Any, vocab_size: int) -> None:
     """Compile and validate `grammar` for this tokenizer now (cached), so a request fails
-    at submission with InputError rather than at its first token."""
+    before submission with InputError (the server does this off its event loop)."""
     Constraint(grammar, tokenizer, vocab_size)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeformer.errors import InputError
 from edgeformer.models.vlm import LlavaModel, load_llava
-from edgeformer.runtime.grammar import check as check_grammar, constrained
+from edgeformer.runtime.grammar import constrained
 from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.events import GenerationResult, TokenEvent, collect
 
@@ -106,20 +106,19 @@ class VLMEngine(Engine):
     def _run(self, ids: list[int], budget: int, params: Any, spans: Sequence[_Span] = (),
              feats: Sequence[np.ndarray] = ()) -> Iterator[TokenEvent]:
         params.check_vocab(self.vocab_size)
-        if params.grammar is not None:      # compile now (cached): a bad grammar fails at the call
-            check_grammar(params.grammar, self.tokenizer, self.vocab_size)
+        picker = self._picker(params)
         self._check_idle()
-        return self._image_loop(ids, budget, params, list(spans), list(feats))
+        return self._image_loop(ids, budget, params, list(spans), list(feats), picker)
 
     def _image_loop(self, ids: list[int], budget: int, params: Any, spans: list[_Span],
-                    feats: list[np.ndarray]) -> Iterator[TokenEvent]:
+                    feats: list[np.ndarray], picker: Any) -> Iterator[TokenEvent]:
         self._check_idle()
         # the cached prefix is valid only up to the first image span that differs
         old, new = set(self._cache_spans), set(spans)
         self.session.truncate(min([s.start for s in old ^ new], default=len(self.session)))
         self._splicer.set_images(spans, feats)
         self._cache_spans = spans
-        yield from self._loop(ids, budget, params)
+        yield from self._loop(ids, budget, params, picker)
 
     def generate(self, prompt: str | Sequence[int], params: Any = None,
                  images: Sequence[Any] = (), *, response_format: Mapping[str, Any] | None = None, grammar: Any = None) -> GenerationResult:

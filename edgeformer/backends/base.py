@@ -67,6 +67,9 @@ class Backend:
     paged_attention: bool = False
     # device_memory: kernels take `to_device` arrays and return arrays `to_host` reads back
     device_memory: bool = False
+    # device_cache: `make_cache` gives a sequence's KV cache in device memory (the
+    # contract of models/cache.py's KVCache), which `decode_step` fills and reads in place
+    device_cache: bool = False
 
     def kernels_cached(self) -> bool:
         """Whether the compiled kernels are on disk already (False: the first use compiles)."""
@@ -108,6 +111,11 @@ class Backend:
         ropes {"full", "sliding"} -> (inv_freq, mscale) for this step. The new x, or None
         when the stack is not covered (the caller then runs the op-by-op path)."""
         return None
+
+    def make_cache(self, n_layers: int, n_kv_heads: int, head_dim: int, max_seq_len: int) -> Any:
+        """One sequence's KV cache of up to `max_seq_len` positions in device memory
+        (`device_cache` backends)."""
+        raise NotImplementedError(f"backend {self.name!r} has no device cache")
 
     def to_device(self, a: np.ndarray) -> Any:
         """A host array as the kernels take it (`device_memory` backends; else itself)."""

@@ -10,42 +10,26 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import DTypeLike
 
-from edgeformer.errors import InputError
+from edgeformer.backends.kv_lengths import LayerLengths
 
 
-class KVCache:
+class KVCache(LayerLengths):
     """Per layer: keys (S, n_kv_heads, head_dim) and values (S, n_kv_heads, v_dim), float32.
-
-    `offset` is the number of positions every layer holds; the next token's position.
-    Each layer keeps its own length, so a forward pass that fails midway leaves the cache
-    at the last complete position (`offset`), and `truncate(offset)` tidies the rest."""
+    Lengths, `offset`, `check_room` and `truncate`: `LayerLengths`."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
                  v_dim: int | None = None, dtype: DTypeLike = np.float32, initial: int = 256) -> None:
-        if max_seq_len <= 0:
-            raise InputError(f"max_seq_len must be positive, got {max_seq_len}")
+        super().__init__(n_layers, max_seq_len)
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.v_dim = v_dim or head_dim
-        self.max_seq_len = int(max_seq_len)
         self.dtype = np.dtype(dtype)
         cap = min(self.max_seq_len, initial)
         self.keys = [np.zeros((cap, n_kv_heads, head_dim), self.dtype) for _ in range(n_layers)]
         self.values = [np.zeros((cap, n_kv_heads, self.v_dim), self.dtype) for _ in range(n_layers)]
-        self._len = [0] * n_layers
-
-    @property
-    def offset(self) -> int:
-        return min(self._len)
 
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[0]
-
-    def check_room(self, n: int) -> None:
-        """Raise InputError if `n` more positions would not fit in `max_seq_len`."""
-        if self.offset + n > self.max_seq_len:
-            raise InputError(f"{self.offset} cached + {n} new tokens exceed the context of "
-                             f"{self.max_seq_len} positions")
 
     def _grow(self, layer: int, need: int) -> None:
         cap = self.keys[layer].shape[0]
@@ -62,21 +46,13 @@ class KVCache:
         """Append k: (T, n_kv_heads, head_dim) and v: (T, n_kv_heads, v_dim) to `layer` at its
         current length. Returns (k_all, v_all, k_positions): views of every cached position
         of the layer, (S, ...) with S = old length + T, and their positions arange(S)."""
-        n = self._len[layer]
         t = k.shape[0]
-        if n + t > self.max_seq_len:
-            raise InputError(f"layer {layer}: {n} cached + {t} new positions exceed {self.max_seq_len}")
+        n = self._room(layer, t)
         self._grow(layer, n + t)
         self.keys[layer][n:n + t] = k
         self.values[layer][n:n + t] = v
         self._len[layer] = n + t
         return self.keys[layer][:n + t], self.values[layer][:n + t], np.arange(n + t)
-
-    def truncate(self, n: int) -> None:
-        """Forget every position >= n (rollback of rejected speculative tokens)."""
-        if n < 0:
-            raise InputError(f"cannot truncate to {n} positions")
-        self._len = [min(x, n) for x in self._len]
 
     @property
     def nbytes(self) -> int:

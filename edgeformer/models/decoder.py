@@ -172,14 +172,17 @@ class Decoder:
 
     # ------------------------------------------------------------------ running
 
-    def make_cache(self, max_seq_len: int | None = None) -> KVCache:
+    def make_cache(self, max_seq_len: int | None = None) -> Any:
         """A KVCache for one sequence of up to `max_seq_len` positions (default: the
-        model's context, capped at DEFAULT_CACHE_LEN). Longer than the context is an error."""
+        model's context, capped at DEFAULT_CACHE_LEN), in device memory on a backend with
+        a `device_cache`. Longer than the context is an error."""
         c = self.config
         if max_seq_len is None:
             max_seq_len = min(c.max_seq_len, DEFAULT_CACHE_LEN)
         if max_seq_len > c.max_seq_len:
             raise InputError(f"max_seq_len {max_seq_len} exceeds the model context of {c.max_seq_len}")
+        if self.backend.device_cache:
+            return self.backend.make_cache(c.n_layers, c.n_kv_heads, c.head_dim, max_seq_len)
         return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_seq_len)
 
     def forward(self, tokens: np.ndarray | None, cache: KVCache, last_only: bool = False,

@@ -84,16 +84,20 @@ def why_not_fused(stack: Any) -> str | None:
 class CudaBackend(Backend):
     name = "cuda"
     device_memory = True
+    device_cache = True
     joins_weights = True
     fused_decode = True
     compiles = True             # Triton compiles each kernel specialization on first use
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, graphs: bool | None = None) -> None:
         """device: "cuda" (default; a "cuda:N" picks a GPU) or "cpu", which needs Triton's
         interpreter (TRITON_INTERPRET=1 before Triton is imported). A backend that cannot
         run here is still built (the registry lists it) with no kernels; loading a
-        weight then raises UnsupportedError with the reason."""
+        weight then raises UnsupportedError with the reason. graphs: capture the fused
+        decode step as a CUDA graph (default: on a GPU, unless EDGEFORMER_CUDA_GRAPHS=0)."""
         self.device_name = device or "cuda"
+        self.graphs = (self.device_name != "cpu" and os.environ.get("EDGEFORMER_CUDA_GRAPHS", "1") != "0"
+                       if graphs is None else graphs)
         if self.device_name == "cpu":
             self._why = _missing_package() or (None if interpreting() else
                                                "device 'cpu' runs only in Triton's interpreter (TRITON_INTERPRET=1)")
@@ -189,7 +193,13 @@ class CudaBackend(Backend):
         if self._why or why_not_fused(stack) is not None:
             return None
         from edgeformer.backends.cuda.block import decode_step
-        return decode_step(stack, x, pos, cache, ropes, self.device)
+        return decode_step(stack, x, pos, cache, ropes, self.device, graphs=self.graphs)
+
+    def make_cache(self, n_layers: int, n_kv_heads: int, head_dim: int, max_seq_len: int) -> Any:
+        """A `DeviceKVCache` (`cache.py`): keys and values in device memory."""
+        self._check()
+        from edgeformer.backends.cuda.cache import DeviceKVCache
+        return DeviceKVCache(n_layers, n_kv_heads, head_dim, max_seq_len, self.device)
 
     def to_device(self, a: np.ndarray) -> Any:
         """A host array as a tensor on the device, dtype kept (ids and positions stay ints)."""

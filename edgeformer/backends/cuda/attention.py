@@ -133,14 +133,23 @@ def _flash(q, k, v, qpos, kpos, o, T, S, HQ, HKV, scale, window, softcap,
 
 
 @triton.jit
-def _decode_split(q, kp, vp, ksc, vsc, table, pm, pl, po, pos0, qpos, lo, hi, per_split,
+def _decode_split(q, kp, vp, ksc, vsc, table, pm, pl, po, pos0, qpos, lo, hi, per_split, meta,
                   sk_page, sk_slot, sv_page, sv_slot, ss_page, ss_slot, page_size,
                   HKV, NS, scale, window, softcap, KV: tl.constexpr,
                   CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CAP: tl.constexpr,
-                  G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BG: tl.constexpr,
+                  DYN: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BG: tl.constexpr,
                   BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
     kvh = tl.program_id(0)
     sp = tl.program_id(1)
+    if DYN:     # the query's position and the key count from device memory (`meta`)
+        qpos = tl.load(meta)
+        hi = tl.load(meta + 1)
+        if CAUSAL:
+            hi = tl.minimum(hi, qpos - pos0 + 1)
+        hi = tl.maximum(hi, 0)
+        lo = hi * 0
+        if HAS_WINDOW:
+            lo = tl.minimum(hi, tl.maximum(lo, qpos - window + 1 - pos0))
     g = tl.arange(0, BG)
     gmask = g < G
     heads = kvh * G + g
@@ -210,23 +219,30 @@ def flash_t(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tens
 def paged_decode_t(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, table: torch.Tensor,
                    pos0: int, n_keys: int, q_pos: int, *, scale: float, causal: bool = True,
                    window: int | None = None, softcap: float | None = None, k_scale: torch.Tensor | None = None,
-                   v_scale: torch.Tensor | None = None, splits: int | None = None) -> torch.Tensor:
+                   v_scale: torch.Tensor | None = None, splits: int | None = None,
+                   meta: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one query token q (Hq, D) float32 over the first `n_keys` slots of the
     pages `table` (int64 page ids) lists, in order: key j in page table[j // page_size] at
     position pos0 + j. k_pages (P, page_size, Hkv, D), v_pages (P, page_size, Hkv, Dv) of
     one KV_KINDS dtype (int16: bf16 bits; int8 with k_scale/v_scale (P, page_size, Hkv)
     float32). `splits` forces the number of key ranges (default: enough to fill the GPU).
-    Returns (Hq, Dv) float32: `attention_ref` of q at q_pos over those keys."""
+    Returns (Hq, Dv) float32: `attention_ref` of q at q_pos over those keys.
+
+    With `meta`, an int64 device tensor [q_pos, n_keys], the kernels read the query's
+    position and the key count from it, and the launch depends only on `n_keys` (here
+    the most keys there can be): the same launch serves every step, so a CUDA graph can
+    replay it (`block.py`); q_pos is then ignored."""
     hq, d = q.shape
     _, page_size, hkv, dv = v_pages.shape
     kind = KV_KINDS[k_pages.dtype]
     if kind == 3 and (k_scale is None or v_scale is None):
         raise ValueError("int8 pages need k_scale and v_scale")
     lo, hi = 0, n_keys
-    if causal:                      # keys past the query are masked anyway: do not visit them
-        hi = max(0, min(hi, q_pos - pos0 + 1))
-    if window is not None:
-        lo = min(hi, max(0, q_pos - window + 1 - pos0))
+    if meta is None:
+        if causal:                  # keys past the query are masked anyway: do not visit them
+            hi = max(0, min(hi, q_pos - pos0 + 1))
+        if window is not None:
+            lo = min(hi, max(0, q_pos - window + 1 - pos0))
     bn = 32
     n = hi - lo
     ns = splits or max(1, min(cdiv(n, bn), TARGET_PROGRAMS // hkv))
@@ -240,11 +256,12 @@ def paged_decode_t(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor
     ks = k_scale if k_scale is not None else pm
     vs = v_scale if v_scale is not None else pm
     ss = (k_scale.stride(0), k_scale.stride(1)) if k_scale is not None else (0, 0)
-    _decode_split[(hkv, ns)](q, k_pages, v_pages, ks, vs, table, pm, pl, po, int(pos0), int(q_pos), lo, hi, per,
-                             k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1), *ss,
+    dyn = meta is not None
+    _decode_split[(hkv, ns)](q, k_pages, v_pages, ks, vs, table, pm, pl, po, int(pos0), 0 if dyn else int(q_pos),
+                             lo, hi, per, meta if dyn else table, k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1), *ss,
                              page_size, hkv, ns, float(scale), int(window or 0), float(softcap or 1.0), KV=kind,
-                             CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_CAP=bool(softcap), G=g, D=d,
-                             DV=dv, BG=pow2(g, 16), BN=bn, BD=pow2(d, 16), BDV=pow2(dv, 16), num_warps=4)
+                             CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_CAP=bool(softcap), DYN=dyn,
+                             G=g, D=d, DV=dv, BG=pow2(g, 16), BN=bn, BD=pow2(d, 16), BDV=pow2(dv, 16), num_warps=4)
     o = torch.empty((hq, dv), dtype=torch.float32, device=dev)
     _decode_merge[(hq,)](pm, pl, po, o, ns, DV=dv, BS=pow2(ns, 2), BDV=pow2(dv, 16), num_warps=4)
     return o

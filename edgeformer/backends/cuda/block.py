@@ -2,15 +2,21 @@
 
 The residual stream stays on the device across all blocks: per block, the op path's own
 tensor-level kernels (`norm.rms_norm_t`, `linear.linear_t`, `rope.rope_t`,
-`attention.paged_decode_t`, `elementwise.glu_t`, torch adds) in the op path's order, so
-the step's bits are the op path's (`tests/backends/cuda` checks logits equal). What
-still crosses to the host is the cache: the caller's cache keeps the `update_and_fetch`
-contract (a host `KVCache` or a paged `BlockTable`), so each block downloads the
-token's k/v (2 * Hkv * D floats), appends them there and uploads the visible keys and
-values for attention. That upload grows with the context, and it is also why the step
-is not captured as a CUDA graph: a host call sits between every two blocks. A
-device-resident cache (pages on the device, which `attention.paged_decode_t` already
-reads in place) would remove both; the cache contract has no device side yet.
+`attention.paged_decode_t`, `elementwise.glu_t`, torch adds) in the op path's order.
+Where the keys live decides the rest:
+
+- a `DeviceKVCache` (`cache.py`, what `CudaBackend.make_cache` and so `Decoder.make_cache`
+  give): each block writes the token's k/v into the layer's device tensors and attends
+  over them in place. Every input of the step sits in fixed device buffers (the residual
+  row, this step's cos/sin tables, [position, key count] for the attention kernels), so
+  the launches do not depend on the step: on a GPU the step is captured as a CUDA graph
+  on its second run at a cache capacity and replayed after that (one launch instead of
+  ~10 per block). A grown cache (capacity doubled) captures anew.
+- any other cache keeping the `update_and_fetch` contract (a host `KVCache`, the
+  runtime's paged `BlockTable`): each block downloads the token's k/v (2 * Hkv * D
+  floats), appends them there and uploads the visible keys and values, so the step has
+  a host call between every two blocks and runs eagerly. Its logits are the op path's
+  bits (`tests/backends/cuda`).
 
 Every family the description covers is fused (q/k norms, post norms, GQA, windows,
 soft-caps, two ropes, joined or separate projections, any qtype: one without a kernel
@@ -19,6 +25,7 @@ was dequantized to F32 at load); `cuda.why_not_fused` names what is not.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +33,7 @@ import torch
 
 from edgeformer.backends.blocks import Block, DecoderStack
 from edgeformer.backends.cuda.attention import paged_decode_t
+from edgeformer.backends.cuda.cache import DeviceKVCache
 from edgeformer.backends.cuda.device import as_f32, host
 from edgeformer.backends.cuda.elementwise import glu_t
 from edgeformer.backends.cuda.linear import linear_t
@@ -62,9 +70,26 @@ def _attention(B: Block, q: torch.Tensor, k_all: np.ndarray, v_all: np.ndarray, 
                           scale=a.scale, causal=True, window=a.window, softcap=a.softcap)
 
 
-def _block(i: int, B: Block, P: dict, x: torch.Tensor, pos: int, cache: Any,
-           ropes: dict[str, tuple[torch.Tensor, torch.Tensor]], stack: DecoderStack) -> torch.Tensor:
-    a, eps, dev = B.attention, stack.norm_eps, x.device
+# attend(layer, block, q (1, Hq, D), k (1, Hkv, D), v (1, Hkv, D)) -> (Hq, D): stores the
+# token's k/v in the cache and attends over what it holds
+Attend = Callable[[int, Block, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _host_attend(cache: Any, pos: int, device: torch.device) -> Attend:
+    """Attention through a host cache's `update_and_fetch`."""
+    def attend(i: int, B: Block, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a = B.attention
+        nkv = a.n_kv_heads * a.head_dim
+        kv = host(torch.cat([k.reshape(-1), v.reshape(-1)]))     # one transfer (and wait) for both
+        k_all, v_all, k_pos = cache.update_and_fetch(i, kv[:nkv].reshape(1, a.n_kv_heads, a.head_dim),
+                                                     kv[nkv:].reshape(1, a.n_kv_heads, -1))
+        return _attention(B, q, k_all, v_all, np.asarray(k_pos), pos, device)
+    return attend
+
+
+def _block(i: int, B: Block, P: dict, x: torch.Tensor, ropes: dict[str, tuple[torch.Tensor, torch.Tensor]],
+           stack: DecoderStack, attend: Attend) -> torch.Tensor:
+    a, eps = B.attention, stack.norm_eps
     nq, nkv = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
     h = rms_norm_t(x, P["attn_norm"], eps)
     if len(B.qkv) == 1:
@@ -78,10 +103,7 @@ def _block(i: int, B: Block, P: dict, x: torch.Tensor, pos: int, cache: Any,
         q, k = rms_norm_t(q, P["q_norm"], eps), rms_norm_t(k, P["k_norm"], eps)
     cos, sin = ropes[a.rope]
     q, k = rope_t(q, cos, sin, a.neox), rope_t(k, cos, sin, a.neox)
-    kv = host(torch.cat([k.reshape(-1), v.reshape(-1)]))     # one transfer (and wait) for both
-    k_all, v_all, k_pos = cache.update_and_fetch(i, kv[:nkv].reshape(1, a.n_kv_heads, a.head_dim),
-                                                 kv[nkv:].reshape(1, a.n_kv_heads, -1))
-    att = _attention(B, q, k_all, v_all, np.asarray(k_pos), pos, dev)
+    att = attend(i, B, q, k, v.reshape(1, a.n_kv_heads, -1))
     o = linear_t(att.reshape(1, nq), B.out.weight.handle, P["out"])
     if P["post_attn"] is not None:
         o = rms_norm_t(o, P["post_attn"], eps)
@@ -99,19 +121,86 @@ def _block(i: int, B: Block, P: dict, x: torch.Tensor, pos: int, cache: Any,
     return torch.add(x, h)
 
 
+class _DeviceStep:
+    """The step over a `DeviceKVCache` at one capacity: fixed input buffers, the body that
+    reads only them, and on a GPU the body's CUDA graph."""
+
+    def __init__(self, stack: DecoderStack, plan: _Plan, cache: DeviceKVCache, ropes: dict, graphs: bool) -> None:
+        dev = cache.device
+        self.stack, self.plan, self.cache, self.graphs = stack, plan, cache, graphs
+        self.capacity = cache.capacity
+        self.x = torch.zeros((1, stack.dim), dtype=torch.float32, device=dev)
+        self.rope = {key: (torch.zeros((1, len(inv)), dtype=torch.float32, device=dev),
+                           torch.zeros((1, len(inv)), dtype=torch.float32, device=dev))
+                     for key, (inv, _) in ropes.items()}
+        self.meta = torch.zeros(2, dtype=torch.int64, device=dev)      # [position, key count]
+        self.table = torch.zeros(1, dtype=torch.int64, device=dev)     # the layer's keys are one page
+        self.runs = 0
+        self.graph: Any = None
+        self.out: torch.Tensor | None = None
+
+    def attend(self, i: int, B: Block, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a, c = B.attention, self.cache
+        c.write_t(i, k, v, self.meta[:1])       # the slot is the position: the cache starts at 0
+        return paged_decode_t(q.reshape(a.n_heads, a.head_dim), c.keys[i].unsqueeze(0), c.values[i].unsqueeze(0),
+                              self.table, 0, self.capacity, 0, scale=a.scale, causal=True, window=a.window,
+                              softcap=a.softcap, meta=self.meta)
+
+    def body(self) -> torch.Tensor:
+        x = self.x
+        for i, (B, P) in enumerate(zip(self.stack.blocks, self.plan.blocks)):
+            x = _block(i, B, P, x, self.rope, self.stack, self.attend)
+        return x
+
+    def run(self, x: np.ndarray, pos: int, ropes: dict[str, tuple[np.ndarray, float]]) -> torch.Tensor:
+        self.x.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)))
+        for key, (inv_freq, mscale) in ropes.items():
+            c, s = cos_sin(np.array([pos]), inv_freq, mscale)
+            self.rope[key][0].copy_(torch.from_numpy(c))
+            self.rope[key][1].copy_(torch.from_numpy(s))
+        self.meta.copy_(torch.tensor([pos, pos + 1], dtype=torch.int64))
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.graphs and self.runs > 0:
+            # the first run compiled every kernel (no compiling under capture); capture
+            # records the launches without running them, so replay once now
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.body()
+            self.graph.replay()
+        else:
+            self.out = self.body()
+        self.runs += 1
+        self.cache.advance(pos + 1)
+        assert self.out is not None
+        return self.out
+
+
+# a device cache's step, per cache (a cache serves one model)
+_STEPS: "weakref.WeakKeyDictionary[DeviceKVCache, _DeviceStep]" = weakref.WeakKeyDictionary()
+
+
 def decode_step(stack: DecoderStack, x: np.ndarray, pos: int, cache: Any,
-                ropes: dict[str, tuple[np.ndarray, float]], device: torch.device) -> np.ndarray | None:
+                ropes: dict[str, tuple[np.ndarray, float]], device: torch.device, graphs: bool = False) -> np.ndarray:
     """Every block of `stack` for one token (`Backend.decode_step` contract), for a stack
-    `cuda.why_not_fused` accepts."""
+    `cuda.why_not_fused` accepts. `graphs`: capture and replay CUDA graphs (a
+    `DeviceKVCache` on a GPU)."""
     if stack not in _PLANS:
         _PLANS[stack] = _Plan(stack, device)
     plan = _PLANS[stack]
+    if isinstance(cache, DeviceKVCache) and pos == cache.offset:
+        cache.reserve(pos + 1)
+        step = _STEPS.get(cache)
+        if step is None or step.stack is not stack or step.capacity != cache.capacity:
+            step = _STEPS[cache] = _DeviceStep(stack, plan, cache, ropes, graphs)
+        return host(step.run(x, pos, ropes))
     xt = as_f32(x, device).reshape(1, stack.dim)
     # this step's cos/sin tables, once for every layer of each rope
     rs = {}
     for key, (inv_freq, mscale) in ropes.items():
         c, s = cos_sin(np.array([pos]), inv_freq, mscale)
         rs[key] = (as_f32(c, device), as_f32(s, device))
+    attend = _host_attend(cache, pos, device)
     for i, (B, P) in enumerate(zip(stack.blocks, plan.blocks)):
-        xt = _block(i, B, P, xt, pos, cache, rs, stack)
+        xt = _block(i, B, P, xt, rs, stack, attend)
     return host(xt)

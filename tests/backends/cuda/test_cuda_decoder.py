@@ -1,7 +1,8 @@
 """Whole models on the cuda backend against the numpy reference backend: greedy tokens
 equal and logits within 10x the linear bound per step (docs/BRINGUP.md step 7), and the
-fused decode step (`block.py`) giving exactly the op path's logits, with a contiguous
-cache and with a paged one (sliding-window blocks dropped as it goes).
+fused decode step (`block.py`) giving exactly the op path's logits, with the backend's
+device cache, a host one and a paged one (sliding-window blocks dropped as it goes); the
+device cache through growth and rollback; on a GPU, CUDA graph replay against eager.
 
 Weights are random and untiled (synthetic checkpoints tile 64 rows by default, which
 makes many logits tie and the greedy tokens repeat), large enough that the tokens vary.
@@ -86,14 +87,21 @@ def test_greedy_decoding_matches_numpy(backend: CudaBackend, qtype: str) -> None
 
 def test_fused_step_is_the_op_path(backend: CudaBackend) -> None:
     """Gemma 3's traits through the fused step and through the op path: identical logits
-    at every step; the fused step also on a paged cache whose sliding layer drops blocks."""
+    at every step, on the device cache (`make_cache`) and on a host KVCache; the fused
+    step also on a paged cache whose sliding layer drops blocks."""
+    from edgeformer.backends.cuda.cache import DeviceKVCache
+    from edgeformer.models.cache import KVCache
     from edgeformer.runtime.kv_cache import PagedKVCache
     ck = _checkpoint(GEMMA3, "Q8_0")
     model = Decoder(ck, backend)
     assert CudaBackend.why_not_fused(model.stack) is None
+    assert isinstance(model.make_cache(32), DeviceKVCache)
     fused, fused_logits = _greedy(model, model.make_cache(32), 5)
     op, op_logits = _greedy(model, model.make_cache(32), 5, observed=True)
     assert fused == op and all(np.array_equal(a, b) for a, b in zip(fused_logits, op_logits))
+    c = GEMMA3
+    h_toks, h_logits = _greedy(model, KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 32), 5)
+    assert h_toks == fused and all(np.array_equal(a, b) for a, b in zip(h_logits, fused_logits))
     paged = PagedKVCache.for_model(model, max_seq_len=32, num_pages=32, block_size=4, dtype="f32",
                                    prefix_sharing=False).new_sequence()
     p_toks, p_logits = _greedy(model, paged, 5, commit=True)
@@ -101,6 +109,27 @@ def test_fused_step_is_the_op_path(backend: CudaBackend) -> None:
     assert p_toks == fused and all(np.array_equal(a, b) for a, b in zip(p_logits, fused_logits))
     ref = Decoder(ck, get_backend("numpy"))
     assert _greedy(ref, ref.make_cache(32), 5)[0] == fused
+
+
+def test_device_cache_grows_and_rolls_back(backend: CudaBackend) -> None:
+    """The device cache from 8 slots: the fused step across two doublings (a new step
+    state per capacity) and a rollback (truncate, then the same tokens again) gives the
+    numpy reference's tokens and, after the rollback, the same logits as before it."""
+    from edgeformer.backends.cuda.cache import DeviceKVCache
+    ck = _checkpoint(GEMMA3, "Q8_0")
+    model = Decoder(ck, backend)
+    c = GEMMA3
+    cache = DeviceKVCache(c.n_layers, c.n_kv_heads, c.head_dim, 40, backend.device, initial=8)
+    toks, logits = _greedy(model, cache, 20)
+    assert cache.capacity == 32 and cache.offset == len(PROMPT) + 20
+    ref = Decoder(ck, get_backend("numpy"))
+    want, want_logits = _greedy(ref, ref.make_cache(40), 20)
+    assert toks == want
+    bound = 10 * OPS["linear"].max_nmse.get("Q8_0", OPS["linear"].max_nmse["default"])
+    assert all(nmse(a, b) <= bound for a, b in zip(logits, want_logits))
+    cache.truncate(len(PROMPT) + 9)                 # back to before toks[9] was fed
+    again = model.forward(np.array([toks[9]]), cache, last_only=True)[0]
+    assert np.array_equal(again, logits[10])
 
 
 def test_why_not_fused_names_what_is_not_covered() -> None:
@@ -128,3 +157,18 @@ def test_gpu_fused_step_is_the_op_path(backend: CudaBackend) -> None:
     fused = _greedy(model, model.make_cache(32), 8)
     op = _greedy(model, model.make_cache(32), 8, observed=True)
     assert fused[0] == op[0] and all(np.array_equal(a, b) for a, b in zip(fused[1], op[1]))
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replay_is_the_eager_step(backend: CudaBackend) -> None:
+    """The fused step captured and replayed as a CUDA graph (from its second run at a
+    capacity, again after the cache grows) gives the eager step's logits, bit for bit."""
+    from edgeformer.backends.cuda.cache import DeviceKVCache
+    ck = _checkpoint(GEMMA3, "Q8_0")
+    c = GEMMA3
+    runs = []
+    for graphs in (True, False):
+        model = Decoder(ck, CudaBackend(device="cuda", graphs=graphs))
+        cache = DeviceKVCache(c.n_layers, c.n_kv_heads, c.head_dim, 40, model.backend.device, initial=8)
+        runs.append(_greedy(model, cache, 20))
+    assert runs[0][0] == runs[1][0] and all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

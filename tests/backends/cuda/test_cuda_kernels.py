@@ -142,6 +142,29 @@ def test_split_k_decode_any_split_count(backend: CudaBackend, attrs: dict) -> No
             _close("attention", _decode(backend, q, k, v, 40, 339, splits, scale=0.125, **attrs), ref)
 
 
+@pytest.mark.parametrize("attrs", [dict(), dict(window=37), dict(softcap=30.0)], ids=["causal", "window", "softcap"])
+def test_split_k_decode_position_from_device_memory(backend: CudaBackend, attrs: dict) -> None:
+    """The launch a CUDA graph replays: one launch sized for a 300-slot store (10
+    splits), the query's position and the key count read from `meta` on the device. At
+    positions 0, 1, 31, 32, 150 and 299 (keys 0..pos visible, the slots past them holding
+    garbage) it gives the reference over the keys written so far."""
+    from edgeformer.backends.cuda.attention import paged_decode_t
+    rng = np.random.default_rng(9)
+    dev = backend.device
+    for hq, hkv in ((8, 2), (3, 3)):
+        q, k, v = _attn_case(rng, 1, 300, hq, hkv, 32)
+        kt, vt = (torch.from_numpy(a).to(dev).unsqueeze(0) for a in (k, v))
+        table = torch.zeros(1, dtype=torch.int64, device=dev)
+        meta = torch.zeros(2, dtype=torch.int64, device=dev)
+        for pos in (0, 1, 31, 32, 150, 299):
+            meta.copy_(torch.tensor([pos, pos + 1]))
+            out = paged_decode_t(torch.from_numpy(q[0]).to(dev), kt, vt, table, 0, 300, -1, scale=0.2,
+                                 splits=10, meta=meta, **attrs).cpu().numpy()[None]
+            kp = np.arange(pos + 1)
+            ref = attention_ref(q, k[:pos + 1], v[:pos + 1], kp[-1:], kp, scale=0.2, **attrs)
+            _close("attention", out, ref)
+
+
 def test_split_k_decode_nan_stays_where_the_reference_has_it(backend: CudaBackend) -> None:
     """A NaN in the value of a key the window hides never reaches the output; one in a
     visible key's value makes only that output element NaN, across split merges; a NaN

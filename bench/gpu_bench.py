@@ -1,6 +1,7 @@
 """The cuda (Triton) backend on a GPU: batch-1 decode and pp512 tok/s on random-weight
 models at Qwen2.5-0.5B and Llama-3.2-1B dims (BF16, Q8_0, Q4_0), the device-to-device
-copy bandwidth measured in the same run, decode as a fraction of it, and, where
+copy bandwidth and torch's bf16 matmul peak measured in the same run, decode and pp512
+as fractions of them, and, where
 transformers imports, HF eager and torch.compile on the same weights (dequantized into
 an HF model of the same config, bf16) side by side.
 
@@ -69,21 +70,16 @@ class Clock:
         return time.perf_counter()
 
 
-def copy_bandwidth(torch: Any, device: str, nbytes: int, reps: int) -> float:
-    """Bytes/s of a device-to-device copy (read + write counted) of an nbytes tensor."""
-    clock = Clock(torch, device)
-    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    t0 = clock()
-    for _ in range(reps):
-        y.copy_(x)
-    return 2 * nbytes * reps / (clock() - t0)
-
-
 def weight_bytes(model: Any) -> int:
     """Bytes a decode step reads from weights: every projection and the output matrix."""
     return sum(p.weight.nbytes for B in model.stack.blocks for p in B.projections()) + model.output.nbytes
+
+
+def matmul_flops_per_token(model: Any) -> int:
+    """Multiply-add FLOPs of one token's projections and output matrix (2 x N x K each);
+    attention's own FLOPs are left out (small next to them at 512 tokens)."""
+    shapes = [p.weight.shape for B in model.stack.blocks for p in B.projections()] + [model.output.shape]
+    return sum(2 * n * k for n, k in shapes)
 
 
 def bench_edgeformer(model: Any, prompt: int, steps: int, reps: int, clock: Clock) -> dict[str, dict[str, float]]:
@@ -194,17 +190,19 @@ class Results:
         self.path.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
 
     def table(self) -> str:
-        bw = self.meta["copy_bandwidth_gb_s"]
-        head = (f"{self.meta['device']}, copy bandwidth {bw:.0f} GB/s (measured in this run)\n\n"
-                "| model | qtype | engine | decode tok/s | pp tok/s | weight MB | bw fraction |\n|---|---|---|---:|---:|---:|---:|")
+        bw, peak = self.meta["copy_bandwidth_gb_s"], self.meta["matmul_peak_tflops"]
+        head = (f"{self.meta['device']}, copy bandwidth {bw:.0f} GB/s, {self.meta['matmul_dtype']} matmul peak "
+                f"{peak:.1f} TFLOP/s (both measured in this run)\n\n"
+                "| model | qtype | engine | decode tok/s | pp tok/s | weight MB | decode bw fraction "
+                "| pp peak fraction |\n|---|---|---|---:|---:|---:|---:|---:|")
         lines = [head]
+
+        def fmt(v: float | None, spec: str) -> str:
+            return "-" if v is None else format(v, spec)
         for r in self.rows:
-            f = r.get("bw_fraction")
-            pp = r.get("pp_tok_s")
-            dec = r["decode_tok_s"]
-            lines.append(f"| {r['model']} | {r['qtype']} | {r['engine']} | {'-' if dec is None else f'{dec:.1f}'} | "
-                         f"{'-' if pp is None else f'{pp:.0f}'} | {r.get('weight_bytes', 0) / 1e6:.0f} | "
-                         f"{'-' if f is None else f'{f:.2f}'} |")
+            lines.append(f"| {r['model']} | {r['qtype']} | {r['engine']} | {fmt(r['decode_tok_s'], '.1f')} | "
+                         f"{fmt(r.get('pp_tok_s'), '.0f')} | {r.get('weight_bytes', 0) / 1e6:.0f} | "
+                         f"{fmt(r.get('bw_fraction'), '.2f')} | {fmt(r.get('pp_peak_fraction'), '.2f')} |")
         return "\n".join(lines)
 
 
@@ -227,6 +225,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from edgeformer.backends.cuda import CudaBackend
+    from edgeformer.backends.cuda.ceilings import copy_bandwidth, matmul_peak
     from edgeformer.config import DecoderConfig
     from edgeformer.formats.synthetic import synthetic_checkpoint
     from edgeformer.models.decoder import Decoder
@@ -248,10 +247,16 @@ def main(argv: list[str]) -> int:
         hf_version = None
     clock = Clock(torch, device)
     big = 1 << (20 if a.dry_run else 30)
-    bw = copy_bandwidth(torch, device, big, 3 if a.dry_run else 20)
+    dev = torch.device(device)
+    bw = copy_bandwidth(dev, big, 3 if a.dry_run else 20)
+    # pp512's roof: torch's own dense matmul (bf16 on a GPU; fp32 in the dry run, where
+    # a CPU's bf16 matmul can crawl)
+    mm_dtype = torch.float32 if a.dry_run else torch.bfloat16
+    peak = matmul_peak(dev, mm_dtype, 256 if a.dry_run else 8192, 3 if a.dry_run else 10)
     import triton
     meta = {"device": "cpu (Triton interpreter)" if a.dry_run else torch.cuda.get_device_name(0),
-            "copy_bandwidth_gb_s": bw / 1e9, "copy_bytes": big, "torch": torch.__version__,
+            "copy_bandwidth_gb_s": bw / 1e9, "copy_bytes": big, "matmul_peak_tflops": peak / 1e12,
+            "matmul_dtype": str(mm_dtype).removeprefix("torch."), "torch": torch.__version__,
             "triton": triton.__version__, "transformers": hf_version, "prompt": prompt, "decode_steps": steps,
             "decode_prompt": DECODE_PROMPT, "dry_run": a.dry_run}
     out = a.out or (Path(tempfile.gettempdir()) / "gpu_bench_dry_run.json" if a.dry_run
@@ -265,10 +270,12 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             model = Decoder(ckpt, CudaBackend(device=device))
             load_s = time.perf_counter() - t0
-            wb = weight_bytes(model)
+            wb, fl = weight_bytes(model), matmul_flops_per_token(model)
             for engine, r in bench_edgeformer(model, prompt, steps, reps, clock).items():
+                pp = r.get("pp_tok_s")
                 res.add({"model": name, "qtype": q, "engine": engine, **r, "weight_bytes": wb,
-                         "bw_fraction": wb * r["decode_tok_s"] / bw, "load_s": load_s})
+                         "bw_fraction": wb * r["decode_tok_s"] / bw, "load_s": load_s,
+                         "pp_peak_fraction": None if pp is None else fl * pp / peak})
             if i == 0 and hf_version is not None:
                 dtype = torch.float32 if a.dry_run else torch.bfloat16
                 for compiled in (False,) if a.no_compile or (a.dry_run and not a.compile) else (False, True):
@@ -278,9 +285,11 @@ def main(argv: list[str]) -> int:
                         raise AssertionError(f"HF model does not hold edgeformer's weights: logits nmse {check:.3g}")
                     r = bench_hf(hf, prompt, steps, reps, clock, compiled)
                     hb = sum(p.numel() * p.element_size() for p in hf.parameters())
+                    pp = r.get("pp_tok_s")
                     res.add({"model": name, "qtype": str(dtype).removeprefix("torch."), "engine":
                              "hf-compile" if compiled else "hf-eager", **r, "weight_bytes": hb,
                              "bw_fraction": None if r["decode_tok_s"] is None else hb * r["decode_tok_s"] / bw,
+                             "pp_peak_fraction": None if pp is None else fl * pp / peak,
                              "logits_nmse_vs_edgeformer": check})
                     del hf
             del model, ckpt

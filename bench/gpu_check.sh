@@ -7,8 +7,11 @@
 #   2. `edgeformer check-backend cuda`: the conformance suite on the compiled kernels;
 #   3. `pytest tests/backends/cuda`: every kernel test on the GPU, and the `gpu`-marked
 #      model parity tests;
-#   4. bench/gpu_bench.py: decode and pp512 tok/s, copy bandwidth, HF eager and
-#      torch.compile -> bench/results/gpu_bench.json and a markdown table.
+#   4. bench/gpu_bench.py: decode and pp512 tok/s, copy bandwidth and bf16 matmul peak,
+#      HF eager and torch.compile -> bench/results/gpu_bench.json and a markdown table;
+#   5. `edgeformer perf validate --backend cuda --quick`: calibrates the perf model on the
+#      GPU (its ceilings measured by torch: `backends/cuda/ceilings.py`), then predicted
+#      against measured TTFT, prefill and decode -> bench/results/gpu_validate.{json,md}.
 # Each step has a time limit (together under 8 min); a step that fails or runs out is
 # reported and the next one runs; the exit status is 1 if any failed.
 #
@@ -91,8 +94,10 @@ else
   step "install edgeformer" 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
   step "check-backend cuda" 120 "$PY" -m edgeformer.cli check-backend cuda
   step "pytest tests/backends/cuda" 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider tests/backends/cuda
-  left=$((BUDGET - SECONDS))
+  left=$((BUDGET - SECONDS - 150))
   step "gpu_bench" $((left > 60 ? left : 60)) "$PY" bench/gpu_bench.py
+  step "perf validate" 150 "$PY" -m edgeformer.cli perf validate --backend cuda --quick --clock wall \
+    --json bench/results/gpu_validate.json --markdown bench/results/gpu_validate.md
 fi
 
 echo "=== done in ${SECONDS}s"

@@ -117,6 +117,13 @@ class Backend:
         (`device_cache` backends)."""
         raise NotImplementedError(f"backend {self.name!r} has no device cache")
 
+    def measure_ceilings(self) -> dict[str, Any] | None:
+        """The memory bandwidth and compute peak of the device this backend's kernels run
+        on, measured there, for perf's calibration: {"device": name, "mem_bw": B/s, "fp32":
+        FLOP/s, "bf16": FLOP/s or None, "mem_bytes": B, "how": how it was measured}. None
+        (the default): the kernels run on the host CPU, whose ceilings perf measures itself."""
+        return None
+
     def to_device(self, a: np.ndarray) -> Any:
         """A host array as the kernels take it (`device_memory` backends; else itself)."""
         return a

@@ -56,6 +56,18 @@ def _setup_args(p: argparse.ArgumentParser) -> None:
                         "host) or wall clock (default with --threads > 1)")
 
 
+def _device_clock(args: argparse.Namespace) -> None:
+    """A backend whose kernels run on a device is timed by the wall clock: the process's
+    CPU time does not see the device working (`--clock cpu` is refused for it)."""
+    from edgeformer.backends.base import default_backend_name, get_backend
+    from edgeformer.errors import InputError
+    name = args.backend or default_backend_name()
+    if get_backend(name).device_memory:
+        if args.clock == "cpu":
+            raise InputError(f"--clock cpu times this process's CPU, not {name}'s device: use --clock wall")
+        args.clock = "wall"
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -63,6 +75,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from edgeformer.perf.calibrate import calibrate, describe
     from edgeformer.perf.clock import use_setup
     from edgeformer.perf.memory import calibrate_memory, fmt_bytes
+    _device_clock(args)
     _, clock = use_setup(args.threads, args.clock)
     host = calibrate(args.backend, refresh=args.refresh, verbose=True, clock=clock)
     mem = calibrate_memory(host.backend, refresh=args.refresh, clock=clock)
@@ -82,10 +95,8 @@ def run_validate(args: argparse.Namespace) -> int:
     from edgeformer.perf.calibrate import calibrate
     from edgeformer.perf.clock import setup_name, use_setup
     from edgeformer.perf.validate import markdown, run_grid, verdict_lines
+    _device_clock(args)             # an unknown backend name -> UnsupportedError
     _, clock = use_setup(args.threads, args.clock)
-    if args.backend is not None:
-        from edgeformer.backends import get_backend
-        get_backend(args.backend)   # unknown name -> UnsupportedError
     if args.from_json is not None:
         from edgeformer.perf.validate import repredict
         rows = repredict(args.from_json, args.backend, clock=clock)

@@ -154,6 +154,20 @@ def _spec_from_measurement(m: dict) -> DeviceSpec:
                       notes="power unknown: energy estimates are unavailable for the host")
 
 
+def device_spec_from_ceilings(c: dict) -> DeviceSpec:
+    """A DeviceSpec (unit "gpu") from a backend's measured ceilings
+    (`Backend.measure_ceilings`: device, mem_bw, fp32, bf16, mem_bytes, how)."""
+    how = c["how"]
+    peaks = {("gpu", "fp32"): Figure(c["fp32"] / 1e9, "GFLOPS", source=how, dense=True)}
+    if c.get("bf16"):
+        peaks[("gpu", "bf16")] = Figure(c["bf16"] / 1e9, "GFLOPS", source=how, dense=True)
+    return DeviceSpec(name=host_slug(c["device"]), kind="gpu", peak_flops=peaks,
+                      mem_bw=Figure(c["mem_bw"] / 1e9, "GB/s", source=how, note="device-to-device copy"),
+                      mem_bytes=Figure(float(c["mem_bytes"]), "B", source=how), display_name=c["device"],
+                      default_unit="gpu", origin="measured",
+                      notes="power unknown: energy estimates are unavailable for a measured device")
+
+
 def host_ceilings(bandwidth: float | None = None, peak_flops: float | None = None,
                   refresh: bool = False) -> tuple[float, float]:
     """(read bandwidth in B/s, FP32 peak in FLOP/s) of this host from `host_spec`; a figure

@@ -42,7 +42,7 @@ from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError
 from edgeformer.kernels import OPS
 from edgeformer.perf import calib_tables as tables
-from edgeformer.perf.bandwidth import cpu_model, host_slug, host_spec
+from edgeformer.perf.bandwidth import cpu_model, device_spec_from_ceilings, host_slug, host_spec
 from edgeformer.perf.busy import CpuMonitor, is_busy
 from edgeformer.perf.calib_tables import calib_weight
 from edgeformer.perf.clock import DEFAULT_MIN_TIME, threads, time_per_call
@@ -79,6 +79,8 @@ class Measurements:
     prefill: dict[str, float] = field(default_factory=dict)            # {tokens, s}: prefill_config()
     seconds: float = 0.0
     others_cores: float | None = None   # other processes' mean CPU use meanwhile (`perf.busy`)
+    # the backend's device ceilings (`Backend.measure_ceilings`); None: the host's (`host_spec`)
+    ceilings: dict[str, Any] | None = None
     when: str = ""
     version: int = VERSION
 
@@ -102,7 +104,9 @@ def measure(backend: str | None = None, qtypes: Iterable[str] = CALIB_QTYPES,
     name = backend or default_backend_name()
     be = get_backend(name)
     ops = Ops(be)
-    m = Measurements(name, cpu_model(), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    ceilings = be.measure_ceilings()
+    m = Measurements(name, ceilings["device"] if ceilings else cpu_model(), ceilings=ceilings,
+                     when=time.strftime("%Y-%m-%d %H:%M:%S"))
     a, b = np.ones((1, 8), np.float32), np.ones((1, 8), np.float32)
     m.dispatch_add_s = bench(lambda: ops.add(a, b), min_time, repeats)
     tiny = be.prepare_weight(calib_weight("Q8_0", 32, 32), "tiny")
@@ -230,7 +234,7 @@ def fit(m: Measurements, device: DeviceSpec) -> HostModel:
     rates += [p["flops"] / p["s"] for p in m.attn_lengths]
     best = max([peak] + rates)
     if best > peak:
-        fig = device.peak_flops[("cpu", "fp32")]
+        fig = device.peak_flops[(device.default_unit, "fp32")]
         note = f"raised from BLAS {peak / 1e9:.1f} GFLOPS to the best calibrated kernel"
         device = _replace_peak(device, Figure(best / 1e9, "GFLOPS", fig.source, dense=True, note=note))
         peak = best
@@ -344,7 +348,7 @@ def _fit_fused(host: HostModel, m: Measurements) -> tables.FusedDecode | None:
 
 
 def _replace_peak(device: DeviceSpec, fig: Figure) -> DeviceSpec:
-    return replace(device, peak_flops={**device.peak_flops, ("cpu", "fp32"): fig})
+    return replace(device, peak_flops={**device.peak_flops, (device.default_unit, "fp32"): fig})
 
 
 def backend_fingerprint(backend: str) -> str:
@@ -366,7 +370,10 @@ def cache_path(backend: str, cache_dir: str | Path | None, clock: str) -> Path:
     (`cache_dir` default: `$XDG_CACHE_HOME/edgeformer/calib/`)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(cache_dir) if cache_dir else Path(base) / "edgeformer" / "calib"
-    return root / f"{host_slug(cpu_model())}__{backend}_t{threads()}_{clock}_{backend_fingerprint(backend)}.json"
+    be = get_backend(backend)
+    # a device backend's figures belong to its device (describe() names it), not to this CPU
+    where = host_slug(cpu_model()) + (f"__{host_slug(be.describe())}" if be.device_memory else "")
+    return root / f"{where}__{backend}_t{threads()}_{clock}_{backend_fingerprint(backend)}.json"
 
 
 def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str | Path | None = None,
@@ -376,12 +383,12 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
     (under a minute) and cached."""
     name = backend or default_backend_name()
     path = cache_path(name, cache_dir, clock)
-    device = host_spec(refresh=refresh)
     if not refresh and path.is_file():
         try:
             raw = json.loads(path.read_text())
             if raw.get("version") == VERSION:
-                return fit(Measurements(**raw), device)
+                m = Measurements(**raw)
+                return fit(m, _ceilings_spec(m, refresh))
         except (OSError, ValueError, TypeError, ConfigError):
             pass   # stale or unreadable: measure again
     if verbose:
@@ -396,7 +403,12 @@ def calibrate(backend: str | None = None, refresh: bool = False, cache_dir: str 
         path.write_text(json.dumps(m.__dict__, indent=1))
     except OSError:
         pass
-    return fit(m, device)
+    return fit(m, _ceilings_spec(m, refresh))
+
+
+def _ceilings_spec(m: Measurements, refresh: bool) -> DeviceSpec:
+    """The ceilings `m` is fitted against: its backend's device, or this host."""
+    return device_spec_from_ceilings(m.ceilings) if m.ceilings else host_spec(refresh=refresh)
 
 
 def calibration_busy(m: Measurements | None) -> bool:

@@ -195,6 +195,13 @@ class CudaBackend(Backend):
         from edgeformer.backends.cuda.block import decode_step
         return decode_step(stack, x, pos, cache, ropes, self.device, graphs=self.graphs)
 
+    def measure_ceilings(self) -> dict[str, Any] | None:
+        """Copy bandwidth and matmul peaks of this backend's device (`ceilings.py`); on
+        "cpu" (the interpreter) small sizes, of the CPU through torch."""
+        self._check()
+        from edgeformer.backends.cuda.ceilings import measure
+        return measure(self.device, small=self.device_name == "cpu")
+
     def make_cache(self, n_layers: int, n_kv_heads: int, head_dim: int, max_seq_len: int) -> Any:
         """A `DeviceKVCache` (`cache.py`): keys and values in device memory."""
         self._check()

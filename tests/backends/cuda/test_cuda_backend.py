@@ -120,3 +120,22 @@ def test_joined_weights_give_the_parts_outputs(backend: CudaBackend) -> None:
     mixed = [backend.prepare_weight(quantize(rng.standard_normal((8, 96)).astype(np.float32), q)) for q in
              (QType.Q8_0, QType.Q4_0)]
     assert backend.concat_weights(mixed) is None
+
+
+def test_ceilings_are_measured_on_the_backends_device(backend: CudaBackend) -> None:
+    """`measure_ceilings` (copy bandwidth, matmul peaks; small sizes in the interpreter)
+    becomes the DeviceSpec perf's calibration fits the kernels against."""
+    from edgeformer.perf.bandwidth import device_spec_from_ceilings
+    c = backend.measure_ceilings()
+    assert c is not None and c["mem_bw"] > 1e8 and c["fp32"] > 1e8 and c["mem_bytes"] > 2**30
+    spec = device_spec_from_ceilings(c)
+    assert spec.default_unit == "gpu" and spec.peak("fp32") == pytest.approx(c["fp32"])
+    assert spec.mem_bw.si == pytest.approx(c["mem_bw"]) and "torch" in spec.mem_bw.source
+    assert get_backend("numpy").measure_ceilings() is None      # host backends: perf measures the host
+
+
+def test_perf_times_a_device_backend_by_the_wall_clock() -> None:
+    """Process CPU time does not see a device working: `--clock cpu` is refused for cuda."""
+    r = subprocess.run([sys.executable, "-m", "edgeformer.cli", "perf", "validate", "--backend", "cuda",
+                        "--clock", "cpu", "--quick"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--clock wall" in r.stderr and "Traceback" not in r.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeformer.errors import FormatError, InputError
-from edgeformer.formats.tokenizer import EOG_TEXTS, EOT_TEXTS, Tokenizer
+from edgeformer.formats.tokenizer import EOG_TEXTS, EOT_TEXTS, Tokenizer, check_text
 
 
 def _token_str(v: Any) -> str | None:
@@ -60,8 +60,7 @@ class HFTokenizer(Tokenizer):
         tokens is tokenized as plain text (non-special added tokens still match)."""
         if add_bos is not None:
             add_special = add_bos
-        if not isinstance(text, str):
-            raise InputError(f"encode() needs a str, got {type(text).__name__}")
+        check_text(text)
         self._tk.encode_special_tokens = not parse_special
         return list(self._tk.encode(text, add_special_tokens=add_special).ids)
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from edgeformer.errors import InputError
+
 SPACE_ESCAPE = "\u2581"   # "▁", SentencePiece's visible space
 
 
 class SPMModel:
     """`token_to_id` maps every vocab string (all token types) to its id; `scores` are the
-    per-token merge priorities."""
+    per-token merge priorities. `unk_id` stands for a piece whose bytes have no byte
+    token (a vocabulary without byte fallback, as SentencePiece does)."""
 
-    def __init__(self, token_to_id: dict[str, int], scores: Sequence[float]) -> None:
+    def __init__(self, token_to_id: dict[str, int], scores: Sequence[float], unk_id: int | None = None) -> None:
         self.token_to_id = token_to_id
         self.scores = scores
+        self.unk_id = unk_id
         self._byte_ids: list[int | None] = []
         for b in range(256):
             tid = token_to_id.get(f"<0x{b:02X}>")
@@ -79,11 +83,14 @@ class SPMModel:
                 return
             p = rev_merge.get(s)
             if p is None:
-                for b in s.encode("utf-8"):
-                    bid = self._byte_ids[b]
-                    if bid is None:
-                        raise KeyError(f"no byte token for 0x{b:02X}")
-                    out.append(bid)
+                ids = [self._byte_ids[b] for b in s.encode("utf-8")]
+                if None not in ids:
+                    out.extend(ids)  # type: ignore[arg-type]
+                elif self.unk_id is not None:
+                    out.append(self.unk_id)
+                else:   # llama.cpp throws here too (byte_to_token: token_to_id.at)
+                    raise InputError(f"cannot encode {s[:20]!r}: the vocabulary has no byte tokens for it "
+                                     "and no unknown token")
                 return
             resegment(p[0])
             resegment(p[1])

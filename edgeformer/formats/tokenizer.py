@@ -103,6 +103,8 @@ class Tokenizer:
         tokens = md.get("tokenizer.ggml.tokens")
         if model is None or tokens is None:
             raise FormatError(source, "no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
+        if not isinstance(model, str):
+            raise FormatError(source, f"tokenizer.ggml.model must be a string, got {type(model).__name__}")
         tokens = _strings(tokens, "tokens", source)
         n = len(tokens)
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
@@ -134,7 +136,7 @@ class Tokenizer:
         else:
             raise UnsupportedError(f"{source}: tokenizer model {model!r} is not supported "
                                    "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)")
-        self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+        self.add_space_prefix = _flag(md, "add_space_prefix", self.add_space_prefix, source)
         self._read_special_ids(md, source)
         if isinstance(self._model, SPMModel):
             self._model.unk_id = self.unk_id
@@ -160,8 +162,8 @@ class Tokenizer:
             ids[name] = tid
         self.bos_id, self.eos_id, self.eot_id = ids["bos"], ids["eos"], ids["eot"]
         self.unk_id, self.pad_id, self._eom_id = ids["unknown"], ids["padding"], ids["eom"]
-        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", self.add_bos))
-        self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", self.add_eos))
+        self.add_bos = _flag(md, "add_bos_token", self.add_bos, source)
+        self.add_eos = _flag(md, "add_eos_token", self.add_eos, source)
         if self.add_bos and self.bos_id is None:
             raise FormatError(source, "tokenizer.ggml.add_bos_token is set but there is no BOS token")
 
@@ -343,6 +345,13 @@ def _strings(value: Any, key: str, source: str | Path) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
         raise FormatError(source, f"tokenizer.ggml.{key} must be an array of strings")
     return list(value)
+
+
+def _flag(md: Mapping[str, Any], key: str, default: bool, source: str | Path) -> bool:
+    v = md.get(f"tokenizer.ggml.{key}", default)
+    if not isinstance(v, (bool, int, np.bool_, np.integer)):
+        raise FormatError(source, f"tokenizer.ggml.{key} must be a boolean, got {type(v).__name__}")
+    return bool(v)
 
 
 def _numbers(value: Any, key: str, n: int, kind: type, source: str | Path) -> list[Any] | None:

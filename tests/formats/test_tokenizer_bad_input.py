@@ -57,6 +57,8 @@ def test_spm_without_byte_tokens_uses_unk(tmp_path):
     ("tokenizer.ggml.scores", ["x"] * 9, "scores must be an array of numbers"),
     ("tokenizer.ggml.scores", 5, "scores must be an array of numbers"),
     ("tokenizer.ggml.eos_token_id", "2", "eos_token_id = '2' is not an integer"),
+    ("tokenizer.ggml.add_bos_token", [1, 0], "add_bos_token must be a boolean"),
+    ("tokenizer.ggml.model", [1, 2], "model must be a string"),
     ("tokenizer.ggml.token_type", [2, 3, 3, 6, 1, 1, 1, 1, 1], "byte token 3 is '▁', not <0xNN>"),
 ])
 def test_malformed_spm_metadata_is_a_format_error(tmp_path, key, value, match):

@@ -141,3 +141,21 @@ def test_encode_time_is_linear(shipped, name, size):
     for text in (prose, "a" * (4 * size)):
         small, big = text[:size], text[:4 * size]
         assert _encode_seconds(tok, big, 3) < 8 * _encode_seconds(tok, small, 3) + 0.02
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_long_text_matches_llamacpp(shipped, name):
+    """A 30 KB text (long enough for SentencePiece's piecewise encoding, with the one pair
+    of Gemma's vocabulary that holds a space inside a token, ">▁") gives llama.cpp's ids,
+    and for SentencePiece the same ids as encoding it whole."""
+    import random
+    tok, L = shipped.tokenizer(name), shipped.llamacpp(name)
+    rng = random.Random(0)
+    words = ["the", "quick", "a>", ">", "</", "x> </y", "", "\n\n", "中文", "😀", "é", "12345", "it's"]
+    text = " ".join(rng.choice(words) for _ in range(6000))
+    assert tok.encode(text) == L.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    if tok.kind == "spm":
+        escaped = (" " + text).replace(" ", "\u2581")
+        assert len(tok._model.chunks(escaped)) > 1000
+        assert tok._model.encode(escaped) == tok._model._encode(escaped)

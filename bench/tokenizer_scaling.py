@@ -1,7 +1,8 @@
 """Encode time per MB of prompt for the shipped vocabularies (issue 16: a multi-MB prompt
 must tokenize in linear time): SmolLM2-135M (GGUF byte-level BPE) and Gemma 3 270M (GGUF
-SentencePiece), edgeformer's Python tokenizers, on prose and on one long word, at 1, 2
-and 4 MB (Gemma prose: 0.5, 1, 2 MB; it is the slow one).
+SentencePiece), edgeformer's Python tokenizers, at 1, 2 and 4 MB of prose (README words:
+the word / piece caches hit), of random 3-10 letter words (they miss) and at 0.5, 1 and
+2 MB of one long word (a single run of merges, the worst case).
 
     python bench/tokenizer_scaling.py
 Writes bench/results/tokenizer_scaling.json and prints a markdown table.
@@ -35,14 +36,29 @@ def _prose(n_bytes: int) -> str:
     return " ".join(out).encode()[:n_bytes].decode("utf-8", "ignore")
 
 
+def _random_words(n_bytes: int) -> str:
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out, size = [], 0
+    while size < n_bytes:
+        w = "".join(rng.choices(letters, k=rng.randint(3, 10)))
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n_bytes]
+
+
+TEXTS = {"prose": ((1, 2, 4), _prose), "random words": ((1, 2, 4), _random_words),
+         "one word": ((0.5, 1, 2), lambda n: "a" * n)}
+
+
 def main() -> None:
     rows = []
-    for name, sizes in (("smollm2-135m-instruct", (1, 2, 4)), ("gemma3-270m", (0.5, 1, 2))):
+    for name in ("smollm2-135m-instruct", "gemma3-270m"):
         tok = _tokenizer(name)
-        tok.encode("warm up")
-        for kind in ("prose", "one word"):
+        tok.encode("warm up " * 1000)   # builds what is built on first use
+        for kind, (sizes, make) in TEXTS.items():
             for mb in sizes:
-                text = _prose(int(mb * MB)) if kind == "prose" else "a" * int(mb * MB)
+                text = make(int(mb * MB))
                 if hasattr(tok._model, "_cache"):
                     tok._model._cache.clear()
                 t0 = time.perf_counter()

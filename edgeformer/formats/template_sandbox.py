@@ -36,9 +36,10 @@ from string import Formatter
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import nodes, pass_environment
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
+from jinja2.filters import make_attrgetter
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
@@ -266,10 +267,11 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
     return _join("", enc.iterencode(x), b, "tojson result")
 
 
-def _sum(iterable: Iterable[Any], attribute: Any = None, start: Any = 0) -> Any:
-    items = list(iterable)
+@pass_environment
+def _sum(env: jinja2.Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0) -> Any:
     if attribute is not None:
-        raise SecurityError("sum(attribute=...) is not supported in chat templates")
+        iterable = map(make_attrgetter(env, attribute), iterable)
+    items = list(iterable)
     if not all(isinstance(x, (int, float)) for x in [start, *items]):
         raise SecurityError("sum of non-numbers is not allowed in chat templates")
     return sum(items, start)
@@ -320,9 +322,10 @@ def _guard_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def _join_filter(value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
+@pass_environment
+def _join_filter(env: jinja2.Environment, value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
     if attribute is not None:
-        raise SecurityError("join(attribute=...) is not supported in chat templates")
+        value = map(make_attrgetter(env, attribute), value)
     return _join(str(d), value, _budget(), "join result")
 
 

@@ -102,6 +102,29 @@ def test_conversation_that_blows_a_bound_is_the_requests_error():
     assert "model.gguf" in str(e.value) and "/very/secret" not in str(e.value)
 
 
+ORDINARY = """{%- macro tree(n) %}{% if n %}({{ tree(n - 1) }}){% endif %}{% endmacro -%}
+{{ '%s-%03d' % ('a', 7) }} {{ '{}:{x}'.format(1, x='y') }} {{ messages|join(', ', attribute='content') }}
+{{ [{'n': 2}, {'n': 3}]|sum(attribute='n') }} {{ 'a b a'|replace('a', 'cc') }} {{ 'x\ny'|indent(2, true) }}
+{{ 'mid'|center(9) }}|{{ 'one two three four'|wordwrap(8) }} {{ 'ab' * 3 }} {{ 2 ** 10 }} {{ [1] + [2] }}
+{{ 'p' ~ 1 ~ none }} {{ tree(6) }} {{ ', '.join(['x', 'y']) }} {{ [1, 2, 3]|batch(2)|list }}
+{% set block %}{% for m in messages %}{{ loop.index }}{{ '.' if not loop.last }}{% endfor %}{% endset %}{{ block }}
+{% for x in [[1, [2]], 3] recursive %}{% if x is iterable %}[{{ loop(x) }}]{% else %}{{ x }}{% endif %}{% endfor %}
+{{ {'k': [1, {'z': 'é<'}]}|tojson(indent=2) }} {{ messages|tojson }}"""
+
+
+def test_ordinary_templates_render_as_plain_jinja_does():
+    """Every operation the sandbox bounds still gives plain Jinja's result when used as
+    chat templates use it (transformers' environment, tojson without HTML escaping)."""
+    import json
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    plain.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    want = plain.from_string(ORDINARY).render(messages=conv, add_generation_prompt=True)
+    assert render_chat(ORDINARY, conv) == want
+
+
 def test_limits_are_settable():
     loop = "{% for i in range(100000) %}{{ i }}{% endfor %}"
     with pytest.raises(FormatError, match="output"):

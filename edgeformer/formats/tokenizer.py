@@ -287,7 +287,7 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int], special: bool = False) -> bytes:
         """llama.cpp `detokenize(remove_special=False, unparse_special=special)` as bytes."""
-        parts = [self.piece(int(t), special) for t in ids]
+        parts = [self.piece(t, special) for t in token_ids(ids)]
         if parts and self.add_space_prefix and parts[0][:1] == b" ":
             parts[0] = parts[0][1:]
         b = b"".join(parts)
@@ -341,6 +341,15 @@ def check_text(text: object) -> None:
                          f"at character {e.start}") from None
 
 
+def token_ids(ids: Iterable[Any]) -> list[int]:
+    """`ids` as ints; InputError for anything that is not an integer (a str, float, None)."""
+    out = list(ids)
+    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in out):
+        bad = next(t for t in out if not isinstance(t, (int, np.integer)) or isinstance(t, bool))
+        raise InputError(f"token ids must be integers, got {type(bad).__name__} {str(bad)[:20]!r}")
+    return [int(t) for t in out]
+
+
 def _strings(value: Any, key: str, source: str | Path) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
         raise FormatError(source, f"tokenizer.ggml.{key} must be an array of strings")
@@ -383,7 +392,7 @@ class IncrementalDecoder:
 
     def add(self, tid: int) -> str:
         """Feed one token; return the text that became final (possibly "")."""
-        b = self.tok.piece(int(tid), self.special)
+        b = self.tok.piece(token_ids([tid])[0], self.special)
         if self._first:
             self._first = False
             if self.tok.add_space_prefix and b[:1] == b" ":

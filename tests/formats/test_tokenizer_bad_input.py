@@ -159,3 +159,18 @@ def test_long_text_matches_llamacpp(shipped, name):
         escaped = (" " + text).replace(" ", "\u2581")
         assert len(tok._model.chunks(escaped)) > 1000
         assert tok._model.encode(escaped) == tok._model._encode(escaped)
+
+
+def test_decoding_non_integer_ids_is_an_input_error(shipped, tiny_llama):
+    """A str, float, None or bool id (an API client's token-id prompt, say) is an
+    InputError in decode and in the streaming decoder, for the GGUF and the HF
+    tokenizers; it used to raise ValueError/TypeError from int() (or OverflowError in
+    tokenizers' DecodeStream for -1)."""
+    for tok in (shipped.tokenizer("smollm2-135m-instruct"), tokenizer_from_hf(tiny_llama / "tokenizer.json")):
+        for bad in ("x", 1.5, None, True):
+            with pytest.raises(InputError, match="must be integers"):
+                tok.decode([1, bad])
+            with pytest.raises(InputError, match="must be integers"):
+                tok.incremental_decoder().add(bad)
+        with pytest.raises(InputError, match="outside the vocabulary"):
+            tok.incremental_decoder().add(-1)

@@ -1,12 +1,21 @@
 """Chat templates: Jinja2 templates (from GGUF `tokenizer.chat_template` or HF
 `tokenizer_config.json`) rendered the way HF `transformers` renders them.
 
-The environment matches transformers' `_compile_jinja_template`: an
-`ImmutableSandboxedEnvironment` (templates from model files are untrusted code) with
-`trim_blocks`, `lstrip_blocks`, the `loopcontrols` extension, a `tojson` that does not
-escape HTML, and the globals `raise_exception` and `strftime_now`. Template variables:
-`messages`, `add_generation_prompt`, `tools`, `documents`, the special-token strings
-(`bos_token`, `eos_token`, `unk_token`, `pad_token`), and any extra keyword arguments.
+The environment matches transformers' `_compile_jinja_template`: a sandbox (templates
+from model files are untrusted code) with `trim_blocks`, `lstrip_blocks`, the
+`loopcontrols` extension, a `tojson` that does not escape HTML, and the globals
+`raise_exception` and `strftime_now`. Template variables: `messages`,
+`add_generation_prompt`, `tools`, `documents`, the special-token strings (`bos_token`,
+`eos_token`, `unk_token`, `pad_token`), and any extra keyword arguments. The sandbox is
+`template_sandbox.BoundedEnvironment`: each render runs within time, size and call-depth
+limits (`TemplateLimits`).
+
+Errors: a template that does not compile, or that fails on a one-message conversation
+(`[{"role": "user", "content": "hi"}]`: a bug, an unsafe access, a limit) is broken,
+FormatError when the ChatTemplate is made (at load). A render that fails later is about
+that conversation: InputError (the server's 400), whether the template refused it
+(`raise_exception`) or its code failed or ran past a limit on it. Messages are one line,
+at most 300 characters, and name the template by file name, never by its path.
 
 A file without a template is a base model as far as chat goes: it runs as plain
 continuation. A built-in template (`templates/*.jinja`: chatml for SmolLM/Qwen, Gemma's
@@ -17,7 +26,6 @@ Gemma 3 270M (pretrained, no template) loop on chat-wrapped prompts.
 """
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -25,28 +33,31 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgeformer.errors import FormatError, InputError
+from edgeformer.formats.template_sandbox import DEFAULT_LIMITS, BoundedEnvironment, TemplateLimits, render_bounded
 
 BUILTIN_FAMILIES = ("chatml", "gemma", "llama3")
 # A vocabulary token that identifies the family's turn markers, checked in this order.
 _FAMILY_MARKERS = (("gemma", "<start_of_turn>"), ("llama3", "<|start_header_id|>"), ("chatml", "<|im_start|>"))
 
 
+_PROBE = [{"role": "user", "content": "hi"}]
+_MAX_MESSAGE = 300
+
+
+class _Rejected(jinja2.exceptions.TemplateError):
+    """The template's own `raise_exception`: it refuses the conversation."""
+
+
 def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    # Jinja's own tojson HTML-escapes <>&' ; HF templates expect plain JSON
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    raise _Rejected(message)
 
 
 def _strftime_now(fmt: str) -> str:
@@ -68,10 +79,8 @@ class _GenerationTag(jinja2.ext.Extension):
 
 
 @lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols, _GenerationTag])
-    env.filters["tojson"] = _tojson
+def _environment() -> BoundedEnvironment:
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationTag])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -101,7 +110,7 @@ def _plain(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
-            raise InputError(f"chat message {i} must be a mapping with 'role' and 'content', got {m!r}")
+            raise InputError(_short(f"chat message {i} must be a mapping with 'role' and 'content', got {m!r}"))
         out.append({k: v for k, v in m.items() if v is not None})
     return out
 
@@ -117,12 +126,17 @@ class ChatTemplate:
     family: str | None = None
     special_tokens: dict[str, str] = field(default_factory=dict)
     origin: str = "<template>"
+    limits: TemplateLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        try:
-            _compile(self.source)
-        except jinja2.exceptions.TemplateSyntaxError as e:
-            raise FormatError(self.origin, f"chat template syntax error (line {e.lineno}): {e.message}") from e
+        failure = _check(self.source, tuple(sorted(self.special_tokens.items())), self.limits)
+        if failure is not None:
+            raise FormatError(self.origin, failure)
+
+    @property
+    def name(self) -> str:
+        """The template's name in messages: the file name of `origin`, never its path."""
+        return self.origin if self.origin.startswith("<") else f"of {Path(self.origin).name}"
 
     @classmethod
     def for_tokenizer(cls, template: str | None, tokenizer: Any, origin: str = "<model>",
@@ -163,15 +177,49 @@ class ChatTemplate:
         """The prompt text for `messages` ([{"role": ..., "content": ...}, ...]). Extra
         keyword arguments become template variables (they override the special-token
         strings). Raises InputError when the template rejects the conversation
-        (`raise_exception`) or fails while rendering."""
-        variables: dict[str, Any] = {**self.special_tokens, **kwargs}
+        (`raise_exception`), or fails or runs past `limits` on it (module docstring)."""
+        variables: dict[str, Any] = {**self.special_tokens, **kwargs, "messages": _plain(messages), "tools": tools,
+                                     "documents": documents, "add_generation_prompt": add_generation_prompt}
         try:
-            return _compile(self.source).render(messages=_plain(messages), tools=tools, documents=documents,
-                                                add_generation_prompt=add_generation_prompt, **variables)
-        except jinja2.exceptions.TemplateError as e:
-            raise InputError(f"chat template ({self.origin}) rejected the conversation: {e}") from e
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-            raise InputError(f"chat template ({self.origin}) failed: {type(e).__name__}: {e}") from e
+            return _render(self.source, variables, self.limits)
+        except _Rejected as e:
+            raise InputError(_short(f"chat template {self.name} rejected the conversation: {e}")) from e
+        except Exception as e:   # noqa: BLE001 - untrusted code: any failure is the caller's error
+            raise InputError(_short(f"chat template {self.name} failed on this conversation: {_what(e)}")) from e
+
+
+def _render(source: str, variables: dict[str, Any], limits: TemplateLimits) -> str:
+    input_chars = sum(map(len, _strings(list(variables.values()))))
+    return render_bounded(_compile(source), variables, limits, input_chars)
+
+
+@lru_cache(maxsize=32)
+def _check(source: str, special_tokens: tuple[tuple[str, str], ...], limits: TemplateLimits) -> str | None:
+    """Why the template is broken (see the module docstring), or None."""
+    try:
+        _compile(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        return _short(f"chat template syntax error (line {e.lineno}): {e.message}")
+    except Exception as e:   # noqa: BLE001 - e.g. RecursionError for deeply nested source
+        return _short(f"chat template does not compile: {_what(e)}")
+    try:
+        _render(source, {**dict(special_tokens), "messages": _PROBE, "tools": None, "documents": None,
+                         "add_generation_prompt": True}, limits)
+    except _Rejected:
+        pass
+    except Exception as e:   # noqa: BLE001
+        return _short(f"chat template fails on a one-message conversation: {_what(e)}")
+    return None
+
+
+def _what(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _short(message: str) -> str:
+    """One line of at most _MAX_MESSAGE characters."""
+    line = " ".join(message.split())
+    return line if len(line) <= _MAX_MESSAGE else line[:_MAX_MESSAGE - 3] + "..."
 
 
 def special_token_strings(tokenizer: Any) -> dict[str, str]:
@@ -227,8 +275,11 @@ def encode_chat(tokenizer: Any, template: ChatTemplate, messages: Sequence[Mappi
     pattern = re.compile("|".join(map(re.escape, present))) if present else None
     protected: list[str] = []
     marker = secrets.token_hex(6)   # unguessable, so user text cannot fake a marker
-    msgs = _protect(list(messages), present, pattern, protected, marker)
-    tls = _protect(tools, present, pattern, protected, marker)
+    try:
+        msgs = _protect(list(messages), present, pattern, protected, marker)
+        tls = _protect(tools, present, pattern, protected, marker)
+    except RecursionError:
+        raise InputError("chat messages or tools are nested too deeply") from None
     text = template.render(msgs, add_generation_prompt=add_generation_prompt, tools=tls, **kwargs)
     ids: list[int] = []
     pos = 0
@@ -244,11 +295,12 @@ def encode_chat(tokenizer: Any, template: ChatTemplate, messages: Sequence[Mappi
 
 
 def _strings(value: Any) -> list[str]:
-    """Every string inside nested dicts/lists/tuples (keys excluded)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _strings(v)]
-    return []
+    """Every string inside nested dicts/lists/tuples (keys excluded), in order."""
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, (Mapping, list, tuple)):
+            stack.extend(reversed(list(v.values()) if isinstance(v, Mapping) else v))
+    return out

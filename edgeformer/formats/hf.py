@@ -23,14 +23,21 @@ from edgeformer.formats.tensor_map import hf_to_gguf_name, transform_hf_tensor
 from edgeformer.quant.qtypes import QTensor, QType
 
 
-def read_json(path: Path) -> Any:
-    """Parsed JSON file; FormatError naming the file if it is unreadable or invalid."""
+def read_json(path: Path, top: type = object) -> Any:
+    """Parsed JSON file; FormatError naming the file if it is unreadable, invalid, nested
+    too deeply for the parser, or its top level is not a `top` (dict: a JSON object)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        out = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise FormatError(path, f"cannot read: {e.strerror or e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(path, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise FormatError(path, "invalid JSON: nested too deeply") from None
+    if not isinstance(out, top):
+        raise FormatError(path, f"the top level must be a JSON {'object' if top is dict else top.__name__}, "
+                                f"not {type(out).__name__}")
+    return out
 
 
 def open_shards(d: Path) -> dict[str, SafetensorsFile]:
@@ -40,7 +47,7 @@ def open_shards(d: Path) -> dict[str, SafetensorsFile]:
     index = d / "model.safetensors.index.json"
     single = d / "model.safetensors"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
+        weight_map = read_json(index, dict).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise FormatError(index, "no weight_map")
         files: dict[str, SafetensorsFile] = {}
@@ -72,7 +79,7 @@ def hf_chat_template(d: Path, tokenizer_config: dict[str, Any]) -> str | None:
     if tmpl is None and (d / "chat_template.jinja").is_file():
         tmpl = (d / "chat_template.jinja").read_text(encoding="utf-8")
     elif tmpl is None and (d / "chat_template.json").is_file():
-        tmpl = read_json(d / "chat_template.json").get("chat_template")
+        tmpl = read_json(d / "chat_template.json", dict).get("chat_template")
     if isinstance(tmpl, list):
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
     return tmpl if isinstance(tmpl, str) else None
@@ -90,7 +97,7 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
     d = Path(path)
     if not (d / "config.json").is_file():
         raise FormatError(d, "not an HF model directory: no config.json")
-    hf_cfg = read_json(d / "config.json")
+    hf_cfg = read_json(d / "config.json", dict)
     if not isinstance(hf_cfg, dict):
         raise FormatError(d / "config.json", "not a JSON object")
     try:
@@ -110,7 +117,7 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
         loaders[gname] = tensor_loader(config, st, hf_name, gname)
         info = st.tensors[hf_name]
         infos[gname] = (info.qtype, info.shape)
-    tok_cfg = read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
+    tok_cfg = read_json(d / "tokenizer_config.json", dict) if (d / "tokenizer_config.json").is_file() else {}
     tok_json = d / "tokenizer.json"
     files = {id(st): st for st in shards.values()}.values()
     return Checkpoint(

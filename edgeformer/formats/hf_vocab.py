@@ -10,7 +10,6 @@ map the known regexes to llama.cpp's names, falling back to "default" with a war
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgeformer.errors import FormatError, UnsupportedError
 from edgeformer.extras import require
+from edgeformer.formats.hf import read_json
 
 # gguf.TokenType values (llama.cpp `enum llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -87,13 +87,14 @@ def spm_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
         types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i)
                     else UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
     added = d / "added_tokens.json"
-    if added.is_file():
-        for text, i in json.loads(added.read_text(encoding="utf-8")).items():
-            if 0 <= i < n:
-                tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
+    for text, i in (read_json(added, dict) if added.is_file() else {}).items():
+        if not isinstance(i, int):
+            raise FormatError(added, f"the id of {text[:40]!r} is not an integer")
+        if 0 <= i < n:
+            tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
     cfg = d / "tokenizer_config.json"
-    decoder = json.loads(cfg.read_text(encoding="utf-8")).get("added_tokens_decoder", {}) if cfg.is_file() else {}
-    for key, data in decoder.items():
+    decoder = read_json(cfg, dict).get("added_tokens_decoder", {}) if cfg.is_file() else {}
+    for key, data in _added_tokens(decoder, cfg):
         i, text = int(key), data["content"]
         if not 0 <= i < n:
             continue
@@ -111,6 +112,16 @@ def spm_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
     return md
 
 
+def _added_tokens(decoder: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """tokenizer_config.json `added_tokens_decoder` items, checked: {"<id>": {"content": str, ...}}."""
+    ok = isinstance(decoder, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, dict) and isinstance(v.get("content"), str)
+        for k, v in decoder.items())
+    if not ok:
+        raise FormatError(path, 'added_tokens_decoder must map "<id>" to {"content": "...", ...}')
+    return list(decoder.items())
+
+
 def bpe_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
     """`tokenizer.*` GGUF metadata for the HF model directory `d` (ordered as llama.cpp
     writes it); arrays are typed numpy arrays (token_type int32). `vocab_size` is the
@@ -121,10 +132,10 @@ def bpe_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
     path = d / "tokenizer.json"
+    tok_json = read_json(path, dict)
     try:
-        tok_json = json.loads(path.read_text(encoding="utf-8"))
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # json/OS errors, and tokenizers raises a bare Exception
+    except Exception as e:  # tokenizers raises a bare Exception
         raise FormatError(path, f"cannot load tokenizer: {e}") from None
     model = tok_json.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):

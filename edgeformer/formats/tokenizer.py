@@ -19,6 +19,8 @@ from enum import IntFlag
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from edgeformer.errors import FormatError, InputError, UnsupportedError
 from edgeformer.formats.tokenizer_bpe import BPEModel, byte_decoder, pre_tokenizer
 from edgeformer.formats.tokenizer_spm import SPACE_ESCAPE, SPMModel
@@ -101,16 +103,16 @@ class Tokenizer:
         tokens = md.get("tokenizer.ggml.tokens")
         if model is None or tokens is None:
             raise FormatError(source, "no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
+        if not isinstance(model, str):
+            raise FormatError(source, f"tokenizer.ggml.model must be a string, got {type(model).__name__}")
+        tokens = _strings(tokens, "tokens", source)
         n = len(tokens)
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        types = md.get("tokenizer.ggml.token_type")
-        scores = md.get("tokenizer.ggml.scores")
-        for key, arr in (("token_type", types), ("scores", scores)):
-            if arr is not None and len(arr) < n:
-                raise FormatError(source, f"tokenizer.ggml.{key} has {len(arr)} entries for {n} tokens")
+        types = _numbers(md.get("tokenizer.ggml.token_type"), "token_type", n, int, source)
+        scores = _numbers(md.get("tokenizer.ggml.scores"), "scores", n, float, source)
         self.tokens = tokens
         self.vocab_size = n
-        self.attrs = ([_TYPE_TO_ATTR.get(int(t), TokenAttr.UNDEFINED) for t in types[:n]]
+        self.attrs = ([_TYPE_TO_ATTR.get(t, TokenAttr.UNDEFINED) for t in types]
                       if types is not None else [TokenAttr.NORMAL] * n)
         self.token_to_id = {t: i for i, t in enumerate(tokens)}
         # per-model defaults below are llama.cpp's (`llama_vocab::impl::load`); file keys override
@@ -118,23 +120,28 @@ class Tokenizer:
             merges = md.get("tokenizer.ggml.merges")
             if merges is None:
                 raise FormatError(source, "BPE vocabulary without tokenizer.ggml.merges")
-            pre = pre_tokenizer(md.get("tokenizer.ggml.pre"))
+            merges = _strings(merges, "merges", source)
+            pre = md.get("tokenizer.ggml.pre")
+            if pre is not None and not isinstance(pre, str):
+                raise FormatError(source, f"tokenizer.ggml.pre must be a string, got {type(pre).__name__}")
+            pre = pre_tokenizer(pre)
             self.kind, self._model = "bpe", BPEModel(self.token_to_id, merges, pre)
             self.add_space_prefix, self.clean_spaces = False, pre.clean_spaces
             self.add_bos, self.bos_id, self.eos_id = bool(pre.add_bos), 11, 11
             self.unk_id = None
         elif model == "llama":
-            sc = [float(s) for s in scores] if scores is not None else [0.0] * n
-            self.kind, self._model = "spm", SPMModel(self.token_to_id, sc)
+            self.kind, self._model = "spm", SPMModel(self.token_to_id, scores or [0.0] * n)
             self.add_space_prefix, self.clean_spaces = True, False
             self.add_bos, self.bos_id, self.eos_id, self.unk_id = True, 1, 2, 0
         else:
             raise UnsupportedError(f"{source}: tokenizer model {model!r} is not supported "
                                    "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)")
-        self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+        self.add_space_prefix = _flag(md, "add_space_prefix", self.add_space_prefix, source)
         self._read_special_ids(md, source)
+        if isinstance(self._model, SPMModel):
+            self._model.unk_id = self.unk_id
         self._detect_special_tokens()
-        self._build_caches()
+        self._build_caches(source)
         return self
 
     def _read_special_ids(self, md: Mapping[str, Any], source: str | Path) -> None:
@@ -147,14 +154,16 @@ class Tokenizer:
                 tid = None
             v = md.get(f"tokenizer.ggml.{name}_token_id")
             if v is not None:
+                if not isinstance(v, (int, np.integer)):
+                    raise FormatError(source, f"tokenizer.ggml.{name}_token_id = {v!r} is not an integer")
                 if not 0 <= int(v) < n:
                     raise FormatError(source, f"tokenizer.ggml.{name}_token_id = {v} outside the vocabulary ({n})")
                 tid = int(v)
             ids[name] = tid
         self.bos_id, self.eos_id, self.eot_id = ids["bos"], ids["eos"], ids["eot"]
         self.unk_id, self.pad_id, self._eom_id = ids["unknown"], ids["padding"], ids["eom"]
-        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", self.add_bos))
-        self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", self.add_eos))
+        self.add_bos = _flag(md, "add_bos_token", self.add_bos, source)
+        self.add_eos = _flag(md, "add_eos_token", self.add_eos, source)
         if self.add_bos and self.bos_id is None:
             raise FormatError(source, "tokenizer.ggml.add_bos_token is set but there is no BOS token")
 
@@ -175,7 +184,7 @@ class Tokenizer:
         eog.update(t for t in (self.eos_id, self.eot_id, self._eom_id) if t is not None)
         self.eog_ids = frozenset(eog)
 
-    def _build_caches(self) -> None:
+    def _build_caches(self, source: str | Path) -> None:
         # special tokens, longest text first (ties by id; llama.cpp's std::sort leaves them
         # unordered, which matters only for equal-length overlapping texts)
         specials = [i for i, a in enumerate(self.attrs)
@@ -183,6 +192,9 @@ class Tokenizer:
         specials.sort(key=lambda i: (-len(self.tokens[i]), i))
         self._specials = [(self.tokens[i], i) for i in specials]
         self._user_specials = [(t, i) for t, i in self._specials if not self.attrs[i] & _SPECIAL]
+        for i, a in enumerate(self.attrs):
+            if a == TokenAttr.BYTE and not _BYTE_TOKEN.fullmatch(self.tokens[i]):
+                raise FormatError(source, f"byte token {i} is {self.tokens[i][:40]!r}, not <0xNN>")
         self._pieces: list[bytes] = [self._piece_uncached(i) for i in range(self.vocab_size)]
 
     # ---- encoding ----
@@ -196,8 +208,7 @@ class Tokenizer:
         of `add_special` (the engine's name). Raises InputError for a non-str."""
         if add_bos is not None:
             add_special = add_bos
-        if not isinstance(text, str):
-            raise InputError(f"encode() needs a str, got {type(text).__name__}")
+        check_text(text)
         out: list[int] = []
         if add_special and self.add_bos:
             out.append(self.bos_id)  # type: ignore[arg-type]
@@ -257,24 +268,26 @@ class Tokenizer:
         return self._pieces[tid]
 
     def _piece_uncached(self, tid: int) -> bytes:
+        # a token that is not valid UTF-8 in the file reads with surrogateescape: its bytes
+        # come back as they were (llama.cpp's pieces are raw bytes)
         a, text = self.attrs[tid], self.tokens[tid]
         if a & (_SPECIAL | TokenAttr.USER_DEFINED):
-            return text.encode("utf-8")
+            return text.encode("utf-8", "surrogateescape")
         if a & TokenAttr.NORMAL:
             if self.kind == "spm":
-                return text.replace(SPACE_ESCAPE, " ").encode("utf-8")
+                return text.replace(SPACE_ESCAPE, " ").encode("utf-8", "surrogateescape")
             dec = byte_decoder()
             try:
                 return bytes(dec[c] for c in text)
             except KeyError:   # not a byte-level string; llama.cpp writes a marker
-                return f"[UNK_BYTE_{text}]".encode("utf-8")
+                return f"[UNK_BYTE_{text}]".encode("utf-8", "surrogateescape")
         if a & TokenAttr.BYTE:
             return bytes([int(text[3:5], 16)])
         return b""
 
     def decode_bytes(self, ids: Iterable[int], special: bool = False) -> bytes:
         """llama.cpp `detokenize(remove_special=False, unparse_special=special)` as bytes."""
-        parts = [self.piece(int(t), special) for t in ids]
+        parts = [self.piece(t, special) for t in token_ids(ids)]
         if parts and self.add_space_prefix and parts[0][:1] == b" ":
             parts[0] = parts[0][1:]
         b = b"".join(parts)
@@ -310,6 +323,59 @@ class Tokenizer:
                 f"eos={self.eos_id}, eot={self.eot_id}, add_bos={self.add_bos})")
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def check_text(text: object) -> None:
+    """InputError unless `text` is a str that is valid Unicode (no lone surrogates: JSON
+    `"\\ud800"` escapes and surrogateescape'd bytes decode to them, and UTF-8 cannot hold
+    them)."""
+    if not isinstance(text, str):
+        raise InputError(f"encode() needs a str, got {type(text).__name__}")
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"text is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} "
+                         f"at character {e.start}") from None
+
+
+def token_ids(ids: Iterable[Any]) -> list[int]:
+    """`ids` as ints; InputError for anything that is not an integer (a str, float, None)."""
+    out = list(ids)
+    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in out):
+        bad = next(t for t in out if not isinstance(t, (int, np.integer)) or isinstance(t, bool))
+        raise InputError(f"token ids must be integers, got {type(bad).__name__} {str(bad)[:20]!r}")
+    return [int(t) for t in out]
+
+
+def _strings(value: Any, key: str, source: str | Path) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise FormatError(source, f"tokenizer.ggml.{key} must be an array of strings")
+    return list(value)
+
+
+def _flag(md: Mapping[str, Any], key: str, default: bool, source: str | Path) -> bool:
+    v = md.get(f"tokenizer.ggml.{key}", default)
+    if not isinstance(v, (bool, int, np.bool_, np.integer)):
+        raise FormatError(source, f"tokenizer.ggml.{key} must be a boolean, got {type(v).__name__}")
+    return bool(v)
+
+
+def _numbers(value: Any, key: str, n: int, kind: type, source: str | Path) -> list[Any] | None:
+    """The first n entries of an array of numbers, as `kind` (None when absent)."""
+    if value is None:
+        return None
+    try:
+        out = [kind(x) for x in value[:n]]
+    except (TypeError, ValueError, OverflowError, KeyError, IndexError):
+        raise FormatError(source, f"tokenizer.ggml.{key} must be an array of numbers") from None
+    if len(out) < n:
+        raise FormatError(source, f"tokenizer.ggml.{key} has {len(out)} entries for {n} tokens")
+    return out
+
+
 class IncrementalDecoder:
     """Streaming detokenization. Holds back (a) the bytes of a multi-byte UTF-8 character
     split across tokens and (b) with `clean_spaces`, the last few bytes whose clean-up
@@ -326,7 +392,7 @@ class IncrementalDecoder:
 
     def add(self, tid: int) -> str:
         """Feed one token; return the text that became final (possibly "")."""
-        b = self.tok.piece(int(tid), self.special)
+        b = self.tok.piece(token_ids([tid])[0], self.special)
         if self._first:
             self._first = False
             if self.tok.add_space_prefix and b[:1] == b" ":

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeformer.errors import FormatError, InputError
-from edgeformer.formats.tokenizer import EOG_TEXTS, EOT_TEXTS, Tokenizer
+from edgeformer.formats.tokenizer import EOG_TEXTS, EOT_TEXTS, Tokenizer, check_text, token_ids
 
 
 def _token_str(v: Any) -> str | None:
@@ -60,8 +60,7 @@ class HFTokenizer(Tokenizer):
         tokens is tokenized as plain text (non-special added tokens still match)."""
         if add_bos is not None:
             add_special = add_bos
-        if not isinstance(text, str):
-            raise InputError(f"encode() needs a str, got {type(text).__name__}")
+        check_text(text)
         self._tk.encode_special_tokens = not parse_special
         return list(self._tk.encode(text, add_special_tokens=add_special).ids)
 
@@ -73,7 +72,7 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int], special: bool = False) -> str:
         """Text of `ids` by the file's decoder; special tokens shown only if `special`."""
-        ids = [int(t) for t in ids]
+        ids = token_ids(ids)
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise InputError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
@@ -105,8 +104,11 @@ class HFIncrementalDecoder:
 
     def add(self, tid: int) -> str:
         """Feed one token; the text that became final (possibly "")."""
-        self._ids.append(int(tid))
-        out = self._stream.step(self.tok._tk, int(tid)) or ""
+        tid = token_ids([tid])[0]
+        if not 0 <= tid < self.tok.vocab_size:
+            raise InputError(f"token id {tid} is outside the vocabulary (size {self.tok.vocab_size})")
+        self._ids.append(tid)
+        out = self._stream.step(self.tok._tk, tid) or ""
         self._emitted.append(out)
         return out
 

@@ -134,9 +134,13 @@ def test_template_errors_are_clear():
         render_chat("{{ messages }}", ["not a dict"])  # type: ignore[list-item]
     with pytest.raises(FormatError, match="syntax error"):
         ChatTemplate("{% for m in messages %}")
-    with pytest.raises(InputError, match="security|unsafe|rejected"):
-        # the sandbox refuses attribute escapes from untrusted templates
+    with pytest.raises(FormatError, match="unsafe"):
+        # the sandbox refuses attribute escapes from untrusted templates: the template is
+        # broken (it fails on any conversation), so this is the file's error
         render_chat("{{ messages.__class__.__mro__ }}", [{"role": "user", "content": "x"}])
+    with pytest.raises(InputError, match="failed on this conversation: ZeroDivisionError"):
+        # a failure on one conversation only is that request's error (the server's 400)
+        render_chat("{{ 1 // (messages|length - 2) }}", [{"role": "user", "content": "x"}] * 2)
     with pytest.raises(InputError, match="built-in"):
         builtin_template("nope")
 

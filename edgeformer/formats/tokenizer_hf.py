@@ -3,6 +3,7 @@
 defines them)."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ class HFTokenizer(Tokenizer):
             self._tk = TkTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for bad files
             raise FormatError(path, f"cannot load tokenizer.json: {e}") from e
+        # encode sets a flag on the shared tokenizer: one call at a time (the server
+        # tokenizes on worker threads)
+        self._encode_lock = threading.Lock()
         tk = self._tk
         self.config = config
         self.vocab_size = tk.get_vocab_size(with_added_tokens=True)
@@ -61,8 +65,9 @@ class HFTokenizer(Tokenizer):
         if add_bos is not None:
             add_special = add_bos
         check_text(text)
-        self._tk.encode_special_tokens = not parse_special
-        return list(self._tk.encode(text, add_special_tokens=add_special).ids)
+        with self._encode_lock:
+            self._tk.encode_special_tokens = not parse_special
+            return list(self._tk.encode(text, add_special_tokens=add_special).ids)
 
     def piece(self, tid: int, special: bool = True) -> bytes:
         """Text of one token alone, UTF-8 (a partial byte sequence decodes to U+FFFD)."""

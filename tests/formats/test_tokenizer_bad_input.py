@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -117,30 +116,6 @@ def test_convert_vocab_reads_bad_json_as_format_error(tiny_llama, tmp_path):
     (d / "tokenizer.json").write_text(_deep(100_000))
     with pytest.raises(FormatError, match="tokenizer.json"):
         bpe_tokenizer_metadata(d, None)
-
-
-def _encode_seconds(tok, text: str, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        if hasattr(tok._model, "_cache"):
-            tok._model._cache.clear()   # BPE's word cache would make the second run free
-        t0 = time.perf_counter()
-        tok.encode(text)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@pytest.mark.parametrize("name,size", [("smollm2-135m-instruct", 12_000), ("gemma3-270m", 4_000)])
-def test_encode_time_is_linear(shipped, name, size):
-    """4x the text takes at most 8x the time (linear, with a factor 2 of slack for a
-    loaded machine: each is timed 3 times, the best kept), for prose and for one long
-    word (a single run of merges)."""
-    tok = shipped.tokenizer(name)
-    words = "the quick brown fox jumps over a lazy dog, 中文 😀 and 12345".split()
-    prose = " ".join(words * (4 * size // 40))
-    for text in (prose, "a" * (4 * size)):
-        small, big = text[:size], text[:4 * size]
-        assert _encode_seconds(tok, big, 3) < 8 * _encode_seconds(tok, small, 3) + 0.02
 
 
 @pytest.mark.llamacpp

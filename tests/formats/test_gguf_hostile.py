@@ -1,0 +1,128 @@
+"""Hostile GGUF headers (issue 16): every count, length and type field set to extremes,
+bit flips and truncations of a small random GGUF are accepted or refused with one of
+edgeformer's errors and a short message; the findings on the shipped SmolLM2 (a string
+length swallowing the file: 21-26 s, 6.3 GB, a 350 MB message; flipped tensor infos:
+19 s, 1.2 GB) are refused at once, naming the field."""
+from __future__ import annotations
+
+import random
+import struct
+import time
+
+import pytest
+
+from edgeformer.config import DecoderConfig
+from edgeformer.errors import EdgeformerError, FormatError
+from edgeformer.formats import load_checkpoint
+from edgeformer.formats.gguf import MAX_ARRAY_ITEMS, MAX_STRING_BYTES, GGUFFile
+from edgeformer.formats.mutate import gguf_fields, header_end, sample_fields, set_field
+from edgeformer.formats.synthetic import write_random_gguf
+from edgeformer.perf.memory import TINY_MODEL
+
+MAX_MESSAGE = 400       # what a refusal may say, past the file name
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> bytes:
+    """A small complete GGUF (2 layers, a 256-token vocabulary) as bytes."""
+    path = tmp_path_factory.mktemp("hostile") / "tiny.gguf"
+    return write_random_gguf(DecoderConfig(**TINY_MODEL), path, "Q8_0").read_bytes()
+
+
+def outcome(path) -> str:
+    """'ok', or the refusal's text past the path; anything but an EdgeformerError fails."""
+    try:
+        load_checkpoint(path)
+        return "ok"
+    except EdgeformerError as e:
+        msg = str(e).removeprefix(f"{path}: ")
+        assert len(msg) <= MAX_MESSAGE, msg[:200]
+        return msg
+
+
+def test_field_map_matches_reader(tiny, tmp_path):
+    fields = gguf_fields(tiny)
+    families = {f.family for f in fields}
+    assert families >= {"tensor count", "metadata count", "key length", "value type", "string length",
+                        "array type", "array length", "array string length", "tensor name length",
+                        "n_dims", "dim", "tensor type", "tensor offset"}
+    (tmp_path / "m.gguf").write_bytes(tiny)
+    g = GGUFFile(tmp_path / "m.gguf")
+    assert sum(f.family == "key length" for f in fields) == len(g.metadata)
+    assert sum(f.family == "tensor name length" for f in fields) == len(g.tensors)
+    assert header_end(fields) <= g.data_offset
+
+
+def test_every_field_family_at_extremes(tiny, tmp_path):
+    p = tmp_path / "m.gguf"
+    refused = set()
+    for f in sample_fields(gguf_fields(tiny), per_family=4):
+        for v in f.extremes:
+            buf = bytearray(tiny)
+            set_field(buf, f, v)
+            p.write_bytes(buf)
+            t = time.perf_counter()
+            if outcome(p) != "ok":
+                refused.add(f.family)
+            assert time.perf_counter() - t < 1.0, (f, v)
+    assert len(refused) >= 12, refused     # the rest (e.g. a value type 0 -> 1) may still parse
+
+
+def test_bit_flips_in_header(tiny, tmp_path):
+    p = tmp_path / "m.gguf"
+    end = header_end(gguf_fields(tiny))
+    rng = random.Random(16)
+    for bit in rng.sample(range(8 * end), 300):
+        buf = bytearray(tiny)
+        buf[bit // 8] ^= 1 << (bit % 8)
+        p.write_bytes(buf)
+        outcome(p)
+
+
+def test_truncations(tiny, tmp_path):
+    p = tmp_path / "m.gguf"
+    end = header_end(gguf_fields(tiny))
+    for cut in [*range(0, end, max(1, end // 200)), end + 1, len(tiny) // 2, len(tiny) - 1]:
+        p.write_bytes(tiny[:cut])
+        assert outcome(p) != "ok", cut
+
+
+def _kv(key: str, vt: int, payload: bytes) -> bytes:
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vt) + payload
+
+
+def _gguf(*kvs: bytes) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("strings", "over what is left of the"),           # 2^21 + 1 strings, each 2 units
+    ("numbers", "over what is left of the"),
+    ("nested", "over what is left of the"),
+    ("text", f"over what is left of the {MAX_STRING_BYTES} bytes"),
+    ("key", "metadata key #0: length 65536 is over the 65535-byte limit"),
+])
+def test_header_limits(tmp_path, case, words):
+    """Counts a file can hold but no model needs are refused before they are built."""
+    n = MAX_ARRAY_ITEMS // 2 + 1
+    data = {
+        "strings": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 8, n) + b"\0" * 8 * n)),
+        "numbers": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 0, 2 * n) + b"\0" * 2 * n)),
+        "nested": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 9, n // 32 + 1) + struct.pack("<IQ", 0, 0) * (n // 32 + 1))),
+        "text": lambda: _gguf(*[_kv(f"k{i}", 8, struct.pack("<Q", 1 << 20) + b"x" * (1 << 20))
+                                for i in range((MAX_STRING_BYTES >> 20) + 1)]),
+        "key": lambda: _gguf(_kv("k" * 65536, 4, b"\0" * 4)),
+    }[case]()
+    p = tmp_path / "m.gguf"
+    p.write_bytes(data)
+    with pytest.raises(FormatError, match=words):
+        GGUFFile(p)
+
+
+def test_tensor_name_over_ggml_limit(tmp_path):
+    name = b"n" * 64
+    info = struct.pack("<Q", 64) + name + struct.pack("<IQIQ", 1, 8, 0, 0)
+    p = tmp_path / "m.gguf"
+    p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info + b"\0" * 64)
+    with pytest.raises(FormatError, match="tensor info #0 name: length 64 is over the 63-byte limit"):
+        GGUFFile(p)

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from edgeformer.formats.safetensors import DTYPE_BITS
+
 U32_EXTREMES = (0, 1, 2**31, 2**32 - 1)
 U64_EXTREMES = (0, 1, 2**31, 2**63, 2**64 - 1)
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> size
@@ -161,21 +163,25 @@ def safetensors_mutants(header: dict[str, Any], raw: bytes, data_len: int) -> It
         yield STMutant("header length", f"{d:+d}", _head(raw, n + d))
     for v in (0, 1, 100_000_001, n + data_len, 2**63, 2**64 - 1):
         yield STMutant("header length", str(v), _head(raw, v))
-    text = raw.decode()
-    for name, h in [("not JSON", raw[:-1] + b"]"), ("array", b"[]"), ("null", b"null"), ("string", b'"x"'),
-                    ("leading spaces", b"  " + raw), ("trailing spaces", raw + b"    "),
+    text = raw.decode().rstrip()          # the official writer pads with spaces
+    q = json.dumps(first).encode()        # the first tensor's name, quoted
+    plus = lambda entry: (text[:-1] + "," + entry + "}").encode()  # noqa: E731 - one more entry
+    z = '"z":{"dtype":"F32","shape":%s,"data_offsets":%s}'
+    for name, h in [("not JSON", raw.rstrip()[:-1] + b"]"), ("array", b"[]"), ("null", b"null"),
+                    ("string", b'"x"'), ("leading spaces", b"  " + raw), ("trailing spaces", raw + b"    "),
                     ("trailing junk", raw + b"x"), ("BOM", b"\xef\xbb\xbf" + raw),
-                    ("invalid UTF-8", raw.replace(first.encode(), first.encode() + b"\xff", 1)),
-                    ("lone surrogate", raw.replace(first.encode(), first.encode() + b"\\ud800", 1)),
-                    ("surrogate pair", raw.replace(first.encode(), first.encode() + b"\\ud83d\\ude00", 1)),
-                    ("NUL in name", raw.replace(first.encode(), first.encode() + b"\\u0000", 1)),
+                    ("invalid UTF-8", raw.replace(q, q[:-1] + b'\xff"', 1)),
+                    ("lone surrogate", raw.replace(q, q[:-1] + b'\\ud800"', 1)),
+                    ("surrogate pair", raw.replace(q, q[:-1] + b'\\ud83d\\ude00"', 1)),
+                    ("NUL in name", raw.replace(q, q[:-1] + b'\\u0000"', 1)),
                     ("empty", b""), ("empty object", b"{}"),
-                    ("zero-size tensor", (text[:-1] + ',"z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}').encode()),
-                    ("-0 dim", (text[:-1] + ',"z":{"dtype":"F32","shape":[-0],"data_offsets":[0,0]}}').encode()),
-                    ("-0 offset", (text[:-1] + ',"z":{"dtype":"F32","shape":[0],"data_offsets":[-0,0]}}').encode())]:
+                    ("zero-size tensor", plus(z % ("[0]", "[0,0]"))), ("-0 dim", plus(z % ("[-0]", "[0,0]"))),
+                    ("-0 offset", plus(z % ("[0]", "[-0,0]"))), ("1e0 offset", plus(z % ("[0]", "[0,1e0]"))),
+                    ("duplicate tensor", plus(q.decode() + ":" + json.dumps(header[first])))]:
         yield STMutant("header text", name, _head(h))
-    dup = text[:-1] + "," + json.dumps(first) + ":" + json.dumps(header[first]) + "}"
-    yield STMutant("header text", "duplicate tensor", _head(dup.encode()))
+    for depth in (126, 127, 128, 129, 3000):   # an extra key in the first entry; the header counts 1
+        arrays = ("[" * (depth - 2) + "]" * (depth - 2)).encode()
+        yield STMutant("nesting", f"depth {depth}", _head(raw.replace(q + b":{", q + b':{"x":' + arrays + b",", 1)))
     md = {"__metadata__": {"format": "pt"}}
     yield STMutant("header text", "duplicate __metadata__",
                    _head(("{" + json.dumps(md)[1:-1] + "," + json.dumps(md)[1:-1] + "," + text[1:]).encode()))
@@ -184,9 +190,6 @@ def safetensors_mutants(header: dict[str, Any], raw: bytes, data_len: int) -> It
         ("not an object", "x"), ("list", ["a"]), ("nested", {"a": {"b": "c"}}), ("strings", {"a": "b", "c": "d"})]
     for name, md_value in metadata:
         yield edit("__metadata__", name, lambda h, v=md_value: h.__setitem__("__metadata__", v))
-    for depth in (126, 127, 128, 129, 3000):
-        yield edit("nesting", f"depth {depth}",
-                   lambda h, d=depth: h[first].__setitem__("x", json.loads("[" * d + "]" * d)))
     yield from _entry_mutants(header, first, last, edit)
     for name, cut, tail in [("1 byte short", data_len - 1, b""), ("half", data_len // 2, b""),
                             ("no data", 0, b""), ("1 trailing byte", None, b"\0"),
@@ -199,8 +202,12 @@ def _entry_mutants(header: dict[str, Any], first: str, last: str, edit: Any) -> 
     b0, e0 = header[first]["data_offsets"]
     bl, el = header[last]["data_offsets"]
     shape = header[first]["shape"]
-    for dt in ("F33", "f32", "", None, 5, ["F32"], "F8_E4M3", "BOOL", "U8", "F4", "C64", "F64"):
-        yield edit("dtype", repr(dt), lambda h, dt=dt: h[first].__setitem__("dtype", dt))
+    for dt in ("F33", "f32", "", None, 5, ["F32"], "F4", "C64"):
+        yield edit("dtype", f"{first} {dt!r}", lambda h, dt=dt: h[first].__setitem__("dtype", dt))
+    for name in (k for k in header if k != "__metadata__"):   # same-size swaps: well-formed, maybe a dtype we lack
+        was = header[name]["dtype"]
+        for dt in (d for d, b in DTYPE_BITS.items() if b == DTYPE_BITS[was] and d != was):
+            yield edit("dtype", f"{name} {dt!r}", lambda h, n=name, dt=dt: h[n].__setitem__("dtype", dt))
     for name, s in [("dim + 1", [shape[0] + 1, *shape[1:]]), ("dim - 1", [shape[0] - 1, *shape[1:]]),
                     ("negative", [-1, *shape[1:]]), ("float", [float(shape[0]), *shape[1:]]),
                     ("bool", [True, *shape[1:]]), ("string", [str(shape[0]), *shape[1:]]),

@@ -44,4 +44,6 @@ def brief(value: object) -> str:
     """`repr(value)` cut to about 64 characters per string and 8 items per container,
     without building the whole repr first: how error messages quote a value read from
     an untrusted file (a 100 MB string in a header must not become a 100 MB message)."""
+    if type(value) in (str, int, float, bool) and not (type(value) is str and len(value) > 64):
+        return repr(value)          # the common case, without reprlib's dispatch
     return _BRIEF.repr(value)

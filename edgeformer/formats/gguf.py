@@ -50,16 +50,16 @@ MAX_NAME_BYTES = 63             # ggml GGML_MAX_NAME (64, with the NUL): gguf.cp
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 16
 # Array elements of all metadata arrays together, in units: a number costs 1 (a 36-byte
-# Python object), a string 2 (~60 bytes, ~0.5 us to read), an array 64 (a list and a
-# Python call each: no real file nests arrays).
-# Gemma 3's 262k vocabulary (strings, float scores, int types) costs 1.05M units.
+# Python object, ~0.1 us), a string 4 (~60 bytes, ~0.5 us to read), an array 64 (a list
+# and a Python call each: no real file nests arrays). Gemma 3's 262k vocabulary (strings,
+# float scores, int types) costs 1.6M units, Llama 3's 128k tokens + 280k merges 1.8M.
 MAX_ARRAY_ITEMS = 1 << 22
 # Bytes of all strings together (keys, values, array elements). A Python str takes up to 4
 # bytes a character (one non-Latin-1 character makes a whole string UCS-4; each byte of
 # invalid UTF-8 becomes a surrogate), so this bounds the text to 128 MB of memory. Real
 # headers: ~0.6 MB (SmolLM2), ~4 MB (Gemma 3), a whole tokenizer.json embedded ~20 MB.
 MAX_STRING_BYTES = 32 << 20
-_ELEM_COST = {8: 2, 9: 64}      # GGUFValueType STRING, ARRAY; the rest 1
+ELEM_COST = {8: 4, 9: 64}      # GGUFValueType STRING, ARRAY; the rest 1
 
 class GGUFValueType(enum.IntEnum):
     """GGUF metadata value types (ggml `enum gguf_type`)."""
@@ -88,6 +88,8 @@ _FMT = {
 }
 _DTYPE = {t: np.dtype(f) for t, f in _FMT.items()}
 _ARRAY_HEAD = struct.Struct("<IQ")   # an array's element type and length
+# a tensor info after its name and n_dims: u64 ne[n_dims], u32 ggml type, u64 offset
+_TENSOR_TAIL = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1)}
 # array element type -> its least size in bytes (a string is a u64 length + bytes, an
 # array a u32 type + u64 count + elements)
 _MIN_ELEM_BYTES = {**{int(t): d.itemsize for t, d in _DTYPE.items()},
@@ -140,7 +142,7 @@ class _Cursor:
             raise self.fail(f"{what}: length {n} is over the {limit}-byte limit")
         self.need(n, what)  # checked before the bytes are touched: a 2**40 length fails here
         self.take_text(n, what)
-        s = self.buf[self.pos:self.pos + n].decode("utf-8", "surrogateescape")
+        s = str(memoryview(self.buf)[self.pos:self.pos + n], "utf-8", "surrogateescape")  # no copy
         self.pos += n
         return s
 
@@ -174,7 +176,7 @@ class _Cursor:
         if min_size is None:
             raise self.fail(f"{what}: unknown array element type {et}")
         self.need(n * min_size, f"{n} elements of {what}")  # strings >= 8 bytes, arrays >= 12
-        cost = n * _ELEM_COST.get(et, 1)
+        cost = n * ELEM_COST.get(et, 1)
         if cost > self.items_left:
             raise self.fail(f"{what}: {n} elements, over what is left of the {MAX_ARRAY_ITEMS} "
                             f"array element units a header may hold")
@@ -303,15 +305,16 @@ class GGUFFile:
         n_dims = c.scalar(GGUFValueType.UINT32, f"tensor {q} n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
             raise c.fail(f"tensor {q}: n_dims {n_dims} outside 1..{MAX_DIMS}")
-        ne = [c.scalar(GGUFValueType.UINT64, f"tensor {q} dims") for _ in range(n_dims)]
+        tail = _TENSOR_TAIL[n_dims]
+        c.need(tail.size, f"tensor {q} dims, type and offset")
+        *ne, type_id, rel = tail.unpack_from(c.buf, c.pos)
+        c.pos += tail.size
         if prod(ne) >= 2**63:  # gguf.cpp: the element count must fit an int64
             raise c.fail(f"tensor {q}: dims {ne} hold over 2^63 elements")
-        type_id = c.scalar(GGUFValueType.UINT32, f"tensor {q} type")
         try:
             qtype = QType.from_id(type_id)
         except UnsupportedError as e:
             raise UnsupportedError(f"{self.path}: tensor {q}: {e}") from None
-        rel = c.scalar(GGUFValueType.UINT64, f"tensor {q} offset")
         return name, tuple(reversed(ne)), qtype, rel  # ggml ne[0] is the contiguous dim
 
     def tensor(self, name: str) -> QTensor:

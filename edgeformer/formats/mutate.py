@@ -152,7 +152,7 @@ def safetensors_mutants(header: dict[str, Any], raw: bytes, data_len: int) -> It
     dtype, shape and offsets, and the data's length."""
     n = len(raw)
     names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
-    first, last = names[0], names[-1]
+    first = names[0]
 
     def edit(family: str, name: str, fn: Any) -> STMutant:
         h = json.loads(json.dumps(header))
@@ -190,21 +190,23 @@ def safetensors_mutants(header: dict[str, Any], raw: bytes, data_len: int) -> It
         ("not an object", "x"), ("list", ["a"]), ("nested", {"a": {"b": "c"}}), ("strings", {"a": "b", "c": "d"})]
     for name, md_value in metadata:
         yield edit("__metadata__", name, lambda h, v=md_value: h.__setitem__("__metadata__", v))
-    yield from _entry_mutants(header, first, last, edit)
+    yield from _entry_mutants(header, names, edit)
     for name, cut, tail in [("1 byte short", data_len - 1, b""), ("half", data_len // 2, b""),
                             ("no data", 0, b""), ("1 trailing byte", None, b"\0"),
                             ("8 trailing bytes", None, b"\0" * 8)]:
         yield STMutant("data length", name, _head(raw), cut, tail)
 
 
-def _entry_mutants(header: dict[str, Any], first: str, last: str, edit: Any) -> Iterator[STMutant]:
-    """Mutants of single tensor entries: dtype, shape, data_offsets, missing keys."""
+def _entry_mutants(header: dict[str, Any], names: list[str], edit: Any) -> Iterator[STMutant]:
+    """Mutants of single tensor entries (`names` in data order): dtype, shape,
+    data_offsets, missing keys."""
+    first, last = names[0], names[-1]
     b0, e0 = header[first]["data_offsets"]
     bl, el = header[last]["data_offsets"]
     shape = header[first]["shape"]
     for dt in ("F33", "f32", "", None, 5, ["F32"], "F4", "C64"):
         yield edit("dtype", f"{first} {dt!r}", lambda h, dt=dt: h[first].__setitem__("dtype", dt))
-    for name in (k for k in header if k != "__metadata__"):   # same-size swaps: well-formed, maybe a dtype we lack
+    for name in names[:4]:   # same-size swaps: well-formed, maybe a dtype edgeformer lacks
         was = header[name]["dtype"]
         for dt in (d for d, b in DTYPE_BITS.items() if b == DTYPE_BITS[was] and d != was):
             yield edit("dtype", f"{name} {dt!r}", lambda h, n=name, dt=dt: h[n].__setitem__("dtype", dt))

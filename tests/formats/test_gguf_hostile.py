@@ -5,21 +5,25 @@ length swallowing the file: 21-26 s, 6.3 GB, a 350 MB message; flipped tensor in
 19 s, 1.2 GB) are refused at once, naming the field."""
 from __future__ import annotations
 
+import importlib.util
 import random
+import shutil
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
 from edgeformer.config import DecoderConfig
 from edgeformer.errors import EdgeformerError, FormatError
 from edgeformer.formats import load_checkpoint
-from edgeformer.formats.gguf import MAX_ARRAY_ITEMS, MAX_STRING_BYTES, GGUFFile
+from edgeformer.formats.gguf import ELEM_COST, MAX_ARRAY_ITEMS, MAX_STRING_BYTES, GGUFFile
 from edgeformer.formats.mutate import gguf_fields, header_end, sample_fields, set_field
 from edgeformer.formats.synthetic import write_random_gguf
 from edgeformer.perf.memory import TINY_MODEL
 
 MAX_MESSAGE = 400       # what a refusal may say, past the file name
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "reader_budget.py"
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +100,21 @@ def _gguf(*kvs: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("case,words", [
-    ("strings", "over what is left of the"),           # 2^21 + 1 strings, each 2 units
+    ("strings", "over what is left of the"),
     ("numbers", "over what is left of the"),
     ("nested", "over what is left of the"),
     ("text", f"over what is left of the {MAX_STRING_BYTES} bytes"),
     ("key", "metadata key #0: length 65536 is over the 65535-byte limit"),
 ])
 def test_header_limits(tmp_path, case, words):
-    """Counts a file can hold but no model needs are refused before they are built."""
-    n = MAX_ARRAY_ITEMS // 2 + 1
+    """Counts a file can hold but no model needs are refused before they are built
+    (each case is one element over its limit)."""
+    def over(vt: int) -> int:
+        return MAX_ARRAY_ITEMS // ELEM_COST.get(vt, 1) + 1
     data = {
-        "strings": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 8, n) + b"\0" * 8 * n)),
-        "numbers": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 0, 2 * n) + b"\0" * 2 * n)),
-        "nested": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 9, n // 32 + 1) + struct.pack("<IQ", 0, 0) * (n // 32 + 1))),
+        "strings": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 8, over(8)) + b"\0" * 8 * over(8))),
+        "numbers": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 0, over(0)) + b"\0" * over(0))),
+        "nested": lambda: _gguf(_kv("a", 9, struct.pack("<IQ", 9, over(9)) + struct.pack("<IQ", 0, 0) * over(9))),
         "text": lambda: _gguf(*[_kv(f"k{i}", 8, struct.pack("<Q", 1 << 20) + b"x" * (1 << 20))
                                 for i in range((MAX_STRING_BYTES >> 20) + 1)]),
         "key": lambda: _gguf(_kv("k" * 65536, 4, b"\0" * 4)),
@@ -126,3 +132,37 @@ def test_tensor_name_over_ggml_limit(tmp_path):
     p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info + b"\0" * 64)
     with pytest.raises(FormatError, match="tensor info #0 name: length 64 is over the 63-byte limit"):
         GGUFFile(p)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("reader_budget", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("family,index,mutate,words", [
+    # the findings: 21-26 s, 6.3 GB and a 350 MB message; 11 s, 2.3 GB, 246 MB (bit 26)
+    ("key length", 0, "swallow", "metadata key #0: length"),
+    ("string length", 0, "swallow", "metadata 'general.architecture': "),
+    ("tensor name length", 0, 1 << 26, "tensor info #0 name: length"),
+    ("tensor name length", 100, 1 << 62, "name: length"),
+    ("array string length", 0, "swallow", "metadata 'general.languages'[0]: "),
+    ("tensor count", 0, 1 << 20, "tensor"),
+])
+def test_shipped_model_findings(shipped, tmp_path, family, index, mutate, words):
+    """On the shipped ~94 MiB SmolLM2, each refused within 2 s and 256 MB above the
+    interpreter (a forked child, as bench/reader_budget.py measures), naming the field."""
+    src = shipped.path("smollm2-135m-instruct")
+    p = tmp_path / "m.gguf"
+    shutil.copyfile(src, p)
+    with open(p, "r+b") as f:
+        fl = [x for x in gguf_fields(f.read(4 << 20)) if x.family == family][index]
+        f.seek(fl.offset)
+        old = int.from_bytes(f.read(fl.size), "little")
+        new = src.stat().st_size - fl.offset - fl.size if mutate == "swallow" else old ^ mutate
+        f.seek(fl.offset)
+        f.write(new.to_bytes(fl.size, "little"))
+    r = _bench().measure(p, timeout=20)
+    assert r["outcome"] == "refused" and words in r["message"], r
+    assert r["seconds"] < 2 and r["peak_mb"] < 256 and r["message_chars"] < MAX_MESSAGE, r

@@ -166,3 +166,19 @@ def test_shipped_model_findings(shipped, tmp_path, family, index, mutate, words)
     r = _bench().measure(p, timeout=20)
     assert r["outcome"] == "refused" and words in r["message"], r
     assert r["seconds"] < 2 and r["peak_mb"] < 256 and r["message_chars"] < MAX_MESSAGE, r
+
+
+@pytest.mark.parametrize("alignment,words", [(0, "power of two"), (48, "power of two"), (2**32 - 1, "power of two"),
+                                             (2**31, "runs past the end"), (1, None), (64, None)])
+def test_alignment_extremes(tmp_path, alignment, words):
+    info = struct.pack("<Q", 1) + b"w" + struct.pack("<IQIQ", 1, 8, 0, 0)    # one F32[8] tensor
+    head = _gguf(_kv("general.alignment", 4, struct.pack("<I", alignment))).replace(
+        struct.pack("<IQQ", 3, 0, 1), struct.pack("<IQQ", 3, 1, 1), 1) + info
+    p = tmp_path / "m.gguf"
+    pad = -len(head) % alignment if words is None else 0
+    p.write_bytes(head + b"\0" * pad + b"\1" * 32)
+    if words is None:
+        assert GGUFFile(p).tensor("w").nbytes == 32
+    else:
+        with pytest.raises(FormatError, match=words):
+            GGUFFile(p)

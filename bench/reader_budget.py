@@ -205,6 +205,22 @@ def install(d: Path, m: STMutant, data_len: int) -> None:
         f.write(m.tail)
 
 
+def crafted_safetensors() -> Iterator[tuple[str, bytes]]:
+    """Headers (no tensor data) at the safetensors reader's limits."""
+    from edgeformer.formats.safetensors import MAX_HEADER_BYTES, MAX_JSON_TOKENS, MAX_TENSORS
+    n = MAX_JSON_TOKENS - 64
+    extra = b'{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"x":[%s1]}}'
+    yield f"{n} floats in an extra key", extra % (b"1.5," * n)
+    yield f"{n} 2-byte strings in an extra key", extra % (b'"ab",' * n)
+    yield f"{n // 2} __metadata__ entries", b'{"__metadata__":{%s}}' % b",".join(b'"%06x":"ab"' % i for i in range(n // 2))
+    yield f"{MAX_TENSORS} zero-size tensors", b"{%s}" % b",".join(
+        b'"t%06d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(MAX_TENSORS))
+    yield f"{MAX_HEADER_BYTES}-byte UCS-4 string", (b'{"__metadata__":{"a":"%s"}}' % (
+        b"x" * (MAX_HEADER_BYTES - 50) + "\U0001F600".encode())).ljust(MAX_HEADER_BYTES)
+    yield f"{MAX_JSON_TOKENS + 1} separators", b'{"__metadata__":{"a":"%s"}}' % (b"," * (MAX_JSON_TOKENS + 1))
+    yield "depth 900", b'{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"x":%s}}' % (b"[" * 900 + b"]" * 900)
+
+
 def hf_json_cases() -> Iterator[tuple[str, str, str]]:
     """(file, name, text): hostile JSON files of the HF directory."""
     yield "config.json", "nested 10^5 deep", "[" * 100_000 + "]" * 100_000
@@ -256,6 +272,9 @@ def run_all(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     for m in safetensors_mutants(header, raw, data_len):
         install(d, m, data_len)
         record(f"hf safetensors {m.family}", m.name, d)
+    for name, head in crafted_safetensors():
+        install(d, STMutant("crafted", name, struct.pack("<Q", len(head)) + head, cut=0), data_len)
+        record("crafted safetensors", name, d)
     install(d, STMutant("hf valid", "unchanged", struct.pack("<Q", len(raw)) + raw), data_len)
     for file, name, text in hf_json_cases():
         keep = (d / file).read_bytes() if (d / file).exists() else None

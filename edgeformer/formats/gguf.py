@@ -8,8 +8,11 @@ Layout (ggml `docs/gguf.md`, `ggml/src/gguf.cpp`), all little-endian:
 A string is u64 length + UTF-8 bytes; an array is u32 element type + u64 count + elements.
 
 The reader maps the file and parses only the header; tensor bytes are memmap slices made
-on access. Every length is checked against the bytes left BEFORE anything is allocated,
-so a corrupt or hostile file gets a `FormatError`, never a huge allocation or a hang.
+on access. Every length and count is checked against the bytes left and the `MAX_*`
+limits BEFORE anything is allocated or looped over, so a corrupt or hostile file gets a
+`FormatError` naming the field (quoting at most 64 characters of a read string), never a
+huge allocation, a hang or a huge message. Tensor data must be laid out as gguf.cpp
+requires: contiguous in tensor-info order, each padded to the alignment.
 
 Metadata values come back as plain Python: int, float, bool, str, and arrays as Python
 lists (numeric arrays go through numpy `.tolist()`, so a 150k-entry vocabulary is one
@@ -42,24 +45,23 @@ MAX_DIMS = 4                    # ggml GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8           # arrays of arrays deeper than this are certainly corrupt
 MAX_KEY_BYTES = 65535           # ggml docs/gguf.md: a key is at most 2^16 - 1 bytes
 MAX_NAME_BYTES = 63             # ggml GGML_MAX_NAME (64, with the NUL): gguf.cpp refuses longer
-# Sane bounds far above real files (SmolLM2: 33 keys, 272 tensors; Gemma 3: 786k array
-# elements in its three 262k vocabulary arrays; an unmerged 256-expert MoE: ~45k tensors).
-# They cap the Python objects a header becomes (~60 bytes per element), so any header is
-# parsed in well under 2 s and 256 MB: counts the file could hold but no model needs
-# (12M empty strings fit in 100 MB) are refused, not built.
+# Sane bounds far above real files, so that any header is parsed in well under 2 s and
+# 256 MB: counts a file could hold but no model needs (12M empty strings fit in 100 MB)
+# are refused, not built. SmolLM2 has 33 keys and 272 tensors; an unmerged 256-expert
+# MoE ~45k tensors.
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 16
-# Array elements of all metadata arrays together, in units: a number costs 1 (a 36-byte
-# Python object, ~0.1 us), a string 4 (~60 bytes, ~0.5 us to read), an array 64 (a list
-# and a Python call each: no real file nests arrays). Gemma 3's 262k vocabulary (strings,
-# float scores, int types) costs 1.6M units, Llama 3's 128k tokens + 280k merges 1.8M.
+# Elements of all metadata arrays together, in units (`ELEM_COST`): a number costs 1 (a
+# 36-byte Python object, ~0.1 us), a string 4 (~60 bytes, ~0.5 us to read), an array 64 (a
+# list and a Python call each; no real file nests arrays). Gemma 3's 262k vocabulary
+# (strings, float scores, int types) costs 1.6M units, Llama 3's 128k tokens + 280k merges 1.8M.
 MAX_ARRAY_ITEMS = 1 << 22
 # Bytes of all strings together (keys, values, array elements). A Python str takes up to 4
 # bytes a character (one non-Latin-1 character makes a whole string UCS-4; each byte of
 # invalid UTF-8 becomes a surrogate), so this bounds the text to 128 MB of memory. Real
 # headers: ~0.6 MB (SmolLM2), ~4 MB (Gemma 3), a whole tokenizer.json embedded ~20 MB.
 MAX_STRING_BYTES = 32 << 20
-ELEM_COST = {8: 4, 9: 64}      # GGUFValueType STRING, ARRAY; the rest 1
+
 
 class GGUFValueType(enum.IntEnum):
     """GGUF metadata value types (ggml `enum gguf_type`)."""
@@ -94,6 +96,7 @@ _TENSOR_TAIL = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1)}
 # array a u32 type + u64 count + elements)
 _MIN_ELEM_BYTES = {**{int(t): d.itemsize for t, d in _DTYPE.items()},
                    GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
+ELEM_COST = {GGUFValueType.STRING: 4, GGUFValueType.ARRAY: 64}   # units of MAX_ARRAY_ITEMS; others 1
 _DTYPE_TO_VTYPE: dict[np.dtype, GGUFValueType] = {d: t for t, d in _DTYPE.items() if t != GGUFValueType.BOOL}
 _DTYPE_TO_VTYPE[np.dtype("bool")] = GGUFValueType.BOOL
 
@@ -112,8 +115,9 @@ class TensorInfo:
 
 class _Cursor:
     """Bounds-checked little-endian reads over the mapped file. Every length and count is
-    checked against the bytes left (and `items_left` for array elements) before anything
-    is built; error texts quote read strings through `brief`."""
+    checked against the bytes left, and against what is left of the header's array units
+    (`items_left`) and string bytes (`text_left`), before anything is built; error texts
+    quote read strings through `brief`."""
 
     def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)

@@ -11,8 +11,8 @@ object, `__metadata__` null or string -> string, each entry a known dtype, a sha
 unsigned ints and two unsigned offsets; sorted by offsets, the entries tile the data
 contiguously from 0, each holding exactly shape x dtype bytes, and the data ends at the
 end of the file. Stricter than the official library: duplicate JSON keys (it keeps the
-last one; another reader may keep the first), headers over `MAX_HEADER_BYTES` and more
-than `MAX_TENSORS` entries are refused. A well-formed file with a dtype edgeformer cannot
+last one; another reader may keep the first), and headers over the `MAX_*` limits
+(bytes, tensors, JSON separators) are refused. A well-formed file with a dtype edgeformer cannot
 use (F8, BOOL, U8...) is an UnsupportedError; every malformed one is a FormatError.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import math
 import mmap
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,16 @@ import numpy as np
 from edgeformer.errors import FormatError, UnsupportedError, brief
 from edgeformer.quant.qtypes import QTensor, QType
 
-# The official limit is 100_000_000 bytes; ours is lower so that any header parses in
-# well under 2 s and 256 MB (JSON of small values becomes ~10x its size in Python
-# objects). Real headers are far smaller: ~100 bytes per tensor, 1.3 MB for 12k tensors.
-MAX_HEADER_BYTES = 16 << 20
-MAX_TENSORS = 1 << 17
+# Limits under the official ones, so that any header parses in well under 2 s and 256 MB
+# (JSON of small values becomes ~10x its size in Python objects, a string up to 4x). Real
+# headers are far smaller: ~100 bytes and ~12 separators/brackets a tensor, a few hundred
+# to a few thousand tensors a file (a 45k-tensor MoE is sharded).
+MAX_HEADER_BYTES = 16 << 20      # official: 100_000_000
+MAX_TENSORS = 1 << 16
+MAX_JSON_TOKENS = 1 << 20        # ',' ':' '[' '{' in the header, strings included
 MAX_DEPTH = 127                  # serde_json's recursion limit (128) refuses the 128th container
 U64 = 2**64
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 
 # safetensors dtype -> (numpy dtype of the raw elements, QType it maps to without conversion)
 DTYPES: dict[str, tuple[np.dtype, QType]] = {
@@ -115,17 +119,19 @@ class SafetensorsFile:
 
     def _entry(self, name: str, e: object) -> tuple[str, tuple[int, ...], tuple[int, int]]:
         """(dtype, shape, offsets) of one header entry, types checked as serde does."""
-        bad = lambda what: FormatError(self.path, f"tensor {brief(name)}: {what}")  # noqa: E731
-        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
-            raise bad("header entry needs dtype, shape and data_offsets")
+        if not isinstance(e, dict) or not _ENTRY_KEYS <= e.keys():
+            raise self._bad(name, "header entry needs dtype, shape and data_offsets")
         dtype, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-            raise bad(f"unknown safetensors dtype {brief(dtype)}")
-        if not (isinstance(shape, list) and all(_is_u64(d) for d in shape)):
-            raise bad(f"shape must be a list of unsigned 64-bit ints, got {brief(shape)}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_u64(o) for o in offs)):
-            raise bad(f"data_offsets must be two unsigned 64-bit ints, got {brief(offs)}")
+            raise self._bad(name, f"unknown safetensors dtype {brief(dtype)}")
+        if not (type(shape) is list and all(type(d) is int and 0 <= d < U64 for d in shape)):
+            raise self._bad(name, f"shape must be a list of unsigned 64-bit ints, got {brief(shape)}")
+        if not (type(offs) is list and len(offs) == 2 and all(type(o) is int and 0 <= o < U64 for o in offs)):
+            raise self._bad(name, f"data_offsets must be two unsigned 64-bit ints, got {brief(offs)}")
         return dtype, tuple(shape), (offs[0], offs[1])
+
+    def _bad(self, name: str, what: str) -> FormatError:
+        return FormatError(self.path, f"tensor {brief(name)}: {what}")
 
     def _check_layout(self, entries: dict[str, tuple[str, tuple[int, ...], tuple[int, int]]]) -> None:
         """The official `Metadata::validate` rules: sorted by offsets, entries tile the data
@@ -167,33 +173,31 @@ class SafetensorsFile:
         return QTensor(self._bytes[t.start:t.end], t.qtype, t.shape)
 
 
-def _is_u64(v: object) -> bool:
-    return type(v) is int and 0 <= v < U64
-
-
 class _Refused(Exception):
     """A JSON construct serde_json (or our limits) refuse, raised from a json hook."""
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")    # the only way a surrogate gets into a str
+_NEGATIVE_ZERO = re.compile(rb"-0(?![0-9.eE])")          # Python reads -0 as the int 0, serde as -0.0
+
+
 def _parse_json(raw: bytes, path: Path) -> dict[str, Any]:
     """The header as a dict, parsed with serde_json's rules where Python's `json` is looser:
-    strict UTF-8, no NaN/Infinity, no float out of range, no lone surrogate, no negative
-    zero or other negative literal where an unsigned int is read (they become floats, which
-    the entry checks refuse), nesting at most MAX_DEPTH; and no duplicate key, at most
-    2 x MAX_TENSORS objects (checked while parsing, before a huge header is built)."""
+    strict UTF-8, no NaN/Infinity, no number out of f64 range, no lone surrogate, no `-0`
+    read as an unsigned int, nesting at most MAX_DEPTH; and, stricter, no duplicate key and
+    at most MAX_JSON_TOKENS separators and brackets (counted before parsing: they bound
+    the Python objects the header becomes). The json hooks are only what serde's rules
+    need on every input (a hook per value would make a 16 MiB header take seconds)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FormatError(path, f"corrupt safetensors header: not UTF-8 (byte {e.start})") from None
-    if raw.count(b"[") + raw.count(b"{") > 4 * MAX_TENSORS + 1024:   # brackets in strings count too
-        raise FormatError(path, f"corrupt safetensors header: over {4 * MAX_TENSORS} JSON containers")
-    objects = 0
+    tokens = sum(raw.count(c) for c in (b",", b":", b"[", b"{"))    # in strings too: an upper bound
+    if tokens > MAX_JSON_TOKENS:
+        raise FormatError(path, f"corrupt safetensors header: {tokens} JSON separators and brackets, "
+                                f"over the limit {MAX_JSON_TOKENS}")
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal objects
-        objects += 1
-        if objects > 2 * MAX_TENSORS:
-            raise _Refused(f"over {2 * MAX_TENSORS} JSON objects")
         out = dict(items)
         if len(out) != len(items):
             seen: set[str] = set()
@@ -206,43 +210,47 @@ def _parse_json(raw: bytes, path: Path) -> dict[str, Any]:
     def constant(name: str) -> Any:
         raise _Refused(f"{name} is not JSON")
 
-    def number(s: str) -> float:
-        v = float(s)
-        if not math.isfinite(v):
-            raise _Refused(f"number {brief(s)} out of range")
-        return v
-
+    hooks: dict[str, Any] = {"object_pairs_hook": pairs, "parse_constant": constant}
+    if _NEGATIVE_ZERO.search(raw):
+        hooks["parse_int"] = lambda s: float(s) if s[0] == "-" else int(s)
     try:
-        header = json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number,
-                            parse_int=lambda s: number(s) if s[0] == "-" or len(s) > 20 else int(s))
+        header = json.loads(text, **hooks)
     except json.JSONDecodeError as e:
         raise FormatError(path, f"corrupt safetensors header: not JSON ({e.msg} at byte {e.pos})") from None
     except _Refused as e:
         raise FormatError(path, f"corrupt safetensors header: {e}") from None
     except RecursionError:
         raise FormatError(path, f"corrupt safetensors header: nested deeper than {MAX_DEPTH}") from None
+    except ValueError:   # an int of over 4300 digits (Python's limit); serde: out of f64 range
+        raise FormatError(path, "corrupt safetensors header: number out of range") from None
     if not isinstance(header, dict):
         raise FormatError(path, "corrupt safetensors header: not a JSON object")
-    _check_strings_and_depth(header, path)
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_values(header, 1, path)
+    else:   # only unknown keys of an entry can nest or hold numbers serde refuses
+        for name, entry in header.items():
+            if isinstance(entry, dict) and len(entry) > 3 and name != "__metadata__":
+                _check_values(entry, 2, path)
     return header
 
 
-def _check_strings_and_depth(header: dict[str, Any], path: Path) -> None:
-    """serde_json refuses a lone surrogate escape (`"\\ud800"`) and nesting deeper than
-    MAX_DEPTH; Python's json accepts both. One walk over the parsed header checks them."""
-    stack: list[tuple[Any, int]] = [(header, 1)]
+def _check_values(top: dict[str, Any] | list[Any], depth: int, path: Path) -> None:
+    """What serde_json refuses and Python's json accepts, under `top` (at nesting `depth`):
+    a lone surrogate escape, a container nested deeper than MAX_DEPTH, a number out of
+    f64 range (an inf float, an int of over 1024 bits)."""
+    stack: list[tuple[Any, int]] = [(top, depth)]
     while stack:
         v, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise FormatError(path, f"corrupt safetensors header: nested deeper than {MAX_DEPTH}")
-        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
-        for k, x in items:
-            for s in (k, x):
-                if isinstance(s, str) and not s.isascii():
-                    try:
-                        s.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise FormatError(path, "corrupt safetensors header: lone surrogate escape "
-                                                f"in {brief(s)}") from None
+        for x in (*v.keys(), *v.values()) if isinstance(v, dict) else v:
             if isinstance(x, (dict, list)):
                 stack.append((x, depth + 1))
+            elif isinstance(x, str) and not x.isascii():
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise FormatError(path, f"corrupt safetensors header: lone surrogate escape in "
+                                            f"{brief(x)}") from None
+            elif (isinstance(x, float) and not math.isfinite(x)) or (type(x) is int and x.bit_length() > 1024):
+                raise FormatError(path, f"corrupt safetensors header: number {brief(x)} out of range")

@@ -47,10 +47,10 @@ MAX_KEY_BYTES = 65535           # ggml docs/gguf.md: a key is at most 2^16 - 1 b
 MAX_NAME_BYTES = 63             # ggml GGML_MAX_NAME (64, with the NUL): gguf.cpp refuses longer
 # Sane bounds far above real files, so that any header is parsed in well under 2 s and
 # 256 MB: counts a file could hold but no model needs (12M empty strings fit in 100 MB)
-# are refused, not built. SmolLM2 has 33 keys and 272 tensors; an unmerged 256-expert
-# MoE ~45k tensors.
+# are refused, not built. SmolLM2 has 33 keys and 272 tensors, DeepSeek V3 (experts
+# merged, as llama.cpp writes them) ~1k.
 MAX_KV = 1 << 16
-MAX_TENSORS = 1 << 16
+MAX_TENSORS = 1 << 15
 # Elements of all metadata arrays together, in units (`ELEM_COST`): a number costs 1 (a
 # 36-byte Python object, ~0.1 us), a string 4 (~60 bytes, ~0.5 us to read), an array 64 (a
 # list and a Python call each; no real file nests arrays). Gemma 3's 262k vocabulary

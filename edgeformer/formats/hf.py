@@ -18,27 +18,34 @@ import numpy as np
 from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError, FormatError, UnsupportedError, brief
 from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
-from edgeformer.formats.safetensors import SafetensorsFile
+from edgeformer.formats.safetensors import SafetensorsFile, json_tokens
 from edgeformer.formats.tensor_map import hf_to_gguf_name, transform_hf_tensor
 from edgeformer.quant.qtypes import QTensor, QType
 
 
-# config.json, the shard index, tokenizer_config.json: real ones are under 2 MB (a 100k-tensor
-# index ~6 MB); parsed JSON takes up to ~10x its size in Python objects
+# config.json, the shard index, tokenizer_config.json: real ones are far smaller (DeepSeek
+# V3's index of 91k tensors: ~9 MB, 183k separators); a JSON value is a Python object of
+# ~30-100 bytes, so the separators and brackets bound the memory a file parses into
 MAX_JSON_BYTES = 16 << 20
+MAX_JSON_TOKENS = 1 << 20
 
 
 def read_json(path: Path) -> Any:
     """Parsed JSON file; FormatError naming the file if it is unreadable, over
-    MAX_JSON_BYTES, invalid or nested too deep for the parser."""
+    MAX_JSON_BYTES or MAX_JSON_TOKENS (`safetensors.json_tokens`), invalid or nested too
+    deep for the parser."""
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise FormatError(path, f"{size} bytes, over the {MAX_JSON_BYTES} a JSON file here may have")
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        if json_tokens(raw) > MAX_JSON_TOKENS:
+            raise FormatError(path, f"{json_tokens(raw)} JSON separators and brackets, over the limit "
+                                    f"{MAX_JSON_TOKENS}")
+        return json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise FormatError(path, f"cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:   # not UTF-8, not JSON, an int of over 4300 digits
         raise FormatError(path, f"invalid JSON: {brief(str(e))}") from None
     except RecursionError:
         raise FormatError(path, "invalid JSON: nested too deep") from None

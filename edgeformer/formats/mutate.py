@@ -184,11 +184,12 @@ def safetensors_mutants(header: dict[str, Any], raw: bytes, data_len: int) -> It
 
     for depth in (126, 127, 128, 129, 3000):   # the header object counts 1
         yield STMutant("nesting", f"depth {depth}", extra(("[" * (depth - 2) + "]" * (depth - 2)).encode()))
-    for name, v in [("-0", b"-0"), ("-1", b"-1"), ("1e308", b"1e308"), ("1e999", b"1e999"), ("-1e999", b"-1e999"),
-                    ("2^64", b"18446744073709551616"), ("308 digits", b"9" * 308), ("310 digits", b"9" * 310),
-                    ("5000 digits", b"9" * 5000), ("lone surrogate", b'"\\udc00"'), ("NaN", b"NaN"),
-                    ("object", b'{"a":[1,{"b":null}]}'), ("duplicate keys", b'{"a":1,"a":2}')]:
-        yield STMutant("extra key", name, extra(v))
+    for name, literal in [
+            ("-0", b"-0"), ("-1", b"-1"), ("1e308", b"1e308"), ("1e999", b"1e999"), ("-1e999", b"-1e999"),
+            ("2^64", b"18446744073709551616"), ("308 digits", b"9" * 308), ("310 digits", b"9" * 310),
+            ("5000 digits", b"9" * 5000), ("lone surrogate", b'"\\udc00"'), ("NaN", b"NaN"),
+            ("object", b'{"a":[1,{"b":null}]}'), ("duplicate keys", b'{"a":1,"a":2}')]:
+        yield STMutant("extra key", name, extra(literal))
     md = {"__metadata__": {"format": "pt"}}
     yield STMutant("header text", "duplicate __metadata__",
                    _head(("{" + json.dumps(md)[1:-1] + "," + json.dumps(md)[1:-1] + "," + text[1:]).encode()))

@@ -18,16 +18,16 @@ import numpy as np
 from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError, FormatError, UnsupportedError, brief
 from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
-from edgeformer.formats.safetensors import SafetensorsFile, json_tokens
+from edgeformer.formats.safetensors import MAX_JSON_TOKENS, SafetensorsFile, json_tokens
 from edgeformer.formats.tensor_map import hf_to_gguf_name, transform_hf_tensor
 from edgeformer.quant.qtypes import QTensor, QType
 
 
 # config.json, the shard index, tokenizer_config.json: real ones are far smaller (DeepSeek
 # V3's index of 91k tensors: ~9 MB, 183k separators); a JSON value is a Python object of
-# ~30-100 bytes, so the separators and brackets bound the memory a file parses into
+# ~30-100 bytes, so the separators and brackets (MAX_JSON_TOKENS, as for a safetensors
+# header) bound the memory and time a file parses into
 MAX_JSON_BYTES = 16 << 20
-MAX_JSON_TOKENS = 1 << 20
 
 
 def read_json(path: Path) -> Any:

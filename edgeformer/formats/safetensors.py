@@ -37,7 +37,7 @@ from edgeformer.quant.qtypes import QTensor, QType
 # to a few thousand tensors a file (a 90k-tensor MoE comes in 163 shards).
 MAX_HEADER_BYTES = 16 << 20      # official: 100_000_000
 MAX_TENSORS = 1 << 15
-MAX_JSON_TOKENS = 1 << 20        # ',' ':' '[' '{' in the header (`json_tokens`)
+MAX_JSON_TOKENS = 1 << 19        # ',' ':' '[' '{' in the header (`json_tokens`)
 MAX_DEPTH = 127                  # serde_json's recursion limit (128) refuses the 128th container
 U64 = 2**64
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgeformer.errors import ConfigError, UnsupportedError
+from edgeformer.errors import ConfigError, UnsupportedError, brief
 
 # transformers' modeling_rope_utils.ROPE_INIT_FUNCTIONS keys we implement (+ "default").
 ROPE_KINDS = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
@@ -44,7 +44,7 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         if self.kind not in ROPE_KINDS:
-            raise UnsupportedError(f"unsupported rope scaling type {self.kind!r}; supported: {', '.join(ROPE_KINDS)}")
+            raise UnsupportedError(f"unsupported rope scaling type {brief(self.kind)}; supported: {', '.join(ROPE_KINDS)}")
         if self.kind in ("linear", "dynamic", "yarn", "llama3") and not self.factor:
             raise ConfigError(f"rope scaling {self.kind!r} needs a factor")
         if self.kind == "llama3" and (self.low_freq_factor is None or self.high_freq_factor is None
@@ -103,16 +103,16 @@ class DecoderConfig:
             if v is None and name not in ("norm_eps", "rope_theta", "partial_rotary_factor"):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"{self.arch}: {name} must be a finite number > 0, got {v!r}")
+                raise ConfigError(f"{self.arch}: {name} must be a finite number > 0, got {brief(v)}")
         if self.norm_eps >= 1 or self.partial_rotary_factor > 1:
             raise ConfigError(f"{self.arch}: norm_eps {self.norm_eps} must be < 1 and partial_rotary_factor "
                               f"{self.partial_rotary_factor} at most 1")
         if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
-            raise ConfigError(f"{self.arch}: sliding_window must be a positive int or None, got {self.sliding_window!r}")
+            raise ConfigError(f"{self.arch}: sliding_window must be a positive int or None, got {brief(self.sliding_window)}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"{self.arch}: n_heads={self.n_heads} not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.activation not in ("silu", "gelu", "gelu_tanh"):
-            raise UnsupportedError(f"{self.arch}: unsupported activation {self.activation!r}")
+            raise UnsupportedError(f"{self.arch}: unsupported activation {brief(self.activation)}")
         if self.layer_types and len(self.layer_types) != self.n_layers:
             raise ConfigError(f"{self.arch}: layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
         if any(t not in ("full", "sliding") for t in self.layer_types):
@@ -141,7 +141,7 @@ class DecoderConfig:
         try:
             return _from_hf(cls, cfg)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:   # e.g. "hidden_size": "big"
-            raise ConfigError(f"HF config ({cfg.get('model_type')!r}) has a bad value: {e}") from None
+            raise ConfigError(f"HF config ({brief(cfg.get('model_type'))}) has a bad value: {brief(str(e))}") from None
 
     @classmethod
     def from_gguf(cls, md: dict[str, Any], tensor_names: Iterable[str] | None = None) -> "DecoderConfig":
@@ -155,7 +155,7 @@ class DecoderConfig:
         try:
             c = _from_gguf(cls, md)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:   # e.g. a string block_count
-            raise ConfigError(f"GGUF metadata has a bad value: {e}") from None
+            raise ConfigError(f"GGUF metadata has a bad value: {brief(str(e))}") from None
         tied = (GGUF_ARCHS[c.arch].always_tied if tensor_names is None
                 else "output.weight" not in set(tensor_names))
         return replace(c, tie_embeddings=tied)
@@ -247,7 +247,7 @@ GGUF_ARCHS: dict[str, Family] = {f.arch: FAMILIES[f.arch] for f in FAMILIES.valu
 def gguf_family(arch: Any) -> Family:
     """The family of a GGUF architecture; UnsupportedError names the supported ones."""
     if not isinstance(arch, str) or arch not in GGUF_ARCHS:
-        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+        raise UnsupportedError(f"unsupported GGUF architecture {brief(arch)}; supported: {', '.join(GGUF_ARCHS)}")
     return GGUF_ARCHS[arch]
 
 
@@ -298,7 +298,7 @@ def _hf_rope_scaling(d: dict[str, Any], cfg: dict[str, Any], fam: Family, mt: st
     if kind == "default":
         return None
     if kind not in ROPE_KINDS:
-        raise UnsupportedError(f"{mt}: unsupported rope scaling type {kind!r}; supported: {', '.join(ROPE_KINDS)}")
+        raise UnsupportedError(f"{mt}: unsupported rope scaling type {brief(kind)}; supported: {', '.join(ROPE_KINDS)}")
     max_pos = cfg.get("max_position_embeddings")
     orig = None
     if kind in ("llama3", "yarn", "longrope"):
@@ -335,7 +335,7 @@ def _hf_layer_types(cfg: dict[str, Any], fam: Family, mt: str, n_layers: int) ->
         try:
             types = tuple(_LAYER_TYPES[t] for t in lt)
         except KeyError as e:
-            raise UnsupportedError(f"{mt}: unsupported layer type {e.args[0]!r}; "
+            raise UnsupportedError(f"{mt}: unsupported layer type {brief(e.args[0])}; "
                                    f"supported: {', '.join(_LAYER_TYPES)}") from None
     elif fam.hf_window == "use_sliding_window":
         mwl = cfg.get("max_window_layers", 28)
@@ -355,14 +355,14 @@ def _hf_activation(cfg: dict[str, Any], fam: Family, mt: str) -> str:
     if fam.hf_gelu_is_tanh and act == "gelu":
         act = "gelu_pytorch_tanh"
     if act not in _HF_ACTIVATIONS:
-        raise UnsupportedError(f"{mt}: unsupported activation {act!r}; supported: {', '.join(_HF_ACTIVATIONS)}")
+        raise UnsupportedError(f"{mt}: unsupported activation {brief(act)}; supported: {', '.join(_HF_ACTIVATIONS)}")
     return _HF_ACTIVATIONS[act]
 
 
 def _from_hf(cls: type[DecoderConfig], cfg: dict[str, Any]) -> DecoderConfig:
     mt = cfg.get("model_type")
     if not isinstance(mt, str) or mt not in HF_MODEL_TYPES:
-        raise UnsupportedError(f"unsupported HF model_type {mt!r}; supported: {', '.join(HF_MODEL_TYPES)}")
+        raise UnsupportedError(f"unsupported HF model_type {brief(mt)}; supported: {', '.join(HF_MODEL_TYPES)}")
     fam = HF_MODEL_TYPES[mt]
     top = cfg
     if mt == fam.hf_multimodal_type and isinstance(cfg.get("text_config"), dict):
@@ -418,7 +418,7 @@ LIMITS = {"vocab_size": 1 << 22, "dim": 1 << 16, "n_layers": 1024, "n_heads": 10
 def bounded(arch: str, name: str, v: Any) -> int:
     """`v` if it is an int in [1, LIMITS[name]], else ConfigError naming the field."""
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= LIMITS[name]:
-        raise ConfigError(f"{arch}: {name} must be an int in [1, {LIMITS[name]}], got {v!r}")
+        raise ConfigError(f"{arch}: {name} must be an int in [1, {LIMITS[name]}], got {brief(v)}")
     return v
 
 
@@ -428,7 +428,7 @@ def _gguf_scalar(md: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
         raise ConfigError(f"GGUF metadata lacks {key!r}")
     if isinstance(v, (list, tuple)):
         if len(set(v)) != 1:
-            raise UnsupportedError(f"per-layer values for {key!r} are not supported: {list(v)[:8]}...")
+            raise UnsupportedError(f"per-layer values for {key!r} are not supported: {brief(list(v))}")
         v = v[0]
     return v
 
@@ -453,7 +453,7 @@ def _gguf_rope_scaling(fam: Family, md: dict[str, Any], ctx: int) -> RopeScaling
         orig = int(orig or ctx)
         return RopeScaling(kind="longrope", factor=ctx / orig, original_max_position_embeddings=orig,
                            attention_factor=md.get(k + "attn_factor"))
-    raise UnsupportedError(f"{arch}: unsupported GGUF rope scaling type {kind!r}; supported: none, linear, yarn, longrope")
+    raise UnsupportedError(f"{arch}: unsupported GGUF rope scaling type {brief(kind)}; supported: none, linear, yarn, longrope")
 
 
 def _gguf_layer_types(md: dict[str, Any], fam: Family, n_layers: int) -> tuple[tuple[str, ...], int | None]:
@@ -563,7 +563,7 @@ def _gguf_rope_keys(c: DecoderConfig) -> dict[str, Any]:
         assert orig is not None   # RopeScaling requires it for longrope
         return {k + "type": "longrope", k + "original_context_length": int(orig),
                 k + "attn_factor": float(longrope_attention_factor(s))}
-    raise UnsupportedError(f"{c.arch}: rope scaling {s.kind!r} has no GGUF form (llama.cpp has no dynamic NTK)")
+    raise UnsupportedError(f"{c.arch}: rope scaling {brief(s.kind)} has no GGUF form (llama.cpp has no dynamic NTK)")
 
 
 def longrope_attention_factor(s: RopeScaling) -> float:

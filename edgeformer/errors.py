@@ -2,6 +2,8 @@
 names the file (or request) and what is wrong."""
 from __future__ import annotations
 
+import reprlib
+
 
 class EdgeformerError(Exception):
     """Base class of every error edgeformer raises on purpose."""
@@ -31,3 +33,17 @@ class InputError(EdgeformerError):
 
 class CapacityError(EdgeformerError):
     """The KV-cache memory budget cannot hold what is asked (now, or ever)."""
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 64
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 8
+
+
+def brief(value: object) -> str:
+    """`repr(value)` cut to about 64 characters per string and 8 items per container,
+    without building the whole repr first: how error messages quote a value read from
+    an untrusted file (a 100 MB string in a header must not become a 100 MB message)."""
+    if type(value) in (str, int, float, bool) and not (type(value) is str and len(value) > 64):
+        return repr(value)          # the common case, without reprlib's dispatch
+    return _BRIEF.repr(value)

@@ -53,12 +53,13 @@ def summarize(path: str | Path) -> ModelSummary:
 
 
 def _summarize_hf(d: Path) -> ModelSummary:
-    from edgeformer.formats.hf import open_shards, read_json
+    from edgeformer.formats.hf import open_shards, read_json_object
 
     if not (d / "config.json").is_file():
         raise FormatError(d, "not an HF model directory: no config.json")
-    cfg = read_json(d / "config.json")
-    text = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    cfg = read_json_object(d / "config.json")
+    text = cfg.get("text_config", cfg)
+    text = text if isinstance(text, dict) else {}
     shards = open_shards(d)
     hist: Counter = Counter()
     size: Counter = Counter()

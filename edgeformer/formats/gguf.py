@@ -8,8 +8,11 @@ Layout (ggml `docs/gguf.md`, `ggml/src/gguf.cpp`), all little-endian:
 A string is u64 length + UTF-8 bytes; an array is u32 element type + u64 count + elements.
 
 The reader maps the file and parses only the header; tensor bytes are memmap slices made
-on access. Every length is checked against the bytes left BEFORE anything is allocated,
-so a corrupt or hostile file gets a `FormatError`, never a huge allocation or a hang.
+on access. Every length and count is checked against the bytes left and the `MAX_*`
+limits BEFORE anything is allocated or looped over, so a corrupt or hostile file gets a
+`FormatError` naming the field (quoting at most 64 characters of a read string), never a
+huge allocation, a hang or a huge message. Tensor data must be laid out as gguf.cpp
+requires: contiguous in tensor-info order, each padded to the alignment.
 
 Metadata values come back as plain Python: int, float, bool, str, and arrays as Python
 lists (numeric arrays go through numpy `.tolist()`, so a 150k-entry vocabulary is one
@@ -25,13 +28,14 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from edgeformer.config import DecoderConfig
-from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError
+from edgeformer.errors import ConfigError, FormatError, InputError, UnsupportedError, brief
 from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
 from edgeformer.quant.qtypes import QTensor, QType, nbytes
 
@@ -39,6 +43,24 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32          # ggml GGUF_DEFAULT_ALIGNMENT
 MAX_DIMS = 4                    # ggml GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8           # arrays of arrays deeper than this are certainly corrupt
+MAX_KEY_BYTES = 65535           # ggml docs/gguf.md: a key is at most 2^16 - 1 bytes
+MAX_NAME_BYTES = 63             # ggml GGML_MAX_NAME (64, with the NUL): gguf.cpp refuses longer
+# Sane bounds far above real files, so that any header is parsed in well under 2 s and
+# 256 MB: counts a file could hold but no model needs (12M empty strings fit in 100 MB)
+# are refused, not built. SmolLM2 has 33 keys and 272 tensors, DeepSeek V3 (experts
+# merged, as llama.cpp writes them) ~1k.
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 15
+# Elements of all metadata arrays together, in units (`ELEM_COST`): a number costs 1 (a
+# 36-byte Python object, ~0.1 us), a string 4 (~60 bytes, ~0.5 us to read), an array 64 (a
+# list and a Python call each; no real file nests arrays). Gemma 3's 262k vocabulary
+# (strings, float scores, int types) costs 1.6M units, Llama 3's 128k tokens + 280k merges 1.8M.
+MAX_ARRAY_ITEMS = 1 << 22
+# Bytes of all strings together (keys, values, array elements). A Python str takes up to 4
+# bytes a character (one non-Latin-1 character makes a whole string UCS-4; each byte of
+# invalid UTF-8 becomes a surrogate), so this bounds the text to 128 MB of memory. Real
+# headers: ~0.6 MB (SmolLM2), ~4 MB (Gemma 3), a whole tokenizer.json embedded ~20 MB.
+MAX_STRING_BYTES = 32 << 20
 
 
 class GGUFValueType(enum.IntEnum):
@@ -67,6 +89,14 @@ _FMT = {
     GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
 _DTYPE = {t: np.dtype(f) for t, f in _FMT.items()}
+_ARRAY_HEAD = struct.Struct("<IQ")   # an array's element type and length
+# a tensor info after its name and n_dims: u64 ne[n_dims], u32 ggml type, u64 offset
+_TENSOR_TAIL = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1)}
+# array element type -> its least size in bytes (a string is a u64 length + bytes, an
+# array a u32 type + u64 count + elements)
+_MIN_ELEM_BYTES = {**{int(t): d.itemsize for t, d in _DTYPE.items()},
+                   GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
+ELEM_COST = {GGUFValueType.STRING: 4, GGUFValueType.ARRAY: 64}   # units of MAX_ARRAY_ITEMS; others 1
 _DTYPE_TO_VTYPE: dict[np.dtype, GGUFValueType] = {d: t for t, d in _DTYPE.items() if t != GGUFValueType.BOOL}
 _DTYPE_TO_VTYPE[np.dtype("bool")] = GGUFValueType.BOOL
 
@@ -84,10 +114,15 @@ class TensorInfo:
 
 
 class _Cursor:
-    """Bounds-checked little-endian reads over the mapped file."""
+    """Bounds-checked little-endian reads over the mapped file. Every length and count is
+    checked against the bytes left, and against what is left of the header's array units
+    (`items_left`) and string bytes (`text_left`), before anything is built; error texts
+    quote read strings through `brief`."""
 
-    def __init__(self, buf: memoryview, path: Path) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
+        self.items_left = MAX_ARRAY_ITEMS
+        self.text_left = MAX_STRING_BYTES
 
     def fail(self, what: str) -> FormatError:
         return FormatError(self.path, what)
@@ -105,12 +140,21 @@ class _Cursor:
         self.pos += n
         return v
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int | None = None) -> str:
         n = self.scalar(GGUFValueType.UINT64, f"length of {what}")
+        if limit is not None and n > limit:
+            raise self.fail(f"{what}: length {n} is over the {limit}-byte limit")
         self.need(n, what)  # checked before the bytes are touched: a 2**40 length fails here
-        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="surrogateescape")
+        self.take_text(n, what)
+        s = str(memoryview(self.buf)[self.pos:self.pos + n], "utf-8", "surrogateescape")  # no copy
         self.pos += n
         return s
+
+    def take_text(self, n: int, what: str) -> None:
+        if n > self.text_left:
+            raise self.fail(f"{what}: {n} bytes of text, over what is left of the "
+                            f"{MAX_STRING_BYTES} bytes of strings a header may hold")
+        self.text_left -= n
 
     def value(self, vt: int, what: str, depth: int = 0) -> Any:
         if vt == GGUFValueType.STRING:
@@ -126,22 +170,47 @@ class _Cursor:
     def array(self, what: str, depth: int) -> list:
         if depth > MAX_ARRAY_NESTING:
             raise self.fail(f"{what}: arrays nested deeper than {MAX_ARRAY_NESTING}")
-        et = self.scalar(GGUFValueType.UINT32, f"element type of {what}")
-        n = self.scalar(GGUFValueType.UINT64, f"length of {what}")
-        if et in _FMT:
-            et = GGUFValueType(et)
-            size = n * _DTYPE[et].itemsize
-            self.need(size, f"{n} elements of {what}")
-            out = np.frombuffer(self.buf, _DTYPE[et], n, self.pos).tolist()
-            self.pos += size
-            return out
+        if self.pos + 12 <= self.size:   # the hot path of arrays of arrays: no message built
+            et, n = _ARRAY_HEAD.unpack_from(self.buf, self.pos)
+            self.pos += 12
+        else:
+            et = self.scalar(GGUFValueType.UINT32, f"element type of {what}")
+            n = self.scalar(GGUFValueType.UINT64, f"length of {what}")
+        min_size = _MIN_ELEM_BYTES.get(et)
+        if min_size is None:
+            raise self.fail(f"{what}: unknown array element type {et}")
+        self.need(n * min_size, f"{n} elements of {what}")  # strings >= 8 bytes, arrays >= 12
+        cost = n * ELEM_COST.get(et, 1)
+        if cost > self.items_left:
+            raise self.fail(f"{what}: {n} elements, over what is left of the {MAX_ARRAY_ITEMS} "
+                            f"array element units a header may hold")
+        self.items_left -= cost
         if et == GGUFValueType.STRING:
-            self.need(n * 8, f"{n} string lengths of {what}")  # each string is >= 8 bytes
-            return [self.string(f"{what}[{i}]") for i in range(n)]
+            return self.strings(n, what)
         if et == GGUFValueType.ARRAY:
-            self.need(n * 12, f"{n} nested arrays of {what}")  # each is >= 12 bytes
-            return [self.array(f"{what}[{i}]", depth + 1) for i in range(n)]
-        raise self.fail(f"{what}: unknown array element type {et}")
+            return [self.array(what, depth + 1) for _ in range(n)]
+        out = np.frombuffer(self.buf, _DTYPE[et], n, self.pos).tolist() if n else []
+        self.pos += n * min_size
+        return out
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """n length-prefixed strings: the hot loop of a vocabulary (no per-element
+        message is built unless one fails)."""
+        buf, pos, size = self.buf, self.pos, self.size
+        out: list[str] = []
+        append, unpack = out.append, struct.Struct("<Q").unpack_from
+        text_left = self.text_left
+        for i in range(n):
+            end = pos + 8 + (unpack(buf, pos)[0] if pos + 8 <= size else 0)
+            text_left -= end - pos - 8
+            if end > size or text_left < 0:
+                self.pos, self.text_left = pos, text_left + end - pos - 8
+                self.need(end - pos, f"{what}[{i}]")   # one of these two raises
+                self.take_text(end - pos - 8, f"{what}[{i}]")
+            append(buf[pos + 8:end].decode("utf-8", "surrogateescape"))
+            pos = end
+        self.pos, self.text_left = pos, text_left
+        return out
 
 
 class GGUFFile:
@@ -170,7 +239,7 @@ class GGUFFile:
         self.value_types: dict[str, GGUFValueType] = {}
         self.array_types: dict[str, tuple[GGUFValueType, ...]] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        self._parse(_Cursor(memoryview(self._mm), self.path))
+        self._parse(_Cursor(self._mm, self.path))
 
     def _parse(self, c: _Cursor) -> None:
         c.need(4, "magic")
@@ -186,59 +255,70 @@ class GGUFFile:
                                    f"(supported: 2, 3)")
         n_tensors = c.scalar(GGUFValueType.UINT64, "tensor count")
         n_kv = c.scalar(GGUFValueType.UINT64, "metadata count")
-        # minimal record sizes: kv = 8 (key len) + 4 (type) + 1; tensor info = 8 + 4 + 4 + 8
-        c.need(n_kv * 13 + n_tensors * 24, f"{n_kv} metadata entries and {n_tensors} tensor infos")
+        if n_tensors > MAX_TENSORS:
+            raise c.fail(f"tensor count {n_tensors} is over the limit {MAX_TENSORS}")
+        if n_kv > MAX_KV:
+            raise c.fail(f"metadata count {n_kv} is over the limit {MAX_KV}")
+        # minimal record sizes: kv = 8 (key len) + 4 (type) + 1; tensor info = 8 + 4 + 8 + 4 + 8
+        c.need(n_kv * 13 + n_tensors * 32, f"{n_kv} metadata entries and {n_tensors} tensor infos")
         for i in range(n_kv):
-            key = c.string(f"metadata key #{i}")
-            vt = c.scalar(GGUFValueType.UINT32, f"type of {key!r}")
+            key = c.string(f"metadata key #{i}", MAX_KEY_BYTES)
+            q = brief(key)
+            vt = c.scalar(GGUFValueType.UINT32, f"type of {q}")
             if key in self.metadata:
-                raise c.fail(f"duplicate metadata key {key!r}")
+                raise c.fail(f"duplicate metadata key {q}")
             start = c.pos
-            self.metadata[key] = c.value(vt, f"metadata {key!r}")
+            self.metadata[key] = c.value(vt, f"metadata {q}")
             self.value_types[key] = GGUFValueType(vt)
             if vt == GGUFValueType.ARRAY:  # remember element types for a faithful rewrite
                 self.array_types[key] = _elem_types(c.buf, start)
         self.alignment = self._alignment()
         infos = [self._tensor_info(c, i) for i in range(n_tensors)]
         self.data_offset = _align(c.pos, self.alignment)
+        expected = 0
         for name, shape, qtype, rel in infos:
+            q = brief(name)
             if name in self.tensors:
-                raise c.fail(f"duplicate tensor name {name!r}")
-            if rel % self.alignment:
-                raise c.fail(f"tensor {name!r}: data offset {rel} is not a multiple of "
-                             f"the alignment {self.alignment}")
+                raise c.fail(f"duplicate tensor name {q}")
             try:
                 size = nbytes(qtype, shape)
             except UnsupportedError as e:
-                raise c.fail(f"tensor {name!r}: {e}") from None
+                raise c.fail(f"tensor {q}: {e}") from None
+            if rel != expected:  # gguf.cpp refuses any other layout too
+                raise c.fail(f"tensor {q}: data offset {rel}, expected {expected} (tensor data "
+                             f"is contiguous in tensor-info order, padded to the alignment "
+                             f"{self.alignment})")
             start = self.data_offset + rel
             if start + size > self.file_bytes:
-                raise c.fail(f"truncated: tensor {name!r} data [{start}, {start + size}) "
+                raise c.fail(f"truncated: tensor {q} data [{start}, {start + size}) "
                              f"runs past the end of the file ({self.file_bytes} bytes)")
             self.tensors[name] = TensorInfo(name, shape, qtype, start, size)
+            expected = _align(rel + size, self.alignment)
 
     def _alignment(self) -> int:
         a = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if "general.alignment" in self.metadata and self.value_types["general.alignment"] != GGUFValueType.UINT32:
             raise FormatError(self.path, "general.alignment must be a uint32")
         if not isinstance(a, int) or a <= 0 or a & (a - 1):
-            raise FormatError(self.path, f"general.alignment must be a power of two, got {a!r}")
+            raise FormatError(self.path, f"general.alignment must be a power of two, got {brief(a)}")
         return a
 
     def _tensor_info(self, c: _Cursor, i: int) -> tuple[str, tuple[int, ...], QType, int]:
-        name = c.string(f"tensor info #{i} name")
-        n_dims = c.scalar(GGUFValueType.UINT32, f"tensor {name!r} n_dims")
+        name = c.string(f"tensor info #{i} name", MAX_NAME_BYTES)
+        q = brief(name)
+        n_dims = c.scalar(GGUFValueType.UINT32, f"tensor {q} n_dims")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise c.fail(f"tensor {name!r}: n_dims {n_dims} outside 1..{MAX_DIMS}")
-        ne = [c.scalar(GGUFValueType.UINT64, f"tensor {name!r} dims") for _ in range(n_dims)]
-        if any(d >= 2**62 for d in ne):
-            raise c.fail(f"tensor {name!r}: dimension out of range {ne}")
-        type_id = c.scalar(GGUFValueType.UINT32, f"tensor {name!r} type")
+            raise c.fail(f"tensor {q}: n_dims {n_dims} outside 1..{MAX_DIMS}")
+        tail = _TENSOR_TAIL[n_dims]
+        c.need(tail.size, f"tensor {q} dims, type and offset")
+        *ne, type_id, rel = tail.unpack_from(c.buf, c.pos)
+        c.pos += tail.size
+        if prod(ne) >= 2**63:  # gguf.cpp: the element count must fit an int64
+            raise c.fail(f"tensor {q}: dims {ne} hold over 2^63 elements")
         try:
             qtype = QType.from_id(type_id)
         except UnsupportedError as e:
-            raise UnsupportedError(f"{self.path}: tensor {name!r}: {e}") from None
-        rel = c.scalar(GGUFValueType.UINT64, f"tensor {name!r} offset")
+            raise UnsupportedError(f"{self.path}: tensor {q}: {e}") from None
         return name, tuple(reversed(ne)), qtype, rel  # ggml ne[0] is the contiguous dim
 
     def tensor(self, name: str) -> QTensor:
@@ -251,7 +331,7 @@ class GGUFFile:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def _elem_types(buf: memoryview, pos: int) -> tuple[GGUFValueType, ...]:
+def _elem_types(buf: mmap.mmap | bytes, pos: int) -> tuple[GGUFValueType, ...]:
     """Element types down a (validated) array's nesting, read at its first elements:
     (ARRAY, INT32) for an array of int32 arrays."""
     out = []

@@ -16,28 +16,47 @@ from typing import Any
 import numpy as np
 
 from edgeformer.config import DecoderConfig
-from edgeformer.errors import ConfigError, FormatError, UnsupportedError
+from edgeformer.errors import ConfigError, FormatError, UnsupportedError, brief
 from edgeformer.formats.checkpoint import Checkpoint, LazyTensors, TokenizerSpec
-from edgeformer.formats.safetensors import SafetensorsFile
+from edgeformer.formats.safetensors import MAX_JSON_TOKENS, SafetensorsFile, json_tokens
 from edgeformer.formats.tensor_map import hf_to_gguf_name, transform_hf_tensor
 from edgeformer.quant.qtypes import QTensor, QType
 
 
-def read_json(path: Path, top: type = object) -> Any:
-    """Parsed JSON file; FormatError naming the file if it is unreadable, invalid, nested
-    too deeply for the parser, or its top level is not a `top` (dict: a JSON object)."""
+# config.json, the shard index, tokenizer_config.json: real ones are far smaller (DeepSeek
+# V3's index of 91k tensors: ~9 MB, 183k separators); a JSON value is a Python object of
+# ~30-100 bytes, so the separators and brackets (MAX_JSON_TOKENS, as for a safetensors
+# header) bound the memory and time a file parses into
+MAX_JSON_BYTES = 16 << 20
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON file; FormatError naming the file if it is unreadable, over
+    MAX_JSON_BYTES or MAX_JSON_TOKENS (`safetensors.json_tokens`), invalid or nested too
+    deep for the parser."""
     try:
-        out = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise FormatError(path, f"{size} bytes, over the {MAX_JSON_BYTES} a JSON file here may have")
+        raw = path.read_bytes()
+        if json_tokens(raw) > MAX_JSON_TOKENS:
+            raise FormatError(path, f"{json_tokens(raw)} JSON separators and brackets, over the limit "
+                                    f"{MAX_JSON_TOKENS}")
+        return json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise FormatError(path, f"cannot read: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(path, f"invalid JSON: {e}") from None
+    except ValueError as e:   # not UTF-8, not JSON, an int of over 4300 digits
+        raise FormatError(path, f"invalid JSON: {brief(str(e))}") from None
     except RecursionError:
-        raise FormatError(path, "invalid JSON: nested too deeply") from None
-    if not isinstance(out, top):
-        raise FormatError(path, f"the top level must be a JSON {'object' if top is dict else top.__name__}, "
-                                f"not {type(out).__name__}")
-    return out
+        raise FormatError(path, "invalid JSON: nested too deep") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """`read_json`, and FormatError unless the file holds a JSON object."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise FormatError(path, f"not a JSON object: {brief(obj)}")
+    return obj
 
 
 def open_shards(d: Path) -> dict[str, SafetensorsFile]:
@@ -47,20 +66,20 @@ def open_shards(d: Path) -> dict[str, SafetensorsFile]:
     index = d / "model.safetensors.index.json"
     single = d / "model.safetensors"
     if index.is_file():
-        weight_map = read_json(index, dict).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise FormatError(index, "no weight_map")
         files: dict[str, SafetensorsFile] = {}
         out = {}
         for name, shard in weight_map.items():
-            if not isinstance(shard, str) or "/" in shard or shard.startswith("."):
-                raise FormatError(index, f"bad shard file name {shard!r} for {name!r}")
+            if not isinstance(shard, str) or any(c in shard for c in "/\\\0") or shard.startswith("."):
+                raise FormatError(index, f"bad shard file name {brief(shard)} for {brief(name)}")
             if shard not in files:
                 if not (d / shard).is_file():
-                    raise FormatError(index, f"shard {shard!r} (holding {name!r}) is missing")
+                    raise FormatError(index, f"shard {brief(shard)} (holding {brief(name)}) is missing")
                 files[shard] = SafetensorsFile(d / shard)
             if name not in files[shard].tensors:
-                raise FormatError(d / shard, f"tensor {name!r} listed in the index is not in this shard")
+                raise FormatError(d / shard, f"tensor {brief(name)} listed in the index is not in this shard")
             out[name] = files[shard]
         return out
     if single.is_file():
@@ -79,7 +98,7 @@ def hf_chat_template(d: Path, tokenizer_config: dict[str, Any]) -> str | None:
     if tmpl is None and (d / "chat_template.jinja").is_file():
         tmpl = (d / "chat_template.jinja").read_text(encoding="utf-8")
     elif tmpl is None and (d / "chat_template.json").is_file():
-        tmpl = read_json(d / "chat_template.json", dict).get("chat_template")
+        tmpl = read_json_object(d / "chat_template.json").get("chat_template")
     if isinstance(tmpl, list):
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
     return tmpl if isinstance(tmpl, str) else None
@@ -97,9 +116,7 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
     d = Path(path)
     if not (d / "config.json").is_file():
         raise FormatError(d, "not an HF model directory: no config.json")
-    hf_cfg = read_json(d / "config.json", dict)
-    if not isinstance(hf_cfg, dict):
-        raise FormatError(d / "config.json", "not a JSON object")
+    hf_cfg = read_json_object(d / "config.json")
     try:
         config = DecoderConfig.from_hf(hf_cfg)
     except (UnsupportedError, ConfigError) as e:  # add the file to the message
@@ -112,12 +129,12 @@ def load_hf(path: str | os.PathLike) -> Checkpoint:
         if gname is None:
             continue  # e.g. rotary inv_freq buffers
         if gname in names:
-            raise FormatError(d, f"{hf_name!r} and {names[gname]!r} both map to {gname!r}")
+            raise FormatError(d, f"{brief(hf_name)} and {brief(names[gname])} both map to {gname!r}")
         names[gname] = hf_name
         loaders[gname] = tensor_loader(config, st, hf_name, gname)
         info = st.tensors[hf_name]
         infos[gname] = (info.qtype, info.shape)
-    tok_cfg = read_json(d / "tokenizer_config.json", dict) if (d / "tokenizer_config.json").is_file() else {}
+    tok_cfg = read_json_object(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
     tok_json = d / "tokenizer.json"
     files = {id(st): st for st in shards.values()}.values()
     return Checkpoint(

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeformer.errors import FormatError, UnsupportedError
 from edgeformer.extras import require
-from edgeformer.formats.hf import read_json
+from edgeformer.formats.hf import read_json_object
 
 # gguf.TokenType values (llama.cpp `enum llama_token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -87,13 +87,13 @@ def spm_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
         types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i)
                     else UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
     added = d / "added_tokens.json"
-    for text, i in (read_json(added, dict) if added.is_file() else {}).items():
+    for text, i in (read_json_object(added) if added.is_file() else {}).items():
         if not isinstance(i, int):
             raise FormatError(added, f"the id of {text[:40]!r} is not an integer")
         if 0 <= i < n:
             tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
     cfg = d / "tokenizer_config.json"
-    decoder = read_json(cfg, dict).get("added_tokens_decoder", {}) if cfg.is_file() else {}
+    decoder = read_json_object(cfg).get("added_tokens_decoder", {}) if cfg.is_file() else {}
     for key, data in _added_tokens(decoder, cfg):
         i, text = int(key), data["content"]
         if not 0 <= i < n:
@@ -132,7 +132,7 @@ def bpe_tokenizer_metadata(d: Path, vocab_size: int | None) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
     path = d / "tokenizer.json"
-    tok_json = read_json(path, dict)
+    tok_json = read_json_object(path)
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception

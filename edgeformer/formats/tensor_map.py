@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgeformer.config import DecoderConfig, gguf_family
-from edgeformer.errors import FormatError, UnsupportedError
+from edgeformer.errors import FormatError, UnsupportedError, brief
 from edgeformer.quant.dequant import dequantize
 from edgeformer.quant.qtypes import QTensor
 
@@ -84,7 +84,7 @@ def hf_to_gguf_name(arch: str, hf_name: str) -> str | None:
         g = table.get(m.group(2))
         if g is not None:
             return f"blk.{m.group(1)}.{g}.{m.group(3)}"
-    raise UnsupportedError(f"{arch}: no GGUF name for HF tensor {hf_name!r}")
+    raise UnsupportedError(f"{arch}: no GGUF name for HF tensor {brief(hf_name)}")
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -205,12 +205,12 @@ def vision_tensors_from_hf(hf: Mapping[str, np.ndarray | QTensor], origin: objec
                 out[f"blk.{i}.ffn_gate.{kind}"], out[f"blk.{i}.ffn_up.{kind}"] = gate, up
                 continue
             if mod not in _VISION_LAYER:
-                raise UnsupportedError(f"{origin}: unknown vision tensor {hf_name!r}")
+                raise UnsupportedError(f"{origin}: unknown vision tensor {brief(hf_name)}")
             ours = _VISION_LAYER[mod]
             out[f"blk.{i}.{ours}" if kind == "lambda1" else f"blk.{i}.{ours}.{kind}"] = a
             continue
         if name not in _VISION_GLOBAL:
-            raise UnsupportedError(f"{origin}: unknown vision tensor {hf_name!r}")
+            raise UnsupportedError(f"{origin}: unknown vision tensor {brief(hf_name)}")
         ours = _VISION_GLOBAL[name]
         if ours in _VISION_SQUEEZE:
             keep = _VISION_SQUEEZE[ours]

@@ -103,9 +103,17 @@ def test_empty_file(tmp_path):
     check(tmp_path, b"", FormatError, "empty")
 
 
-def test_tensor_offset_past_end(tmp_path):
-    data, _ = build([], [tinfo("x", [8], F32, 1 << 20)], b"\0" * 32)
+def test_tensor_data_past_end(tmp_path):
+    data, _ = build([], [tinfo("x", [16], F32, 0)], b"\0" * 32)
     check(tmp_path, data, FormatError, "'x'", "past the end")
+
+
+@pytest.mark.parametrize("off", [0, 64, 1 << 20, 2**64 - 32])  # overlap, gap, far, wrapping
+def test_tensor_offset_not_contiguous(tmp_path, off):
+    """gguf.cpp's rule: data offsets run contiguously in tensor-info order (a gap, an
+    overlap or a far-away offset is corruption)."""
+    data, _ = build([], [tinfo("a", [8], F32, 0), tinfo("x", [8], F32, off)], b"\0" * 96)
+    check(tmp_path, data, FormatError, "'x'", f"data offset {off}, expected 32")
 
 
 def test_offset_not_aligned(tmp_path):
@@ -116,7 +124,7 @@ def test_offset_not_aligned(tmp_path):
 def test_huge_string_length(tmp_path):
     kv = struct.pack("<Q", 2**40) + b"general.architecture"
     data, _ = build([kv], [], b"")
-    check(tmp_path, data, FormatError, "truncated", str(2**40))
+    check(tmp_path, data, FormatError, "metadata key #0", str(2**40))
 
 
 def test_huge_string_value_length(tmp_path):
@@ -134,7 +142,11 @@ def test_huge_array_length(tmp_path, elem):
 
 def test_huge_counts(tmp_path):
     data, _ = build([], [], b"", n_tensors=2**60, n_kv=2**60)
-    check(tmp_path, data, FormatError, "truncated")
+    check(tmp_path, data, FormatError, "tensor count", str(2**60))
+    data, _ = build([], [], b"", n_tensors=0, n_kv=2**60)
+    check(tmp_path, data, FormatError, "metadata count", str(2**60))
+    data, _ = build([], [], b"", n_tensors=100, n_kv=100)   # under the limits, over the file
+    check(tmp_path, data, FormatError, "truncated", "100 metadata entries and 100 tensor infos")
 
 
 def test_deeply_nested_arrays(tmp_path):

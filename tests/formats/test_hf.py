@@ -56,9 +56,9 @@ def _st_bytes(header: dict | bytes, data: bytes, n: int | None = None) -> bytes:
     ("not_json", "not JSON"),
     ("not_object", "not a JSON object"),
     ("bad_offsets", "hold 8 bytes"),
-    ("past_end", "truncated"),
+    ("past_end", "cover 16 data bytes, the file has 8"),
     ("missing_keys", "needs dtype"),
-    ("bad_shape", "bad shape"),
+    ("bad_shape", "shape must be a list of unsigned"),
 ])
 def test_safetensors_bad_input(tmp_path, case, words):
     ok = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from edgeformer.errors import EdgeformerError, InputError
+from edgeformer.errors import EdgeformerError, InputError, brief
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, TokenizerLike, collect
 from edgeformer.runtime.grammar import Grammar, constrained
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
@@ -101,7 +101,7 @@ class Engine:
             raise InputError("chat: no messages")
         for m in messages:
             if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or "content" not in m:
-                raise InputError(f"chat: each message needs a 'role' and a 'content', got {m!r}")
+                raise InputError(f"chat: each message needs a 'role' and a 'content', got {brief(m)}")
         from edgeformer.formats.chat_template import render_chat
         return render_chat(self.chat_template, list(messages), add_generation_prompt=add_generation_prompt,
                            tokenizer=self.tokenizer)

@@ -24,7 +24,7 @@ from edgeformer.errors import InputError
 from edgeformer.extras import require
 
 DEFAULTS = dict(host="127.0.0.1", port=8080, kv_budget="256MiB", kv_dtype="f16", block_size=16, max_batch=16,
-                prefill_chunk=256, max_body="4MiB")
+                prefill_chunk=256, max_body="4MiB", max_client_requests=64, stall_timeout=30.0, shutdown_grace=10.0)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30}
 
@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most prompt tokens of one request per step; smaller evens out inter-token latency "
                         "of running streams, larger gives faster TTFT (default: %(default)s)")
     p.add_argument("--max-body", default=DEFAULTS["max_body"], help="request body limit (default: %(default)s)")
+    p.add_argument("--max-client-requests", type=int, default=DEFAULTS["max_client_requests"],
+                   help="requests in flight per client address; more get 429 (default: %(default)s)")
+    p.add_argument("--stall-timeout", type=float, default=DEFAULTS["stall_timeout"],
+                   help="seconds a stream waits on a client that reads nothing before dropping it "
+                        "(default: %(default)s)")
+    p.add_argument("--shutdown-grace", type=float, default=DEFAULTS["shutdown_grace"],
+                   help="on SIGTERM, seconds the streams in flight get to finish before they end with an "
+                        "error event (default: %(default)s)")
     p.add_argument("--api-key", default=None,
                    help="require `Authorization: Bearer KEY` on every endpoint but /health "
                         "(default: $EDGEFORMER_API_KEY, else none)")
@@ -88,18 +96,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    uvicorn = require("uvicorn", "serve", "edgeformer serve")
+    require("uvicorn", "serve", "edgeformer serve")
     from edgeformer.api import load
+    from edgeformer.runtime.memory import check_fits
     from edgeformer.serve.app import create_app
+    from edgeformer.serve.limits import serve
 
     # validate every flag before the (slow) load
     kv_budget, max_body = parse_size(args.kv_budget), parse_size(args.max_body)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port} is not a TCP port")
     for flag, v in (("--block-size", args.block_size), ("--max-batch", args.max_batch),
-                    ("--prefill-chunk", args.prefill_chunk)):
+                    ("--prefill-chunk", args.prefill_chunk), ("--max-client-requests", args.max_client_requests)):
         if v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
+    for flag, t in (("--stall-timeout", args.stall_timeout), ("--shutdown-grace", args.shutdown_grace)):
+        if not 0 <= t < 1e6:
+            raise InputError(f"{flag} must be a number of seconds >= 0, got {t}")
+    check_fits(kv_budget, f"--kv-budget {args.kv_budget}")
     spec = check_speculative_args(args)
     engine = load(args.model, backend=make_backend(args), n_ctx=args.n_ctx, chat_template=args.chat_template)
     if args.draft is not None:
@@ -113,10 +127,11 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine, model_name=args.model_name or model_id(args.model), kv_budget_bytes=kv_budget,
                      kv_dtype=args.kv_dtype, block_size=args.block_size, max_batch=args.max_batch,
                      prefill_chunk=args.prefill_chunk, max_body_bytes=max_body,
-                     api_key=args.api_key or os.environ.get("EDGEFORMER_API_KEY") or None)
+                     api_key=args.api_key or os.environ.get("EDGEFORMER_API_KEY") or None,
+                     max_client_requests=args.max_client_requests, stall_timeout=args.stall_timeout)
     if args.audio:
         mount_shipped_audio(app, engine.backend)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, grace=args.shutdown_grace)
     return 0
 
 

@@ -459,9 +459,11 @@ def write_gguf(path: str | os.PathLike, metadata: Mapping[str, Any], tensors: It
     `infer_value_type`. `general.alignment`
     in metadata sets the alignment (default 32). Tensors are written in the given order,
     each padded to the alignment; `on_tensor` is called after each (progress bars).
-    Writes to `path + '.tmp'` and renames on success. Returns the file size in bytes.
-    InputError for a bad alignment, duplicate names or a tensor whose loader returns other
-    than it declared; UnsupportedError for a metadata value GGUF cannot hold.
+    Writes to `path + '.tmp'`, fsyncs it and renames it on success, so the path holds the
+    old file or the whole new one, never a part. Returns the file size in bytes.
+    InputError for a bad alignment, duplicate names, a tensor whose loader returns other
+    than it declared, or a write that fails (full disk, file size limit: nothing is left at
+    the path); UnsupportedError for a metadata value GGUF cannot hold.
     """
     path = Path(path)
     tensors = list(tensors)
@@ -500,7 +502,11 @@ def write_gguf(path: str | os.PathLike, metadata: Mapping[str, Any], tensors: It
                 if on_tensor is not None:
                     on_tensor(t)
             total = f.tell()
+            f.flush()
+            os.fsync(f.fileno())      # the data is on disk before the name points at it
         os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e} (nothing was written there)") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -18,6 +18,7 @@ from typing import Any
 from edgeformer.errors import EdgeformerError, InputError, brief
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, TokenizerLike, collect
 from edgeformer.runtime.grammar import Grammar, constrained
+from edgeformer.runtime.memory import check_fits, kv_bytes
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.session import DecoderModel, Session
 from edgeformer.runtime.speculative import SpeculativeConfig, speculative_steps
@@ -52,6 +53,8 @@ class Engine:
             raise InputError(f"n_ctx={n_ctx} exceeds the model's maximum context of {max_len} tokens")
         if prefill_chunk < 1:
             raise InputError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        # the session's KV cache (float32, grown on demand) may reach n_ctx positions
+        check_fits(kv_bytes(model.config, n_ctx), f"a context of n_ctx={n_ctx} tokens (its float32 KV cache)")
         self.n_ctx = n_ctx
         self.vocab_size = int(model.config.vocab_size)
         self.session = Session(model, n_ctx, prefill_chunk)

@@ -6,10 +6,19 @@ interface). Each step: every running sequence that is decoding gets 1 token; seq
 still prefilling get their next chunk of exactly `min(prefill_chunk, left)` tokens, FCFS,
 while the step's token budget allows (a chunk that does not fit waits whole for the next
 step, it is never cut: a sequence's chunk boundaries then depend only on itself, which
-batch invariance needs); waiting requests are admitted while the batch has room and the
-KV budget covers their worst case (prompt + max new tokens, minus prefix-cache hits) on
-top of what running sequences may still claim, so a running sequence never runs out of
-pages. A request that could never fit is refused at submit with CapacityError.
+batch invariance needs).
+
+KV reservation grows with the sequence (vLLM's policy): a waiting request is admitted
+while the batch has room and the free pages cover its prompt plus `headroom` tokens
+(minus prefix-cache hits) on top of what running sequences have reserved; a decoding
+sequence about to pass its reservation extends it by `headroom` tokens. When the pages
+are not there, the most recently admitted running sequence is preempted: its blocks are
+freed and it goes back to the front of the queue with its tokens so far as its prompt,
+to be recomputed (with prefix-cache hits) when pages free up. So a request without
+max_tokens, which may grow to the whole context, holds only what it uses, and short
+requests are not queued behind reservations. A request whose worst case (prompt + max
+new tokens) could never fit the budget is refused at submit with CapacityError, so a
+sequence alone always has the pages to finish.
 
 Speculative decoding (`BatchEngine(..., speculative=SpeculativeConfig)`, the server's
 `--lookup` / `--draft`): a decoding sequence's step runs its next token plus up to
@@ -44,6 +53,7 @@ from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.drafters import Drafter
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, collect
 from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
+from edgeformer.runtime.memory import check_fits
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.speculative import SpeculativeConfig, verify
 
@@ -63,6 +73,8 @@ class SeqState:
     computed: int = 0
     cached_tokens: int = 0
     scheduled: int = 0
+    reserved: int = 0      # length up to which KV pages are reserved (<= max_len)
+    preempted: int = 0     # times its blocks were taken back
 
     @property
     def prefilling(self) -> bool:
@@ -84,11 +96,15 @@ class Scheduler:
     prompt or decodes gets its next token through `append(seq_id, tok)`, or `finish`."""
 
     def __init__(self, cache: PagedKVCache, max_batch: int = 16, prefill_chunk: int = 256,
-                 max_step_tokens: int | None = None, lookahead: int = 0) -> None:
-        if max_batch < 1 or prefill_chunk < 1 or lookahead < 0:
-            raise InputError(f"max_batch and prefill_chunk must be >= 1 and lookahead >= 0, got {max_batch}, "
-                             f"{prefill_chunk}, {lookahead}")
+                 max_step_tokens: int | None = None, lookahead: int = 0, headroom: int | None = None) -> None:
+        if max_batch < 1 or prefill_chunk < 1 or lookahead < 0 or (headroom is not None and headroom < 1):
+            raise InputError(f"max_batch, prefill_chunk and headroom must be >= 1 and lookahead >= 0, got "
+                             f"{max_batch}, {prefill_chunk}, {headroom}, {lookahead}")
         self.cache, self.max_batch, self.prefill_chunk = cache, max_batch, prefill_chunk
+        # tokens reserved past what a sequence needs now: 4 blocks (64 tokens at block 16)
+        # makes a decoding sequence extend its reservation every 64 tokens
+        self.headroom = headroom or 4 * cache.block_size
+        self.preemptions = 0
         self.lookahead = lookahead     # draft tokens a decode may add to its step (speculative)
         # room for one full chunk beside a full batch of decodes: every step makes progress
         self.max_step_tokens = max(max_step_tokens or 0, prefill_chunk + max_batch * (1 + lookahead))
@@ -111,21 +127,54 @@ class Scheduler:
         return st
 
     def _outstanding(self) -> int:
-        return sum(s.kv.future_pages(s.max_len) for s in self.running.values())
+        """Pages that running sequences have reserved but not allocated yet."""
+        return sum(s.kv.future_pages(s.reserved) for s in self.running.values())
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
             st = self.waiting[0]
             view = self.cache.new_sequence(st.tokens[:st.n_prompt])
-            if view.future_pages(st.max_len) + self._outstanding() > self.cache.pool.free_pages:
+            reserve = min(st.max_len, st.n_prompt + self.headroom)
+            if view.future_pages(reserve) + self._outstanding() > self.cache.pool.free_pages:
                 view.release()           # FCFS: later requests wait behind it
                 return
             self.waiting.popleft()
-            st.view, st.computed, st.cached_tokens = view, view.offset, view.offset
+            st.view, st.computed, st.cached_tokens, st.reserved = view, view.offset, view.offset, reserve
             self.running[st.seq_id] = st
 
+    def _grow(self) -> None:
+        """Extend the reservation of each decoding sequence about to pass it (oldest
+        first), preempting the newest running sequences when the pages are not there."""
+        for st in list(self.running.values()):
+            if st.seq_id not in self.running or st.prefilling:
+                continue
+            need = min(st.max_len, st.computed + 1 + self.lookahead)
+            if need <= st.reserved:
+                continue
+            new = min(st.max_len, need + self.headroom)
+            while st.seq_id in self.running:
+                extra = st.kv.future_pages(new) - st.kv.future_pages(st.reserved)
+                if extra + self._outstanding() <= self.cache.pool.free_pages:
+                    st.reserved = new
+                    break
+                # add() made sure a sequence alone fits: this ends with st extended or preempted
+                self.preempt(next(reversed(self.running)))
+
+    def preempt(self, seq_id: int) -> None:
+        """Free a running sequence's blocks and queue it first, to be recomputed from its
+        tokens so far (prompt and generated) when pages free up."""
+        st = self.running.pop(seq_id)
+        st.kv.release()
+        st.view, st.computed, st.scheduled, st.reserved = None, 0, 0, 0
+        st.n_prompt = len(st.tokens)
+        st.preempted += 1
+        self.preemptions += 1
+        self.waiting.appendleft(st)
+
     def schedule(self) -> dict[int, int]:
-        """Admit waiting requests that fit, then {seq_id: tokens to run this step}."""
+        """Grow or preempt, admit waiting requests that fit, then {seq_id: tokens to run
+        this step}."""
+        self._grow()
         self._admit()
         out: dict[int, int] = {}
         budget = self.max_step_tokens
@@ -251,6 +300,7 @@ class BatchEngine:
         if not 2 <= self.n_ctx <= max_len:
             raise InputError(f"n_ctx={n_ctx} must be in [2, {max_len}] (the model's context)")
         self.vocab_size = int(model.config.vocab_size)
+        check_fits(kv_budget_bytes, f"a KV budget of {kv_budget_bytes} bytes")   # pages are zeroed lazily
         self.cache = PagedKVCache.for_model(model, budget_bytes=kv_budget_bytes, dtype=kv_dtype,
                                             block_size=block_size, max_seq_len=self.n_ctx,
                                             max_chunk=prefill_chunk, prefix_sharing=prefix_sharing)
@@ -305,6 +355,21 @@ class BatchEngine:
             self._requests[rid] = _Request(handle, TokenEmitter(self.tokenizer, ids, budget, params), picker)
             self._wake.notify_all()
         return handle
+
+    def room(self, n_prompt: int) -> int:
+        """The most new tokens a request with an `n_prompt`-token prompt may ask for: what
+        the context leaves, capped by what the whole KV budget holds (0: nothing fits)."""
+        hi = max(0, self.n_ctx - n_prompt)
+        if self.cache.pages_for(n_prompt + hi) <= self.cache.pool.num_pages:
+            return hi
+        lo = 0                       # pages_for grows with the length: bisect the largest that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.cache.pages_for(n_prompt + mid) <= self.cache.pool.num_pages:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _cancel(self, rid: int) -> None:
         with self._lock:
@@ -536,7 +601,8 @@ class BatchEngine:
 
     def metrics(self) -> dict[str, int]:
         """KV blocks (total/used/free; a block = block_size tokens of one layer), running
-        batch size, queued requests, tokens generated, steps."""
+        batch size, queued requests, preemptions, tokens generated, steps."""
         with self._lock:
             return {**self.cache.metrics(), "running": len(self.scheduler.running),
-                    "queued": len(self.scheduler.waiting), **self._counters}
+                    "queued": len(self.scheduler.waiting), "preemptions": self.scheduler.preemptions,
+                    **self._counters}

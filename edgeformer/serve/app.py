@@ -28,6 +28,14 @@ streams a call's header and then its arguments as they are generated. Grammars a
 compiled (cached) on a worker thread before submission; one that does not compile or
 admits no output is a 400 naming the problem. Request bodies are capped (`max_body_bytes`,
 checked on Content-Length and while reading) before any JSON parsing.
+
+Hardening (issue 16, `serve.limits`): prompt text is bounded in bytes before tokenizing;
+requests without max_tokens get the context's room (capped by what the KV budget can
+ever hold; the scheduler reserves KV as they grow); any edgeformer error a request causes
+is a 400 without file paths; at most `max_client_requests` requests per client address
+run at once (429); a stream's events wait in a bounded buffer, and a client that reads
+nothing for `stall_timeout` seconds is dropped (its sequences cancelled, KV freed); on
+shutdown (`limits.serve`) streams get a grace period, then an SSE error event.
 """
 from __future__ import annotations
 
@@ -55,14 +63,18 @@ from edgeformer.runtime.engine import Engine
 from edgeformer.runtime.grammar import Grammar, check as check_grammar
 from edgeformer.runtime.scheduler import BatchEngine
 from edgeformer.runtime.tools import ToolPlan, ToolStream, plan as tool_plan
+from edgeformer.serve.limits import ClientLimit, Drain, check_prompt_bytes, max_token_bytes, prompt_byte_limit
 from edgeformer.serve.metrics import ServerMetrics
 from edgeformer.serve.openai_schema import (APIError, ChatRequest, CommonRequest, CompletionRequest, bad,
-                                            chat_logprob_entry, completion_logprobs, usage)
+                                            chat_logprob_entry, completion_logprobs, from_error, public, usage)
 
 log = logging.getLogger("edgeformer.serve")
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024   # bytes; far above any prompt that fits a small model's context
 DEFAULT_KV_BUDGET = 256 * 1024 * 1024
+DEFAULT_MAX_CLIENT_REQUESTS = 64   # requests in flight per client address
+DEFAULT_STALL_TIMEOUT = 30.0       # seconds a stream may wait on a client that reads nothing
+STREAM_BUFFER = 64                 # events per sequence waiting to be sent
 
 
 def make_batch_engine(engine: Engine, *, kv_budget_bytes: int, kv_dtype: str = "f16", block_size: int = 16,
@@ -83,6 +95,9 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     max_body_bytes: int
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    drain: Drain = field(default_factory=Drain)
+    prompt_bytes: int | None = None        # the prompt-byte limit, computed at the first request
     created: int = field(default_factory=lambda: int(time.time()))
     fingerprint: str = "fp_edgeformer"
     extra_models: list[str] = field(default_factory=list)    # ids served by mounted endpoints (audio, embeddings)
@@ -98,10 +113,11 @@ class ServerState:
 
 
 def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, name: str,
-             metrics: Any = None, input_errors: tuple[type[Exception], ...] = ()) -> Callable:
+             metrics: Any = None) -> Callable:
     """A Starlette endpoint running `handler(request, ctx)`: APIError -> its OpenAI error
-    body, `input_errors` -> 400, client gone -> 499, anything else -> logged 500; each
-    response counted in `metrics.requests` (by endpoint name and status) when given."""
+    body, an edgeformer error (bad input the model itself caught) -> 400 without file
+    paths, client gone -> 499, anything else -> logged 500 (no details to the client);
+    each response counted in `metrics.requests` (by endpoint name and status) when given."""
     async def run(request: Request) -> Response:
         try:
             resp = await handler(request, ctx)
@@ -109,8 +125,8 @@ def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, n
             resp = error_response(e)
         except ClientDisconnect:
             resp = Response(status_code=499)
-        except input_errors as e:          # bad input the model itself caught
-            resp = error_response(bad(str(e)))
+        except EdgeformerError as e:
+            resp = error_response(from_error(e))
         except Exception:
             log.exception("internal error on %s", name)
             resp = error_response(APIError(500, "internal server error", "server_error"))
@@ -123,15 +139,18 @@ def endpoint(handler: Callable[[Request, Any], Awaitable[Response]], ctx: Any, n
 def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAULT_KV_BUDGET,
                max_batch: int = 16, block_size: int = 16, kv_dtype: str = "f16", prefill_chunk: int = 256,
                max_body_bytes: int = DEFAULT_MAX_BODY, batch_engine: Any = None,
-               api_key: str | None = None) -> Starlette:
+               api_key: str | None = None, max_client_requests: int = DEFAULT_MAX_CLIENT_REQUESTS,
+               stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Starlette:
     """A Starlette app serving `engine`'s model under the id `model_name`. The batching
     engine (given, or built by `make_batch_engine`) is started and stopped with the app's
     lifespan. Requests naming another model get 404 `model_not_found`. With `api_key`,
-    every endpoint but /health wants `Authorization: Bearer <api_key>` (401 otherwise)."""
+    every endpoint but /health wants `Authorization: Bearer <api_key>` (401 otherwise).
+    `max_client_requests`: POST /v1/ requests in flight per client address (429 past it);
+    `stall_timeout`: seconds a stream waits on a client that reads nothing before dropping it."""
     batch = batch_engine or make_batch_engine(engine, kv_budget_bytes=kv_budget_bytes, kv_dtype=kv_dtype,
                                               block_size=block_size, max_batch=max_batch,
                                               prefill_chunk=prefill_chunk)
-    state = ServerState(engine, batch, model_name, ServerMetrics(batch.metrics), max_body_bytes,
+    state = ServerState(engine, batch, model_name, ServerMetrics(batch.metrics), max_body_bytes, stall_timeout,
                         fingerprint=f"fp_edgeformer_{getattr(engine.backend, 'name', engine.backend)}")
 
     def ep(handler: Callable[[Request, ServerState], Awaitable[Response]], name: str) -> Callable:
@@ -158,7 +177,8 @@ def create_app(engine: Engine, *, model_name: str, kv_budget_bytes: int = DEFAUL
         return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    if api_key:
+    app.add_middleware(ClientLimit, limit=max_client_requests)
+    if api_key:                      # outermost: an unauthenticated request holds no slot
         app.add_middleware(ApiKey, key=api_key)
     app.state.server = state
     return app
@@ -276,14 +296,20 @@ def _token_bytes(tok: Any, tid: int) -> bytes:
 
 def _fit(st: ServerState, ids: list[int], req: CommonRequest, param: str) -> int:
     """The token budget of a prompt of `ids`; 400 `context_length_exceeded` if the prompt,
-    or prompt + max_tokens, does not fit the context."""
+    or prompt + max_tokens, does not fit the context. Without max_tokens: the context's
+    room, capped by what the whole KV budget can hold (the scheduler reserves KV as a
+    sequence grows, so this holds nothing up front; the reply ends with "length" there)."""
     n_ctx = st.engine.n_ctx
     if len(ids) >= n_ctx:
         raise bad(f"This model's maximum context length is {n_ctx} tokens. However, your prompt is {len(ids)} "
                   f"tokens, which leaves no room for a completion. Please reduce the length of the prompt.",
                   param, "context_length_exceeded")
     if req.max_tokens is None:
-        return n_ctx - len(ids)
+        room = st.batch.room(len(ids)) if hasattr(st.batch, "room") else n_ctx - len(ids)
+        if room < 1:
+            raise bad(f"your prompt of {len(ids)} tokens leaves no room for a completion within the server's KV "
+                      f"cache budget", param, "kv_budget_exceeded")
+        return room
     if len(ids) + req.max_tokens > n_ctx:
         raise bad(f"This model's maximum context length is {n_ctx} tokens. However, you requested "
                   f"{len(ids) + req.max_tokens} tokens ({len(ids)} in the prompt, {req.max_tokens} in the "
@@ -301,6 +327,10 @@ class Generation:
         self.st = st
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
+        # token events waiting to be sent, bounded: a pump waits for room, and gives its
+        # sequence up when a client has read nothing for stall_timeout
+        self.room = threading.Semaphore(STREAM_BUFFER * len(prompts) * req.n)
+        self.stalled = False
         self.choices: list[Choice] = []
         self.handles: list[Any] = []
         self.t0 = t0   # request arrival: TTFT includes reading, parsing and tokenizing
@@ -311,35 +341,44 @@ class Generation:
                     params = req.sampling(budget, j, top_logprobs, logprobs, grammar)
                     self.handles.append(st.batch.submit(ids, params))
                     self.choices.append(Choice(len(self.choices), len(ids)))
-        except InputError as e:
-            self.cancel()
-            raise bad(str(e)) from None
         except EdgeformerError as e:
-            # the scheduler refuses what can never fit the KV budget: a capacity limit of
-            # this server, not a malformed request
+            # CapacityError: what can never fit the KV budget (a 400 naming the budget)
             self.cancel()
-            raise APIError(503, f"cannot serve this request within the server's KV cache budget: {e}",
-                           "server_error", None, "kv_budget_exceeded") from None
+            raise from_error(e) from None
         st.metrics.prompt_tokens.inc(sum(len(p) for p in prompts) * req.n)
         self.open = len(self.handles)
+        st.drain.live.add(self)
         for i, h in enumerate(self.handles):
             threading.Thread(target=self._pump, args=(i, h), daemon=True, name=f"edgeformer-pump-{h.id}").start()
+
+    def _put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass   # the loop is gone (server shutting down)
 
     def _pump(self, i: int, h: Any) -> None:
         try:
             for ev in h.events():
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, None))
+                if not self.room.acquire(timeout=self.st.stall_timeout):
+                    self.stalled = True       # nobody took an event for stall_timeout: drop the client
+                    self.cancel()
+                    return
+                self._put((i, ev))
+            self._put((i, None))
         except BaseException as e:  # noqa: BLE001 - handed to the request's task
-            try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (i, e))
-            except RuntimeError:
-                pass   # the loop is gone (server shutting down)
+            self._put((i, e))
 
     def cancel(self) -> None:
         """Cancel every sequence still running (frees their KV blocks)."""
         for h in self.handles:
             h.cancel()
+        self.st.drain.live.discard(self)
+
+    def abort(self, err: APIError) -> None:
+        """End the request now with `err` (the shutdown grace period is over)."""
+        self.cancel()
+        self.queue.put_nowait((None, err))
 
     async def events(self) -> AsyncIterator[tuple[Choice, Any]]:
         """(choice, TokenEvent) pairs as they come, recording metrics; raises the first
@@ -347,6 +386,8 @@ class Generation:
         tok = self.st.engine.tokenizer
         while self.open:
             i, ev = await self.queue.get()
+            if i is None:              # aborted
+                raise ev
             c = self.choices[i]
             if ev is None:
                 self.open -= 1
@@ -357,8 +398,9 @@ class Generation:
                 self.open -= 1
                 log.error("generation failed: %r", ev)
                 status = 400 if isinstance(ev, InputError) else 500
-                raise APIError(status, f"generation failed: {ev}", "invalid_request_error" if status == 400
+                raise APIError(status, public(f"generation failed: {ev}"), "invalid_request_error" if status == 400
                                else "server_error")
+            self.room.release()
             if ev.finish_reason == "cancelled":   # the scheduler's note that a cancel took effect
                 c.finish_reason = ev.finish_reason
                 continue
@@ -404,10 +446,15 @@ def _uses_tools(req: ChatRequest) -> bool:
 
 async def _prepare(request: Request, st: ServerState, chat: bool) -> Prepared:
     t0 = time.perf_counter()
+    st.drain.check_open()
     body = await read_json(request, st.max_body_bytes)
     req = ChatRequest.parse(body) if chat else CompletionRequest.parse(body)
     _check_model(st, req.model)
     eng = st.engine
+    if st.prompt_bytes is None:    # a pass over the vocabulary, once
+        st.prompt_bytes = prompt_byte_limit(eng.n_ctx, await anyio.to_thread.run_sync(
+            max_token_bytes, eng.tokenizer, eng.vocab_size))
+    check_prompt_bytes(_prompt_bytes(req), st.prompt_bytes, eng.n_ctx, "messages" if chat else "prompt")
     tp = tool_plan(list(req.messages), req.tools, req.tool_choice, eng.chat_template) \
         if isinstance(req, ChatRequest) and _uses_tools(req) and eng.chat_template is not None else None
     param = "messages" if chat else "prompt"
@@ -428,10 +475,19 @@ async def _prepare(request: Request, st: ServerState, chat: bool) -> Prepared:
         return ids
     try:
         prompts = await anyio.to_thread.run_sync(tokenize)
-    except InputError as e:
-        raise bad(str(e), param) from None
+    except EdgeformerError as e:      # a template or tokenizer error: a 400, without file paths
+        raise from_error(e, param) from None
     budgets = [_fit(st, ids, req, "messages" if chat else "prompt") for ids in prompts]
     return Prepared(req, prompts, budgets, t0, tp)
+
+
+def _prompt_bytes(req: Any) -> int:
+    """UTF-8 bytes of a request's prompt text (chat: every message's content and tool-call
+    arguments; completions: the longest prompt; token-id prompts count 1 per id)."""
+    if isinstance(req, ChatRequest):
+        return sum(len(m["content"].encode("utf-8", "replace")) + sum(len(c["function"]["arguments"]) for c in
+                   m.get("tool_calls", ())) for m in req.messages)
+    return max(len(p.encode("utf-8", "replace")) if isinstance(p, str) else len(p) for p in req.prompts)
 
 
 def _encode_tools_chat(eng: Engine, tp: ToolPlan) -> list[list[int]]:
@@ -480,8 +536,40 @@ def _stream(gen: Generation, req: CommonRequest, head: dict[str, Any], chunk: Ca
             if not done:
                 gen.st.metrics.cancelled.inc(1)
             gen.cancel()   # a disconnect cancels this task here: free the KV blocks now
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _SSE(body(), gen, media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Stalled(Exception):
+    pass
+
+
+class _SSE(StreamingResponse):
+    """A stream whose every send may wait at most the server's stall_timeout: a client
+    that reads nothing that long is dropped (its sequences cancelled, the connection
+    closed by uvicorn as an unfinished response) instead of holding KV blocks and
+    buffers for as long as it likes."""
+
+    def __init__(self, content: Any, gen: Generation, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.gen = gen
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        timeout = self.gen.st.stall_timeout
+
+        async def timed_send(message: Any) -> None:
+            try:
+                await asyncio.wait_for(send(message), timeout)
+            except asyncio.TimeoutError:
+                raise _Stalled from None
+        try:
+            await super().__call__(scope, receive, timed_send)
+        except _Stalled:
+            self.gen.stalled = True
+        if self.gen.stalled:
+            log.warning("dropped a client that read nothing for %.1f s", timeout)
+            self.gen.st.metrics.stalled.inc(1)
+            self.gen.cancel()
 
 
 async def _collect(gen: Generation, request: Request) -> None:

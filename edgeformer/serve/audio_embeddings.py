@@ -48,7 +48,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from edgeformer.errors import EdgeformerError
 from edgeformer.extras import require
 from edgeformer.serve.app import endpoint, read_json
 from edgeformer.serve.openai_schema import APIError, bad
@@ -98,7 +97,7 @@ def mount_audio_embeddings(app: Starlette, models: AudioModels) -> None:
                 state.add_model(served, tuple(aliases))
 
     def ep(handler: Callable[[Request, AudioModels], Awaitable[Response]], name: str) -> Callable:
-        return endpoint(handler, models, name, metrics, input_errors=(EdgeformerError,))
+        return endpoint(handler, models, name, metrics)
 
     for path, handler in (("/v1/embeddings", embeddings), ("/v1/audio/transcriptions", transcriptions),
                           ("/v1/audio/speech", speech)):

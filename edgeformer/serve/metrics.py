@@ -111,6 +111,8 @@ ENGINE_COUNTERS = {
     "cached_prompt_tokens": ("edgeformer_engine_cached_prompt_tokens_total",
                              "Prompt tokens served from the prefix cache instead of prefilled"),
     "steps": ("edgeformer_engine_steps_total", "Batched forward passes"),
+    "preemptions": ("edgeformer_engine_preemptions_total",
+                    "Sequences whose KV blocks were taken back for others, to be recomputed"),
     # only with speculative decoding (--lookup / --draft)
     "spec_rounds": ("edgeformer_spec_decode_rounds_total", "Draft-and-verify rounds (one per sequence and step)"),
     "spec_draft_tokens": ("edgeformer_spec_decode_draft_tokens_total", "Draft tokens proposed"),
@@ -129,6 +131,8 @@ class ServerMetrics:
         self.prompt_tokens = Counter("edgeformer_prompt_tokens_total", "Prompt tokens of accepted requests")
         self.generation_tokens = Counter("edgeformer_generation_tokens_total", "Generated tokens")
         self.cancelled = Counter("edgeformer_requests_cancelled_total", "Requests cancelled by a client disconnect")
+        self.stalled = Counter("edgeformer_requests_stalled_total",
+                               "Streams dropped because their client read nothing for the stall timeout")
         self.ttft = Histogram("edgeformer_time_to_first_token_seconds",
                               "Request arrival to first generated token", TTFT_BUCKETS)
         self.itl = Histogram("edgeformer_inter_token_latency_seconds",
@@ -137,7 +141,8 @@ class ServerMetrics:
     def render(self) -> str:
         """The exposition text (ends with a newline)."""
         lines: list[str] = []
-        for m in (self.requests, self.prompt_tokens, self.generation_tokens, self.cancelled, self.ttft, self.itl):
+        for m in (self.requests, self.prompt_tokens, self.generation_tokens, self.cancelled, self.stalled, self.ttft,
+                  self.itl):
             lines += m.render()
         snap = dict(self.gauges()) if self.gauges else {}
         if "batch_size" not in snap and "running" in snap:   # the scheduler names it "running"

@@ -28,11 +28,12 @@ A schema that does not compile or admits no output is a 400 at submission.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgeformer.errors import InputError
+from edgeformer.errors import CapacityError, InputError
 from edgeformer.runtime.grammar import Grammar
 from edgeformer.runtime.sampler import MAX_TOP_LOGPROBS, SamplingParams
 from edgeformer.runtime.tools import Tool, ToolChoice, parse_tool_choice, parse_tools
@@ -59,6 +60,27 @@ class APIError(Exception):
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, "invalid_request_error", param, code)
+
+
+MAX_MESSAGE = 2000     # characters of an error message, like the CLI's cap
+# an absolute POSIX path of two or more parts, not inside a URL or a relative path
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`,;()<>\[\]{}]+){2,}/?")
+
+
+def public(message: str) -> str:
+    """An error text fit for a client: absolute file paths cut to their last part (a
+    template error once showed the model's full path), length capped."""
+    text = _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "\u2026"
+
+
+def from_error(e: Exception, param: str | None = None, code: str | None = None) -> APIError:
+    """The 400 answering one of edgeformer's errors caused by a request (a CapacityError:
+    code `kv_budget_exceeded`), its text made `public`."""
+    if isinstance(e, CapacityError):
+        return bad(public(f"cannot serve this request within the server's KV cache budget: {e}"), param,
+                   "kv_budget_exceeded")
+    return bad(public(str(e)), param, code)
 
 
 # ---- typed field readers -------------------------------------------------------------------
@@ -189,7 +211,7 @@ def _common(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
     try:
         grammar = Grammar.from_response_format(body.get("response_format"))
     except InputError as e:
-        raise bad(str(e), "response_format", "invalid_value") from None
+        raise from_error(e, "response_format", "invalid_value") from None
     return dict(grammar=grammar, model=model, max_tokens=max_tokens,
                 # omitted: the defaults load() and the CLI use (SamplingParams), not OpenAI's 1.0
                 temperature=_num(body, "temperature", _DEFAULT.temperature, 0.0, 2.0),
@@ -221,11 +243,11 @@ class ChatRequest(CommonRequest):
         try:
             tools = parse_tools(body.get("tools"))
         except InputError as e:
-            raise bad(str(e), "tools", "invalid_value") from None
+            raise from_error(e, "tools", "invalid_value") from None
         try:
             choice = parse_tool_choice(body.get("tool_choice"), tools)
         except InputError as e:
-            raise bad(str(e), "tool_choice", "invalid_value") from None
+            raise from_error(e, "tool_choice", "invalid_value") from None
         _bool(body, "parallel_tool_calls", True)     # accepted; a reply holds at most one call
         if c["grammar"] is not None and tools and choice.mode != "none":
             raise bad("'response_format' other than text cannot be combined with tools (tool_choice "

@@ -242,3 +242,38 @@ def test_cli_convert_names_what_is_wrong(tmp_path, tiny_llama, capsys, changes, 
     err = capsys.readouterr().err
     assert err.startswith("edgeformer: error: ") and message in err and str(src) in err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_llama):
+    """The file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes a write fail midway, as a
+    full disk does: one line naming the path and the cause, exit 1, nothing at the path."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    out = tmp_path / "full.gguf"
+    r = subprocess.run([sys.executable, "-m", "edgeformer.cli", "convert", str(tiny_llama), "-o", str(out),
+                        "--no-progress"], capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {out}: File too large (nothing was written there)" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_space_left_is_a_clear_error(tmp_path, tiny_llama, monkeypatch):
+    import errno
+
+    import edgeformer.formats.gguf as g
+    from edgeformer.errors import InputError
+
+    def full(f, t, size):
+        f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(g, "_write_tensor", full)
+    out = tmp_path / "x.gguf"
+    with pytest.raises(InputError, match="No space left on device"):
+        convert(tiny_llama, out, "F32")
+    assert list(tmp_path.iterdir()) == []

@@ -216,3 +216,41 @@ def test_background_thread_serves_concurrent_submitters(decs):
         assert results[i] == tokens(h)
     m = eng.metrics()
     assert m["tokens_generated"] >= 4 and m["kv_blocks_used"] == 0 and m["queued"] == 0
+
+
+def test_requests_without_max_tokens_reserve_as_they_grow(decs):
+    """Issue 16: a request without max_tokens (the server passes the whole context) once
+    reserved its worst case at admission, so 2 of 8 short requests ran and the others
+    queued. Now all 8 start at once; when they outgrow the budget, the newest are
+    preempted and recomputed, and every one still gets its exact greedy output."""
+    dec = decs["numpy"]
+    eng = engine(dec, budget_pages=120, max_batch=16)
+    n_ctx = eng.n_ctx
+    assert eng.cache.pages_for(n_ctx) * 3 <= 120 < eng.cache.pages_for(n_ctx) * 4   # worst case: 3 at once
+    ps = [[int(t) for t in prompt(10, seed=s)] for s in range(8)]
+    params = [SamplingParams(temperature=0, max_tokens=eng.room(len(p)), ignore_eos=True) for p in ps]
+    handles = [eng.submit(p, prm) for p, prm in zip(ps, params)]
+    eng.step()
+    m = eng.metrics()
+    assert m["running"] == 8 and m["queued"] == 0
+    eng.run_until_idle()
+    m = eng.metrics()
+    assert m["preemptions"] > 0 and m["kv_blocks_used"] == 0 and m["running"] == m["queued"] == 0
+    outs = [h.result() for h in handles]
+    assert all(o.finish_reason == "length" and len(o.token_ids) == n_ctx - 10 for o in outs)
+    for i in (0, 7):            # the oldest (never preempted) and the newest (preempted first)
+        solo = engine(dec)
+        h = solo.submit(ps[i], params[i])
+        solo.run_until_idle()
+        assert tokens(h) == outs[i].token_ids, f"request {i}"
+
+
+def test_room_is_what_the_context_and_the_budget_leave(decs):
+    eng = engine(decs["numpy"], budget_pages=30)
+    r = eng.room(10)
+    assert 0 < r < eng.n_ctx - 10
+    assert eng.cache.pages_for(10 + r) <= 30 < eng.cache.pages_for(10 + r + 1)
+    eng.submit(list(range(10)), SamplingParams(max_tokens=r))
+    with pytest.raises(CapacityError):
+        eng.submit(list(range(10)), SamplingParams(max_tokens=r + 1))
+    assert engine(decs["numpy"]).room(10) == engine(decs["numpy"]).n_ctx - 10

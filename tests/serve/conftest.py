@@ -91,6 +91,32 @@ def start_server(app: Any) -> LiveServer:
     return LiveServer(f"http://127.0.0.1:{port}", app, server, th)
 
 
+def spawn_server(*args: str) -> tuple[Any, str]:
+    """`edgeformer serve ARGS` in a subprocess on a free loopback port (stdout and stderr
+    together in its stdout); returns (process, base url) once /health answers."""
+    import subprocess
+    import sys
+
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgeformer.cli", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not come up: {proc.communicate()[0]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     pytest.importorskip("torch")

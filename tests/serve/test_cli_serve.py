@@ -2,15 +2,14 @@
 bad flags fail before the model loads."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from edgeformer.cli.serve import model_id, parse_size
 from edgeformer.errors import InputError
+from tests.serve.conftest import spawn_server
 
 httpx = pytest.importorskip("httpx")
 
@@ -34,24 +33,8 @@ def test_bad_flag_fails_fast():
 
 
 def test_serve_subprocess(tiny_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "edgeformer.cli", "serve", str(tiny_dir), "--port", str(port),
-                             "-c", "128", "--kv-budget", "1MiB", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = spawn_server(str(tiny_dir), "-c", "128", "--kv-budget", "1MiB", "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
         name = model_id(str(tiny_dir))
         assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == name == tiny_dir.name
         r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": "Hello", "max_tokens": 3}, timeout=60)

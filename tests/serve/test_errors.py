@@ -115,12 +115,16 @@ def test_kv_budget_refuses_or_queues(tiny_engine):
     per_token = 2 * cfg.n_kv_heads * cfg.head_dim * 2 * cfg.n_layers
     with serving(tiny_engine, kv_budget_bytes=96 * per_token, block_size=16) as live:
         client = openai.OpenAI(base_url=live.base_url, api_key="unused", max_retries=0)
-        with pytest.raises(openai.InternalServerError) as e:     # can never fit: 503, not an OOM
+        with pytest.raises(openai.BadRequestError) as e:     # can never fit: a CapacityError -> 400, not an OOM
             client.completions.create(model="tiny", prompt="Hello", max_tokens=200)
-        assert e.value.status_code == 503 and e.value.body["code"] == "kv_budget_exceeded"
-        # two requests that each take over half of the budget: the second waits, both finish
-        import concurrent.futures as cf
+        assert e.value.status_code == 400 and e.value.body["code"] == "kv_budget_exceeded"
+        assert "KV budget" in e.value.body["message"]
         bias = {str(t): -100 for t in tiny_engine.tokenizer.stop_ids()}
+        # without max_tokens: as far as the whole budget goes, then "length" (OpenAI's convention)
+        r = client.completions.create(model="tiny", prompt="Hello", temperature=0, logit_bias=bias)
+        assert r.choices[0].finish_reason == "length" and r.usage.total_tokens == 96
+        # two requests that each take over half of the budget: both finish (one preempts or waits)
+        import concurrent.futures as cf
         with cf.ThreadPoolExecutor(2) as ex:
             futs = [ex.submit(client.completions.create, model="tiny", prompt=p, max_tokens=60, temperature=0,
                               logit_bias=bias) for p in ("Hello world", "The quick brown")]

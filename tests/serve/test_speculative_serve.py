@@ -213,12 +213,11 @@ def test_load_checks_speculative_options_before_loading(tiny_dir, monkeypatch):
 # ---- the CLI --------------------------------------------------------------------------------
 
 def test_cli_serve_speculative_flags(tiny_dir, clients, monkeypatch, capsys):
-    import uvicorn
-
     import edgeformer.api
+    import edgeformer.serve.limits
     from edgeformer.cli.__main__ import main
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    monkeypatch.setattr(edgeformer.serve.limits, "serve", lambda app, **kw: apps.append(app))
     base = ["serve", str(tiny_dir), "--backend", "numpy", "-c", str(TINY_CTX), "--kv-dtype", "f32",
             "--model-name", "tiny"]
     assert main(base + ["--lookup", "3"]) == 0

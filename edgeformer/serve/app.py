@@ -453,7 +453,7 @@ async def _prepare(request: Request, st: ServerState, chat: bool) -> Prepared:
     eng = st.engine
     if st.prompt_bytes is None:    # a pass over the vocabulary, once
         st.prompt_bytes = prompt_byte_limit(eng.n_ctx, await anyio.to_thread.run_sync(
-            max_token_bytes, eng.tokenizer, eng.vocab_size))
+            max_token_bytes, eng.tokenizer, eng.vocab_size), eng.tokenizer.kind)
     check_prompt_bytes(_prompt_bytes(req), st.prompt_bytes, eng.n_ctx, "messages" if chat else "prompt")
     tp = tool_plan(list(req.messages), req.tools, req.tool_choice, eng.chat_template) \
         if isinstance(req, ChatRequest) and _uses_tools(req) and eng.chat_template is not None else None

@@ -2,10 +2,11 @@
 
 - `ClientLimit`: at most `limit` generation requests in flight per client address (POSTs
   under /v1/); one more is answered 429 `rate_limit_exceeded` with Retry-After.
-- `prompt_byte_limit`: prompt text longer than `n_ctx * max_token_bytes * 4` bytes cannot
-  fit the context (no token covers more bytes than the vocabulary's longest; x4 leaves room
-  for a normalizer that shrinks text, e.g. NFKC's full-width letters, 3 bytes -> 1), so it
-  is refused before tokenizing (a 3.9 MB prompt once spent 19-24 s in the tokenizer).
+- `prompt_byte_limit`: prompt text longer than `n_ctx * max_token_bytes` bytes cannot fit
+  the context (no token covers more bytes than the vocabulary's longest), so it is refused
+  before tokenizing (a 3.9 MB prompt once spent 19-24 s in the tokenizer). edgeformer's
+  own tokenizers (GGUF byte-level BPE, SentencePiece) never shrink text; a tokenizer.json
+  may normalize (NFKC's full-width letters: 3 bytes -> 1), so it gets x4 (UTF-8: 4 -> 1).
 - `Drain`: the shutdown grace period. `serve()` runs uvicorn so that on SIGTERM the
   streams in flight get `grace` seconds to finish, then end with an SSE error event.
 """
@@ -62,9 +63,10 @@ def max_token_bytes(tokenizer: Any, vocab_size: int) -> int:
     return max((len(tokenizer.decode([i]).encode("utf-8")) for i in range(vocab_size)), default=1) or 1
 
 
-def prompt_byte_limit(n_ctx: int, token_bytes: int) -> int:
-    """Prompt bytes above which a prompt cannot fit `n_ctx` tokens."""
-    return n_ctx * token_bytes * NORMALIZE_SLACK
+def prompt_byte_limit(n_ctx: int, token_bytes: int, tokenizer_kind: str) -> int:
+    """Prompt bytes above which a prompt cannot fit `n_ctx` tokens of a tokenizer of
+    `tokenizer_kind` ("bpe" and "spm" do not normalize; "hf" may)."""
+    return n_ctx * token_bytes * (1 if tokenizer_kind in ("bpe", "spm") else NORMALIZE_SLACK)
 
 
 def check_prompt_bytes(n_bytes: int, limit: int, n_ctx: int, param: str) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from edgeformer.errors import FormatError
-from edgeformer.serve.limits import ClientLimit, max_token_bytes
+from edgeformer.serve.limits import ClientLimit, max_token_bytes, prompt_byte_limit
 from edgeformer.serve.metrics import parse_text
 from edgeformer.serve.openai_schema import public
 from tests.serve.conftest import TINY_CTX, serving
@@ -42,7 +42,8 @@ def test_prompt_bytes_are_refused_before_tokenizing(tiny_server, tiny_engine, mo
     for name in ("encode", "encode_chat"):
         real = getattr(tiny_engine, name)
         monkeypatch.setattr(tiny_engine, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
-    limit = TINY_CTX * max_token_bytes(tiny_engine.tokenizer, tiny_engine.vocab_size) * 4
+    tok = tiny_engine.tokenizer
+    limit = prompt_byte_limit(TINY_CTX, max_token_bytes(tok, tiny_engine.vocab_size), tok.kind)
     url = tiny_server.base_url
     for path, body in (("/completions", {"model": "tiny", "prompt": "a" * (limit + 1)}),
                        ("/chat/completions", {"model": "tiny", "messages": [

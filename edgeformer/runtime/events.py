@@ -21,6 +21,7 @@ from edgeformer.runtime.stops import StopMatcher
 
 
 class TokenizerLike(Protocol):
+    kind: str               # "bpe" | "spm" (edgeformer's own) | "hf" (tokenizers)
     bos_id: int | None
     add_bos: bool
 

@@ -15,6 +15,15 @@ time) and warm (same system prompt, new question: the cached prefix is reused).
 
     python bench/serve_load.py                      # SmolLM2 (shipped), backend cpu, 2 threads
     python bench/serve_load.py --levels 1,4 --skip-llama-cpp
+    python bench/serve_load.py --ray                # `edgeformer serve --ray` (needs the ray extra)
+
+With --ray (writes bench/results/serve_load_ray.json): the same closed loop at each
+--levels concurrency (default 16) against `edgeformer serve --ray` with 1 and then 2
+replicas of 1 thread each (prefix routing), then a multi-turn workload on 2 replicas with
+prefix-aware and with round-robin routing: --conversations clients, each with its own
+~200-token system prompt, run --turns turns (each turn's prompt = the conversation so
+far + a new question); reported: TTFT p50/p99 of the later turns, output tok/s, and the
+prompt tokens the replicas served from their prefix caches (from the ingress's /metrics).
 
 Writes bench/results/serve_load.json and prints a table. llama-cpp-python's server runs
 one request at a time (no parallel slots in its Python server); its numbers at c > 1
@@ -55,6 +64,16 @@ def start_edgeformer(model: str, port: int, backend: str, threads: int, kv_budge
     return subprocess.Popen([sys.executable, "-m", "edgeformer.cli", "serve", model, "--port", str(port),
                              "--backend", backend, "--kv-budget", kv_budget, "--max-batch", str(max_batch),
                              "-c", str(n_ctx), "--model-name", "bench", "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def start_edgeformer_ray(model: str, port: int, backend: str, replicas: int, routing: str, kv_budget: str,
+                        max_batch: int, n_ctx: int) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "edgeformer.cli", "serve", model, "--port", str(port),
+                             "--backend", backend, "--kv-budget", kv_budget, "--max-batch", str(max_batch),
+                             "-c", str(n_ctx), "--model-name", "bench", "--ray", "--replicas", str(replicas),
+                             "--threads-per-replica", "1", "--routing", routing],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -166,9 +185,40 @@ async def prefix_ttft(url: str, system: str, bias: dict, n_warm: int = 4) -> dic
             "warm_ttft_all_ms": [1e3 * x for x in out[1:]]}
 
 
-def system_prompt(tokenizer, n_tokens: int = 500) -> str:
-    """A system prompt of about n_tokens tokens."""
-    text = ""
+async def multi_turn(url: str, systems: list[str], turns: int, max_tokens: int, bias: dict) -> dict:
+    """Each system prompt is one conversation (one client): `turns` requests, each with the
+    whole conversation so far plus a new question; TTFT of turns after the first."""
+    later: list[float] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900), limits=httpx.Limits(max_connections=64)) as client:
+        async def conversation(k: int, system: str) -> None:
+            msgs = [{"role": "system", "content": system}]
+            for t in range(turns):
+                msgs.append({"role": "user", "content": f"Question {t} about unit {k}: how do I reset it?"})
+                r = await stream_chat(client, url, msgs, max_tokens, bias)
+                msgs.append({"role": "assistant", "content": r["text"]})
+                if t:
+                    later.append(r["ttft"])
+        t0 = time.perf_counter()
+        await asyncio.gather(*[conversation(k, s) for k, s in enumerate(systems)])
+        wall = time.perf_counter() - t0
+    m = _scrape(url)
+    cached = sum(v for k, v in m.items() if k.startswith("edgeformer_engine_cached_prompt_tokens_total"))
+    prefill = sum(v for k, v in m.items() if k.startswith("edgeformer_engine_prefill_tokens_total"))
+    outcomes: dict[str, float] = {}
+    for k, v in m.items():
+        if k.startswith("edgeformer_router_requests_total"):
+            o = k.split('outcome="', 1)[1].split('"', 1)[0]
+            outcomes[o] = outcomes.get(o, 0) + v
+    return {"conversations": len(systems), "turns": turns, "wall_s": wall,
+            "out_tok_s": len(systems) * turns * max_tokens / wall,
+            "later_ttft_p50_ms": 1e3 * float(np.percentile(later, 50)),
+            "later_ttft_p99_ms": 1e3 * float(np.percentile(later, 99)),
+            "cached_prompt_tokens": cached, "prefilled_tokens": prefill, "router_outcomes": outcomes}
+
+
+def system_prompt(tokenizer, n_tokens: int = 500, seed: str = "") -> str:
+    """A system prompt of about n_tokens tokens (`seed` first, to make it unique)."""
+    text = seed
     while len(tokenizer.encode(text, add_bos=False)) < n_tokens:
         text += SYSTEM_SENTENCE
     ids = tokenizer.encode(text, add_bos=False)[:n_tokens]
@@ -228,21 +278,86 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def ray_main(args: argparse.Namespace, model: str, tok, bias: dict) -> int:
+    """--ray: 1 vs 2 replicas at each level, then prefix vs round-robin on a multi-turn load."""
+    res: dict = {"model": model, "backend": args.backend, "threads_per_replica": 1, "max_tokens": args.max_tokens,
+                 "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(), "machine": platform.machine(),
+                 "scaling": {}, "multi_turn": {}}
+    systems = [system_prompt(tok, 200, seed=f"Conversation {k}. ") for k in range(args.conversations)]
+
+    def serving(replicas: int, routing: str, work) -> dict:
+        port = free_port()
+        proc = start_edgeformer_ray(model, port, args.backend, replicas, routing, args.kv_budget, 16, args.n_ctx)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, proc)
+            asyncio.run(run_level(url, replicas, replicas, 8, bias))     # warm every replica, not measured
+            return work(url)
+        finally:
+            stop(proc)
+
+    def levels(url: str) -> list[dict]:
+        return [asyncio.run(run_level(url, c, max(args.min_requests, c * args.requests_per_client),
+                                      args.max_tokens, bias)) for c in args.levels]
+    for replicas in (1, 2):
+        res["scaling"][replicas] = serving(replicas, "prefix", levels)
+        for lv in res["scaling"][replicas]:
+            print(f"  {replicas} replica(s) c={lv['concurrency']:<3d} {lv['out_tok_s']:7.1f} tok/s  TTFT p50 "
+                  f"{lv['ttft_p50_ms']:7.0f} p99 {lv['ttft_p99_ms']:7.0f} ms", flush=True)
+    for routing in ("prefix", "round-robin"):
+        r = serving(2, routing, lambda url: asyncio.run(multi_turn(url, systems, args.turns, args.max_tokens // 2,
+                                                                   bias)))
+        res["multi_turn"][routing] = r
+        print(f"  multi-turn {routing:11s} {r['out_tok_s']:6.1f} tok/s  later-turn TTFT p50 "
+              f"{r['later_ttft_p50_ms']:6.0f} p99 {r['later_ttft_p99_ms']:6.0f} ms  cached prompt tokens "
+              f"{r['cached_prompt_tokens']:.0f} / prefilled {r['prefilled_tokens']:.0f}  {r['router_outcomes']}",
+              flush=True)
+    res["load_avg_end"] = os.getloadavg()
+    out = Path(args.out).with_name("serve_load_ray.json") if args.out == DEFAULT_OUT else Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(ray_table(res))
+    print(f"wrote {out}")
+    return 0
+
+
+def ray_table(res: dict) -> str:
+    rows = ["| replicas (1 thread each) | conc. | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, lvs in res["scaling"].items():
+        rows += [f"| {n} | {lv['concurrency']} | {lv['req_s']:.2f} | {lv['out_tok_s']:.1f} | {lv['ttft_p50_ms']:.0f} | "
+                 f"{lv['ttft_p99_ms']:.0f} | {lv['itl_p50_ms']:.1f} |" for lv in lvs]
+    rows += ["", "| routing (2 replicas) | out tok/s | later-turn TTFT p50 ms | p99 ms | prompt tokens from cache "
+             "| prompt tokens prefilled | router outcomes |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in res["multi_turn"].items():
+        rows.append(f"| {name} | {r['out_tok_s']:.1f} | {r['later_ttft_p50_ms']:.0f} | {r['later_ttft_p99_ms']:.0f} | "
+                    f"{r['cached_prompt_tokens']:.0f} | {r['prefilled_tokens']:.0f} | "
+                    f"{', '.join(f'{k} {v:.0f}' for k, v in sorted(r['router_outcomes'].items()))} |")
+    return "\n".join(rows)
+
+
+DEFAULT_OUT = str(Path(__file__).parent / "results" / "serve_load.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file (default: the shipped SmolLM2-135M-Instruct)")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--levels", default="1,4,16")
+    ap.add_argument("--levels", default=None, help="concurrency levels (default 1,4,16; with --ray: 16)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=4, help="at least this many requests per level")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--kv-budget", default="256MiB")
     ap.add_argument("--skip-llama-cpp", action="store_true")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_load.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--ray", action="store_true", help="edgeformer serve --ray: 1 vs 2 replicas, prefix vs "
+                                                      "round-robin routing (see above)")
+    ap.add_argument("--conversations", type=int, default=8, help="--ray multi-turn: conversations (clients)")
+    ap.add_argument("--turns", type=int, default=4, help="--ray multi-turn: turns per conversation")
     args = ap.parse_args(argv)
-    args.levels = [int(x) for x in args.levels.split(",")]
+    args.levels = [int(x) for x in (args.levels or ("16" if args.ray else "1,4,16")).split(",")]
 
     from edgeformer.formats import load_checkpoint
     from edgeformer.formats.tokenizer_load import tokenizer_from_checkpoint
@@ -250,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     model = str(args.model or default_model())
     tok = tokenizer_from_checkpoint(load_checkpoint(model))
     bias = {str(t): -100.0 for t in sorted(tok.stop_ids())}   # exactly max_tokens tokens per request
+    if args.ray:
+        return ray_main(args, model, tok, bias)
     system = system_prompt(tok)
 
     res = {"model": model, "backend": args.backend, "threads": args.threads, "max_tokens": args.max_tokens,

@@ -92,10 +92,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shipped MiniLM, Whisper tiny.en and Piper voice (those installed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_speculative_args(p)
+    from edgeformer.cli.serve_ray import add_ray_args
+    add_ray_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgeformer.cli import serve_ray
+    serve_ray.check_flags(args)
+    if args.ray:
+        return serve_ray.run(args)
     require("uvicorn", "serve", "edgeformer serve")
     from edgeformer.api import load
     from edgeformer.runtime.memory import check_fits

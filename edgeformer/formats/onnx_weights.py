@@ -58,9 +58,23 @@ def read_onnx(source: str | os.PathLike | Any) -> tuple[Any, Path]:
     if not p.is_file():
         raise FormatError(p, "no such ONNX file")
     try:
-        return onnx.load(str(p)), p
+        model = onnx.load(str(p))
     except Exception as e:   # protobuf DecodeError and friends
-        raise FormatError(p, f"not a readable ONNX model: {e}") from None
+        raise FormatError(p, f"not a readable ONNX model: {str(e)[:300]}") from None
+    _check_names(model, p)
+    return model, p
+
+
+def _check_names(model: Any, path: Path) -> None:
+    """FormatError unless the graph's names are text: protobuf hands a proto2 string
+    field holding invalid UTF-8 back as bytes."""
+    g = model.graph
+    names = [t.name for t in g.initializer] + [v.name for v in (*g.input, *g.output)]
+    for n in g.node:
+        names += [n.name, n.op_type, *n.input, *n.output, *(a.name for a in n.attribute)]
+    bad = next((x for x in names if not isinstance(x, str)), None)
+    if bad is not None:
+        raise FormatError(path, f"graph name {bad[:60]!r} is not UTF-8")
 
 
 def initializers(model: Any) -> dict[str, np.ndarray]:

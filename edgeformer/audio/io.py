@@ -35,24 +35,40 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE
     return np.ascontiguousarray(x)
 
 
+# Most frames decoded from one file (after mixing to mono, before resampling): 2^27,
+# 512 MiB of float32, 46 min at 48 kHz or 2.3 h at 16 kHz. The header's frame count is
+# not trusted: the file is decoded in blocks and refused once past this.
+MAX_FRAMES = 1 << 27
+_BLOCK_SAMPLES = 1 << 20     # frames x channels decoded at once
+
+
 def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 waveform in [-1, 1] at `target_rate` from an audio file.
 
     InputError if the file does not exist, is empty, is not audio libsndfile can read,
-    or holds no samples. Silence is valid audio and is returned as is."""
+    holds no samples or more than MAX_FRAMES. Silence is valid audio and is returned as is."""
     sf = require("soundfile", "audio", "reading audio files")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such audio file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty")
+    parts, frames = [], 0
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)   # (n, channels)
+        with sf.SoundFile(str(p)) as f:
+            rate, channels = f.samplerate, f.channels
+            for block in f.blocks(blocksize=max(1, _BLOCK_SAMPLES // max(channels, 1)), dtype="float32",
+                                  always_2d=True):       # (n, channels)
+                frames += block.shape[0]
+                if frames > MAX_FRAMES:
+                    raise InputError(f"{p}: the audio is longer than {MAX_FRAMES} frames "
+                                     f"({MAX_FRAMES / rate / 60:.0f} min at {rate} Hz); split it")
+                parts.append(block.mean(axis=1) if channels > 1 else block[:, 0].copy())
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a readable audio file (WAV, FLAC, OGG...): {e}") from e
-    if data.shape[0] == 0:
+    if frames == 0:
         raise InputError(f"{p}: the audio file holds no samples")
     try:
-        return to_mono_16k(data, int(rate), target_rate)
+        return to_mono_16k(np.concatenate(parts), int(rate), target_rate)
     except InputError as e:
         raise InputError(f"{p}: {e}") from e

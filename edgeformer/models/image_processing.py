@@ -141,19 +141,29 @@ def to_rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
+# Largest image decoded: 2^25 pixels (e.g. 8192 x 4096, 128 MiB as RGBA). The header's
+# size is checked before any pixel is decoded (Pillow's own bomb check allows 179 M).
+MAX_PIXELS = 1 << 25
+
+
 def load_image(path: str | os.PathLike) -> Any:
-    """Open and fully decode an image file (PIL). InputError if it is missing or is not
-    a readable image."""
+    """Open and fully decode an image file (PIL). InputError if it is missing, is not
+    a readable image, or has more than MAX_PIXELS pixels."""
     Image = require("PIL.Image", "vision", "image input")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such image file")
     try:
         with Image.open(p) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise InputError(f"{p}: image of {w} x {h} pixels is over the limit of {MAX_PIXELS} pixels")
             im.load()   # decode now: a truncated file fails here, not later
             return im.copy()
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{p}: not a readable image ({e})") from None
+    except InputError:
+        raise
+    except Exception as e:   # Pillow's decoders raise OSError, SyntaxError, struct.error, EOFError, bombs...
+        raise InputError(f"{p}: not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 # Processors as transformers' PIL classes default them (class attributes of

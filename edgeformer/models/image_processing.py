@@ -30,6 +30,11 @@ IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Largest image decoded or made by resizing: 2^25 pixels (e.g. 8192 x 4096, 128 MiB as
+# RGBA). A file's size is checked from its header before any pixel is decoded (Pillow's
+# own bomb check allows 179 M).
+MAX_PIXELS = 1 << 25
+
 # PIL.Image.Resampling values, as transformers' PILImageResampling
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -94,6 +99,9 @@ class ImageProcessor:
         Image = require("PIL.Image", "vision", "image input")
         img = to_rgb(image)
         h, w = self.output_size(img.height, img.width) if self.do_resize else (img.height, img.width)
+        if h * w > MAX_PIXELS:      # a thin strip resized to a shortest edge grows by its aspect ratio
+            raise InputError(f"image of {img.width} x {img.height} pixels would resize to {w} x {h}, over the "
+                             f"limit of {MAX_PIXELS} pixels")
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), resample=Image.Resampling(RESAMPLE[self.resample]))
         x = np.array(img).transpose(2, 0, 1)                 # (H, W, 3) uint8 -> (3, H, W)
@@ -139,11 +147,6 @@ def to_rgb(image: Any) -> Any:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-# Largest image decoded: 2^25 pixels (e.g. 8192 x 4096, 128 MiB as RGBA). The header's
-# size is checked before any pixel is decoded (Pillow's own bomb check allows 179 M).
-MAX_PIXELS = 1 << 25
 
 
 def load_image(path: str | os.PathLike) -> Any:

@@ -491,7 +491,8 @@ def fuzz_atheris(target_name: str, runs: int, out: Path | None, mem_gib: float, 
                                    "--mem-gib", str(mem_gib), "--timeout", str(timeout)],
                                   env=env, capture_output=True, text=True)
             done = [int(m) for m in re.findall(r"stat::number_of_executed_units:\s*(\d+)", proc.stderr)]
-            ran = done[-1] if done else max(1, len(re.findall(r"^#\d+", proc.stderr, re.M)))
+            # after a crash there are no final stats: the last status line's count (a lower bound)
+            ran = done[-1] if done else max([1] + [int(m) for m in re.findall(r"^#(\d+)\s", proc.stderr, re.M)])
             rep.runs += ran
             left -= ran
             for a in sorted(art.iterdir()):

@@ -16,7 +16,8 @@ each group is minimized (chunks cut while the same group reproduces) and saved a
 `<out>/<target>/<sha1>.bin` with a `.json` beside it (exception, site, message), or under
 `<out>/pending/<target>/` when the site is in a file this harness's owner does not fix
 (`OWNED`): those wait for their owner's fix and are not replayed by
-tests/fuzz/test_corpus.py until moved.
+tests/fuzz/test_corpus.py until moved. An input over 1 MiB goes to the seed cache
+(`big-crashes/`) instead, to be reduced by hand into a test.
 
 Engines:
 - mutate (default, no extra dependency, deterministic for a --seed): byte mutations
@@ -380,8 +381,13 @@ def minimize(worker: Worker, data: bytes, key: tuple[str, str], budget: int = 20
     return data
 
 
+MAX_SAVED = 1 << 20    # a bigger crashing input is saved outside the repository (the cache)
+
+
 def save_crash(out: Path, target: str, data: bytes, r: dict) -> Path:
     d = out / target if owned(r.get("site", "")) else out / "pending" / target
+    if len(data) > MAX_SAVED:
+        d = _cache() / "big-crashes" / target
     d.mkdir(parents=True, exist_ok=True)
     p = d / f"{hashlib.sha1(data).hexdigest()[:16]}.bin"
     p.write_bytes(data)

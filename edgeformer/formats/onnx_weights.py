@@ -33,6 +33,9 @@ from edgeformer.errors import FormatError, UnsupportedError
 from edgeformer.extras import require
 from edgeformer.formats.tensor_map import vision_tensors_from_hf
 
+# Most nodes (and initializers) a graph may have: the exports read here have a few
+# thousand (DINOv2-S 1.5k, a Piper voice 2.8k); every one is walked in Python.
+MAX_NODES = 1 << 16
 _LAYER_IDX = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
@@ -61,6 +64,10 @@ def read_onnx(source: str | os.PathLike | Any) -> tuple[Any, Path]:
         model = onnx.load(str(p))
     except Exception as e:   # protobuf DecodeError and friends
         raise FormatError(p, f"not a readable ONNX model: {str(e)[:300]}") from None
+    g = model.graph
+    if max(len(g.node), len(g.initializer)) > MAX_NODES:
+        raise FormatError(p, f"graph of {len(g.node)} nodes and {len(g.initializer)} initializers is over the "
+                             f"limit of {MAX_NODES} each")
     _check_names(model, p)
     return model, p
 

@@ -13,10 +13,17 @@ from edgeformer.errors import InputError
 from edgeformer.extras import require
 
 
+# Most mono frames decoded from one file, and most made by resampling: 2^27, 512 MiB of
+# float32, 46 min at 48 kHz or 2.3 h at 16 kHz. A file's header frame count is not
+# trusted: it is decoded in blocks and refused once past this.
+MAX_FRAMES = 1 << 27
+_BLOCK_SAMPLES = 1 << 20     # frames x channels decoded at once
+
+
 def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(n,) or (n, channels) samples at `sample_rate` -> (m,) float32 mono at
     `target_rate` (channels averaged; soxr "HQ" resampling). InputError for an empty
-    signal, a bad rate or non-finite samples."""
+    signal, a bad rate, non-finite samples, or a result over MAX_FRAMES."""
     x = np.asarray(samples)
     if x.ndim == 2:
         x = x.astype(np.float32, copy=False).mean(axis=1)      # (n,) average of channels
@@ -30,16 +37,13 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE
     if not np.isfinite(x).all():
         raise InputError("audio contains NaN or Inf samples")
     if sample_rate != target_rate:
+        n_out = -(-x.size * target_rate // int(sample_rate))
+        if n_out > MAX_FRAMES:     # e.g. a header saying 1 Hz: every sample becomes 16000
+            raise InputError(f"{x.size} samples at {sample_rate} Hz resample to {n_out} at {target_rate} Hz, "
+                             f"over the limit of {MAX_FRAMES}")
         soxr = require("soxr", "audio", "resampling audio")
         x = soxr.resample(x, int(sample_rate), target_rate, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(x)
-
-
-# Most frames decoded from one file (after mixing to mono, before resampling): 2^27,
-# 512 MiB of float32, 46 min at 48 kHz or 2.3 h at 16 kHz. The header's frame count is
-# not trusted: the file is decoded in blocks and refused once past this.
-MAX_FRAMES = 1 << 27
-_BLOCK_SAMPLES = 1 << 20     # frames x channels decoded at once
 
 
 def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -35,6 +35,10 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # own bomb check allows 179 M).
 MAX_PIXELS = 1 << 25
 
+# Image formats decoded (Pillow's names): the common photo and web ones. Pillow knows ~40
+# more (EPS runs Ghostscript when installed; FITS, PSD, DDS...), none wanted from a request.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")   # JPEG covers MPO (phones)
+
 # PIL.Image.Resampling values, as transformers' PILImageResampling
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -151,13 +155,13 @@ def to_rgb(image: Any) -> Any:
 
 def load_image(path: str | os.PathLike) -> Any:
     """Open and fully decode an image file (PIL). InputError if it is missing, is not
-    a readable image, or has more than MAX_PIXELS pixels."""
+    a readable image in one of FORMATS, or has more than MAX_PIXELS pixels."""
     Image = require("PIL.Image", "vision", "image input")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such image file")
     try:
-        with Image.open(p) as im:
+        with Image.open(p, formats=FORMATS) as im:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise InputError(f"{p}: image of {w} x {h} pixels is over the limit of {MAX_PIXELS} pixels")

@@ -92,11 +92,6 @@ def test_load_image_decodes_only_the_listed_formats(tmp_path):
     """Photos and web images load; Pillow's other decoders (PCX, SGI, ICO... and EPS,
     which runs Ghostscript) are never tried on a file: InputError."""
     import io
-
-    from PIL import Image
-
-    from edgeformer.errors import InputError
-    from edgeformer.models.image_processing import load_image
     im = Image.new("RGB", (8, 6), (10, 200, 30))
     for fmt, ok in (("PNG", True), ("WEBP", True), ("PCX", False), ("SGI", False), ("ICO", False)):
         buf = io.BytesIO()

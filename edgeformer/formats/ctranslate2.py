@@ -22,6 +22,7 @@ int8/int16 weights come with a `{name}_scale` variable; we dequantize them to fl
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ import numpy as np
 from edgeformer.errors import FormatError, UnsupportedError
 
 MAX_BINARY_VERSION = 6
+MAX_RANK = 8           # CTranslate2 variables have rank <= 4; numpy stops at 64
 # dtype id -> numpy type; id 5 = bfloat16 (raw uint16)
 _DTYPES: tuple[type[np.generic] | None, ...] = (np.float32, np.int8, np.int16, np.int32, np.float16, None)
 _ITEM_SIZE_DTYPES: dict[int, type[np.generic]] = {4: np.float32, 2: np.int16, 1: np.int8}
@@ -53,10 +55,20 @@ class CT2Model:
     config: dict = field(default_factory=dict)
 
     def scalar(self, name: str) -> int | float:
-        """A rank-0 attribute as a Python number; FormatError if missing."""
+        """A rank-0 attribute as a Python number; FormatError if missing or not one value."""
         if name not in self.variables:
             raise FormatError(self.path, f"missing attribute {name!r}")
-        return self.variables[name].reshape(()).item()
+        a = self.variables[name]
+        if a.size != 1:
+            raise FormatError(self.path, f"attribute {name!r} holds {a.size} values, expected 1")
+        return a.reshape(()).item()
+
+    def count(self, name: str) -> int:
+        """A scalar attribute that must be a positive integer (a head count...)."""
+        v = self.scalar(name)
+        if not (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())) or v <= 0:
+            raise FormatError(self.path, f"attribute {name!r} must be a positive integer, got {v!r}")
+        return int(v)
 
 
 class _Reader:
@@ -115,6 +127,8 @@ def read_ctranslate2(path: str | os.PathLike) -> CT2Model:
     for _ in range(n_vars):
         name = r.string("variable name")
         rank = r.u("B", f"{name} rank")
+        if rank > MAX_RANK:
+            raise FormatError(p, f"{name}: rank {rank} is over {MAX_RANK}")
         dims = tuple(r.u("I", f"{name} dims") for _ in range(rank))
         if version >= 4:
             type_id = r.u("B", f"{name} dtype")
@@ -129,13 +143,13 @@ def read_ctranslate2(path: str | os.PathLike) -> CT2Model:
             dtype = _ITEM_SIZE_DTYPES[item]
             n_bytes = r.u("I", f"{name} size") * item
         raw = r.take(n_bytes, f"{name} data")
-        n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+        n = math.prod(dims)
+        if n * (2 if dtype is None else np.dtype(dtype).itemsize) != n_bytes:
+            raise FormatError(p, f"{name}: {n_bytes} bytes do not hold shape {list(dims)}")
         if dtype is None:    # bfloat16: the high half of a float32
             arr = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
             arr = np.frombuffer(raw, dtype=dtype)
-        if arr.size != n:
-            raise FormatError(p, f"{name}: {n_bytes} bytes do not hold shape {list(dims)}")
         variables[name] = arr.reshape(dims)
     aliases: dict[str, str] = {}
     if version >= 3:
@@ -152,8 +166,10 @@ def read_ctranslate2(path: str | os.PathLike) -> CT2Model:
     if cfg_path.is_file():
         try:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FormatError(cfg_path, f"invalid JSON: {e}") from e
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise FormatError(cfg_path, f"invalid JSON: {type(e).__name__}: {str(e)[:200]}") from None
+        if not isinstance(config, dict):
+            raise FormatError(cfg_path, f"expected a JSON object, got {type(config).__name__}")
     return CT2Model(p, version, spec, revision, variables, aliases, config)
 
 
@@ -167,7 +183,12 @@ def _float(m: CT2Model, name: str) -> np.ndarray:
         if scale is None:
             raise FormatError(m.path, f"{name} is {a.dtype} without {name}_scale")
         s = scale.astype(np.float32)
-        s = s.reshape(-1, *([1] * (a.ndim - 1))) if s.ndim == 1 else s
+        if s.size != 1 and (a.ndim == 0 or s.shape != (a.shape[0],)):
+            raise FormatError(m.path, f"{name}_scale has shape {list(s.shape)}; expected one value per row "
+                                      f"of {name} {list(a.shape)} or a single value")
+        if not (np.isfinite(s).all() and (s != 0).all()):
+            raise FormatError(m.path, f"{name}_scale holds zero, NaN or infinite values")
+        s = s.reshape(-1, *([1] * (a.ndim - 1))) if s.size != 1 else s.reshape(())
         return (a.astype(np.float32) / s).astype(np.float32)
     raise FormatError(m.path, f"{name}: unexpected dtype {a.dtype}")
 
@@ -179,10 +200,20 @@ def _layer_count(m: CT2Model, prefix: str) -> int:
     return n
 
 
-def _split_rows(a: np.ndarray, parts: int) -> list[np.ndarray]:
-    if a.shape[0] % parts:
-        raise FormatError("<ctranslate2>", f"fused projection of {a.shape[0]} rows does not split in {parts}")
+def _split_rows(m: CT2Model, name: str, a: np.ndarray, parts: int) -> list[np.ndarray]:
+    if a.ndim == 0 or a.shape[0] % parts:
+        raise FormatError(m.path, f"fused projection {name} of shape {list(a.shape)} does not split in {parts}")
     return np.split(a, parts, axis=0)
+
+
+def _check_ranks(m: CT2Model, out: dict[str, np.ndarray]) -> None:
+    """Each tensor a non-empty float of its rank: norms and biases 1-D, convolutions
+    (out, in, kernel), the rest 2-D."""
+    for k, a in out.items():
+        want = 1 if "norm" in k or k.endswith(".bias") else 3 if ".conv" in k else 2
+        if a.ndim != want or a.dtype.kind != "f" or a.size == 0:
+            raise FormatError(m.path, f"{k}: a {a.dtype} tensor of shape {list(a.shape)}, "
+                                      f"expected a non-empty {want}-D float tensor")
 
 
 def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
@@ -205,8 +236,8 @@ def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
         out[f"{dst}.weight"], out[f"{dst}.bias"] = v[f"{src}/gamma"], v[f"{src}/beta"]
 
     def qkv(dst: str, src: str) -> None:
-        wq, wk, wv = _split_rows(_float(m, f"{src}/weight"), 3)
-        bq, _, bv = _split_rows(v[f"{src}/bias"], 3)
+        wq, wk, wv = _split_rows(m, f"{src}/weight", _float(m, f"{src}/weight"), 3)
+        bq, _, bv = _split_rows(m, f"{src}/bias", v[f"{src}/bias"], 3)
         out.update({f"{dst}_q.weight": wq, f"{dst}_q.bias": bq, f"{dst}_k.weight": wk,
                     f"{dst}_v.weight": wv, f"{dst}_v.bias": bv})
 
@@ -232,8 +263,8 @@ def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
             self_attn_and_ffn(d, s)
             ln(f"{d}.cross_attn_norm", f"{s}/attention/layer_norm")
             lin(f"{d}.cross_attn_q", f"{s}/attention/linear_0")
-            wk, wv = _split_rows(_float(m, f"{s}/attention/linear_1/weight"), 2)
-            _, bv = _split_rows(v[f"{s}/attention/linear_1/bias"], 2)
+            wk, wv = _split_rows(m, f"{s}/attention/linear_1/weight", _float(m, f"{s}/attention/linear_1/weight"), 2)
+            _, bv = _split_rows(m, f"{s}/attention/linear_1/bias", v[f"{s}/attention/linear_1/bias"], 2)
             out.update({f"{d}.cross_attn_k.weight": wk, f"{d}.cross_attn_v.weight": wv,
                         f"{d}.cross_attn_v.bias": bv})
             lin(f"{d}.cross_attn_output", f"{s}/attention/linear_2")
@@ -242,9 +273,10 @@ def whisper_tensors(m: CT2Model) -> dict[str, np.ndarray]:
             out["dec.output.weight"] = _float(m, "decoder/projection/weight")
     except KeyError as e:
         raise FormatError(m.path, f"WhisperSpec model lacks variable {e.args[0]!r}") from None
+    _check_ranks(m, out)
     return out
 
 
 def whisper_attributes(m: CT2Model) -> Mapping[str, int]:
     """Head counts stored as attributes: {"n_audio_heads", "n_text_heads"}."""
-    return {"n_audio_heads": int(m.scalar("encoder/num_heads")), "n_text_heads": int(m.scalar("decoder/num_heads"))}
+    return {"n_audio_heads": m.count("encoder/num_heads"), "n_text_heads": m.count("decoder/num_heads")}

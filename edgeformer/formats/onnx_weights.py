@@ -33,6 +33,9 @@ from edgeformer.errors import FormatError, UnsupportedError
 from edgeformer.extras import require
 from edgeformer.formats.tensor_map import vision_tensors_from_hf
 
+# Most nodes (and initializers) a graph may have: the exports read here have a few
+# thousand (DINOv2-S 1.5k, a Piper voice 2.8k); every one is walked in Python.
+MAX_NODES = 1 << 16
 _LAYER_IDX = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
@@ -58,15 +61,41 @@ def read_onnx(source: str | os.PathLike | Any) -> tuple[Any, Path]:
     if not p.is_file():
         raise FormatError(p, "no such ONNX file")
     try:
-        return onnx.load(str(p)), p
+        model = onnx.load(str(p))
     except Exception as e:   # protobuf DecodeError and friends
-        raise FormatError(p, f"not a readable ONNX model: {e}") from None
+        raise FormatError(p, f"not a readable ONNX model: {str(e)[:300]}") from None
+    g = model.graph
+    if max(len(g.node), len(g.initializer)) > MAX_NODES:
+        raise FormatError(p, f"graph of {len(g.node)} nodes and {len(g.initializer)} initializers is over the "
+                             f"limit of {MAX_NODES} each")
+    _check_names(model, p)
+    return model, p
 
 
-def initializers(model: Any) -> dict[str, np.ndarray]:
-    """name -> numpy array of every graph initializer (external data included)."""
+def _check_names(model: Any, path: Path) -> None:
+    """FormatError unless the graph's names are text: protobuf hands a proto2 string
+    field holding invalid UTF-8 back as bytes."""
+    g = model.graph
+    names = [t.name for t in g.initializer] + [v.name for v in (*g.input, *g.output)]
+    for n in g.node:
+        names += [n.name, n.op_type, *n.input, *n.output, *(a.name for a in n.attribute)]
+    bad = next((x for x in names if not isinstance(x, str)), None)
+    if bad is not None:
+        raise FormatError(path, f"graph name {bad[:60]!r} is not UTF-8")
+
+
+def _array(t: Any, path: Path) -> np.ndarray:
+    """A TensorProto as numpy; FormatError when its data does not fit its dims/type."""
     from onnx import numpy_helper
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:   # ValueError (size vs dims), TypeError/KeyError (data type), OSError (external)
+        raise FormatError(path, f"tensor {t.name!r}: unreadable data ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def initializers(model: Any, path: Path = Path("<onnx model>")) -> dict[str, np.ndarray]:
+    """name -> numpy array of every graph initializer (external data included)."""
+    return {t.name: _array(t, path) for t in model.graph.initializer}
 
 
 def _scope(node: Any) -> str:
@@ -82,12 +111,11 @@ def _is_named(name: str, prefix: str) -> bool:
     return name.startswith(prefix) and "::" not in name and not name.startswith("/")
 
 
-def _constants(model: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
+def _constants(model: Any, path: Path) -> dict[str, np.ndarray]:
     out = {}
     for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" and n.output:
+            out[n.output[0]] = _array(n.attribute[0].t, path)
     return out
 
 
@@ -114,7 +142,7 @@ def _name_anonymous(model: Any, inits: dict[str, np.ndarray], prefix: str, path:
         u = inside[0]
         scope = _scope(u)[len(prefix):] if prefix else _scope(u)
         if u.op_type == "MatMul" and len(u.input) == 2 and u.input[1] == name and arr.ndim == 2:
-            bias = next((i for a in consumers.get(u.output[0], []) if a.op_type == "Add"
+            bias = next((i for a in consumers.get(next(iter(u.output), ""), []) if a.op_type == "Add"
                          for i in a.input if i.startswith(prefix) and i.endswith(".bias")), None)
             wname = bias[len(prefix):-len(".bias")] if bias else scope
             mapped[f"{wname}.weight"] = np.ascontiguousarray(arr.T)     # MatMul stores (in, out)
@@ -144,7 +172,8 @@ def _heads(model: Any, consts: dict[str, np.ndarray], prefix: str, dim: int) -> 
         if n.op_type != "Concat" or not _scope(n).startswith(want) or len(n.input) < 4:
             continue
         a, b = consts.get(n.input[-2]), consts.get(n.input[-1])
-        if a is not None and b is not None and a.size == 1 and b.size == 1:
+        if a is not None and b is not None and a.size == 1 and b.size == 1 and a.dtype.kind in "iu" \
+                and b.dtype.kind in "iu":
             h, hd = int(a.reshape(-1)[0]), int(b.reshape(-1)[0])
             if h > 0 and h * hd == dim:
                 return h
@@ -158,7 +187,7 @@ def _eps(model: Any, consts: dict[str, np.ndarray], prefix: str, norm: str) -> f
         if n.op_type == "Add" and _scope(n) == want:
             for i in n.input:
                 c = consts.get(i)
-                if c is not None and c.size == 1:
+                if c is not None and c.size == 1 and c.dtype.kind == "f":
                     return float(c.reshape(-1)[0])
     return None
 
@@ -180,7 +209,7 @@ def load_onnx_vision(source: str | os.PathLike | Any, n_heads: int | None = None
     initializer of unknown layout; UnsupportedError for an encoder family we do not know."""
     require("onnx", "vision", "ONNX vision weights")
     model, path = read_onnx(source)
-    inits = initializers(model)
+    inits = initializers(model, path)
     keys = [k for k in inits if k.endswith("embeddings.patch_embeddings.projection.weight")]
     if not keys:
         raise UnsupportedError(f"{path}: no ViT/DINOv2 patch embedding among the initializers")
@@ -201,21 +230,26 @@ def _infer_config(model: Any, inits: dict[str, np.ndarray], t: dict[str, np.ndar
         family = "vit"
     else:
         raise UnsupportedError(f"{path}: cannot tell the encoder family from its tensors")
-    need = ("patch_embd.weight", "position_embd", "class_embd", "blk.0.ffn_up.weight")
+    need = {"patch_embd.weight": 2, "position_embd": 2, "class_embd": 1, "blk.0.ffn_up.weight": 2}
     missing = [k for k in need if k not in t]
     if missing:
         raise FormatError(path, f"encoder tensors missing after mapping: {', '.join(missing)}")
+    for k, rank in need.items():
+        if t[k].ndim != rank or 0 in t[k].shape:
+            raise FormatError(path, f"{k} has shape {list(t[k].shape)}, expected {rank} non-empty dims")
     d = t["class_embd"].shape[-1]
     n_in = t["patch_embd.weight"].shape[1]
     n_pos = t["position_embd"].shape[0] - 1
-    grid = math.isqrt(n_pos)
+    grid = math.isqrt(max(n_pos, 0))
     # the flattened patch weight is (D, C*P*P): C and P come from the 4-D initializer
     _, n_ch, p, _ = inits[prefix + "embeddings.patch_embeddings.projection.weight"].shape
-    if n_ch * p * p != n_in or grid * grid != n_pos:
+    if n_ch * p * p != n_in or grid * grid != n_pos or n_pos == 0:
         raise FormatError(path, "patch embedding / position embedding shapes are inconsistent")
     layers = {int(m.group(1)) for k in inits for m in [_LAYER_IDX.search(k)] if m}
-    n_layers = max(layers) + 1 if layers else 0
-    consts = _constants(model)
+    n_layers = len(layers)
+    if layers != set(range(n_layers)):
+        raise FormatError(path, f"encoder layers are not numbered 0..{n_layers - 1}: {sorted(layers)[:8]}...")
+    consts = _constants(model, path)
     heads = n_heads or _heads(model, consts, prefix, d)
     if heads is None:
         raise FormatError(path, "cannot find the number of attention heads in the graph; pass n_heads")

@@ -30,6 +30,15 @@ IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Largest image decoded or made by resizing: 2^25 pixels (e.g. 8192 x 4096, 128 MiB as
+# RGBA). A file's size is checked from its header before any pixel is decoded (Pillow's
+# own bomb check allows 179 M).
+MAX_PIXELS = 1 << 25
+
+# Image formats decoded (Pillow's names): the common photo and web ones. Pillow knows ~40
+# more (EPS runs Ghostscript when installed; FITS, PSD, DDS...), none wanted from a request.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")   # JPEG covers MPO (phones)
+
 # PIL.Image.Resampling values, as transformers' PILImageResampling
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -94,6 +103,9 @@ class ImageProcessor:
         Image = require("PIL.Image", "vision", "image input")
         img = to_rgb(image)
         h, w = self.output_size(img.height, img.width) if self.do_resize else (img.height, img.width)
+        if h * w > MAX_PIXELS:      # a thin strip resized to a shortest edge grows by its aspect ratio
+            raise InputError(f"image of {img.width} x {img.height} pixels would resize to {w} x {h}, over the "
+                             f"limit of {MAX_PIXELS} pixels")
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), resample=Image.Resampling(RESAMPLE[self.resample]))
         x = np.array(img).transpose(2, 0, 1)                 # (H, W, 3) uint8 -> (3, H, W)
@@ -142,18 +154,23 @@ def to_rgb(image: Any) -> Any:
 
 
 def load_image(path: str | os.PathLike) -> Any:
-    """Open and fully decode an image file (PIL). InputError if it is missing or is not
-    a readable image."""
+    """Open and fully decode an image file (PIL). InputError if it is missing, is not
+    a readable image in one of FORMATS, or has more than MAX_PIXELS pixels."""
     Image = require("PIL.Image", "vision", "image input")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such image file")
     try:
-        with Image.open(p) as im:
+        with Image.open(p, formats=FORMATS) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise InputError(f"{p}: image of {w} x {h} pixels is over the limit of {MAX_PIXELS} pixels")
             im.load()   # decode now: a truncated file fails here, not later
             return im.copy()
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{p}: not a readable image ({e})") from None
+    except InputError:
+        raise
+    except Exception as e:   # Pillow's decoders raise OSError, SyntaxError, struct.error, EOFError, bombs...
+        raise InputError(f"{p}: not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 # Processors as transformers' PIL classes default them (class attributes of

@@ -289,11 +289,14 @@ class PadToSquare:
     color: tuple[int, ...]
 
     def __call__(self, image: Any) -> np.ndarray:
-        from edgeformer.models.image_processing import to_rgb
+        from edgeformer.models.image_processing import MAX_PIXELS, to_rgb
         x = np.array(to_rgb(image))                                 # (H, W, 3) uint8
         h, w, _ = x.shape
         if h != w:
             m = max(h, w)
+            if m * m > MAX_PIXELS:    # a thin strip pads to the square of its long side
+                raise InputError(f"image of {w} x {h} pixels would pad to {m} x {m}, over the limit of "
+                                 f"{MAX_PIXELS} pixels")
             out = np.empty((m, m, 3), np.uint8)
             out[:] = np.asarray(self.color[:3], np.uint8)
             top, left = (m - h) // 2, (m - w) // 2

@@ -54,7 +54,7 @@ def piper_tensors(model: Any, path: Path) -> tuple[dict[str, np.ndarray], dict[s
     from onnx import helper
 
     from edgeformer.formats.onnx_weights import initializers
-    inits = initializers(model)
+    inits = initializers(model, path)
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in inits.items()
                if re.match(r"^(enc_p|dp|flow|dec)\.", k) and v.dtype.kind == "f"}
     attrs: dict[str, dict[str, Any]] = {}

@@ -93,3 +93,22 @@ def test_not_an_onnx_file(tmp_path):
         load_onnx_vision(f)
     with pytest.raises(FormatError):
         load_onnx_vision(tmp_path / "missing.onnx")
+
+
+def test_graph_over_the_node_limit_is_refused_before_walking_it(tmp_path, monkeypatch):
+    """The fuzzer's hang: the Piper seed repeated 256 times (protobuf merges repeated
+    messages) made a 168 MB graph of 705k nodes that took over 5 s of Python loops; the
+    count is now checked first (MAX_NODES, here lowered to 8 to keep the file small)."""
+    from onnx import TensorProto, helper
+
+    from edgeformer.formats import onnx_weights
+    nodes = [helper.make_node("Identity", [f"t{i}"], [f"t{i + 1}"], name=f"/n{i}/Identity") for i in range(9)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("t9", TensorProto.FLOAT, [1])])
+    p = tmp_path / "big.onnx"
+    p.write_bytes(helper.make_model(g).SerializeToString())
+    monkeypatch.setattr(onnx_weights, "MAX_NODES", 8)
+    with pytest.raises(FormatError, match="9 nodes .* over the limit of 8"):
+        onnx_weights.read_onnx(p)
+    monkeypatch.setattr(onnx_weights, "MAX_NODES", 9)
+    assert len(onnx_weights.read_onnx(p)[0].graph.node) == 9

@@ -86,3 +86,20 @@ def test_bad_images(tmp_path):
         PRESETS["vit"]("not an image")
     with pytest.raises(ConfigError):
         ImageProcessor({"height": 5})
+
+
+def test_load_image_decodes_only_the_listed_formats(tmp_path):
+    """Photos and web images load; Pillow's other decoders (PCX, SGI, ICO... and EPS,
+    which runs Ghostscript) are never tried on a file: InputError."""
+    import io
+    im = Image.new("RGB", (8, 6), (10, 200, 30))
+    for fmt, ok in (("PNG", True), ("WEBP", True), ("PCX", False), ("SGI", False), ("ICO", False)):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt)
+        p = tmp_path / f"x.{fmt.lower()}"
+        p.write_bytes(buf.getvalue())
+        if ok:
+            assert load_image(p).size == (8, 6)
+        else:
+            with pytest.raises(InputError, match="not a readable image"):
+                load_image(p)

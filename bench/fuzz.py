@@ -13,11 +13,9 @@ ends as one of:
   signal.
 Crashes are grouped by (exception type, innermost edgeformer frame); the first input of
 each group is minimized (chunks cut while the same group reproduces) and saved as
-`<out>/<target>/<sha1>.bin` with a `.json` beside it (exception, site, message), or under
-`<out>/pending/<target>/` when the site is in a file this harness's owner does not fix
-(`OWNED`): those wait for their owner's fix and are not replayed by
-tests/fuzz/test_corpus.py until moved. An input over 1 MiB goes to the seed cache
-(`big-crashes/`) instead, to be reduced by hand into a test.
+`<out>/<target>/<sha1>.bin` with a `.json` beside it (exception, site, message), which
+tests/fuzz/test_corpus.py replays once the crash is fixed. An input over 1 MiB goes to
+the seed cache (`big-crashes/`) instead, to be reduced by hand into a test.
 
 Engines:
 - mutate (default, no extra dependency, deterministic for a --seed): byte mutations
@@ -58,9 +56,6 @@ sys.path.insert(0, str(ROOT))
 import fuzz_targets  # noqa: E402
 
 DEFAULT_OUT = ROOT / "tests" / "data" / "fuzz"
-# the files whose crashes the fuzzing helper fixes; a crash elsewhere is saved as pending
-OWNED = ("edgeformer/formats/ctranslate2.py", "edgeformer/formats/onnx_weights.py", "edgeformer/audio/io.py",
-         "edgeformer/models/image_processing.py", "edgeformer/tts/piper.py")
 
 
 def _cache() -> Path:
@@ -216,12 +211,6 @@ class Worker:
 
 def crash_key(r: dict) -> tuple[str, str]:
     return r["exc"], r.get("site", "")
-
-
-def owned(site: str) -> bool:
-    """A crash the fuzzing helper fixes (its site is in OWNED, or no Python site: a hang,
-    a signal or memory)."""
-    return not site or site.startswith(OWNED) or not site.startswith("edgeformer/")
 
 
 # ------------------------------------------------------------------ mutations
@@ -385,7 +374,7 @@ MAX_SAVED = 1 << 20    # a bigger crashing input is saved outside the repository
 
 
 def save_crash(out: Path, target: str, data: bytes, r: dict) -> Path:
-    d = out / target if owned(r.get("site", "")) else out / "pending" / target
+    d = out / target
     if len(data) > MAX_SAVED:
         d = _cache() / "big-crashes" / target
     d.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 defines them)."""
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,21 @@ def _token_str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+@contextlib.contextmanager
+def _library_errors(error: Callable[[str], Exception]) -> Iterator[None]:
+    """What `tokenizers` raises as `error(text)`: its bare Exceptions, and the Rust panics
+    pyo3 raises as PanicException, a BaseException (a tokenizer.json whose post-processor
+    names a token the vocabulary lacks panics at load)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        if isinstance(e, Exception) and type(e).__module__.startswith("edgeformer"):
+            raise
+        raise error(f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
 class HFTokenizer(Tokenizer):
     """`Tokenizer` over `tokenizers.Tokenizer`. BOS/EOS come from `tokenizer_config`
     (`bos_token`, `eos_token`, ...); whether encode adds BOS is whatever the file's
@@ -27,11 +43,12 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        with _library_errors(lambda why: FormatError(path, f"cannot load tokenizer.json: {why}")):
+            self._load(path, config)
+
+    def _load(self, path: Path, config: dict[str, Any]) -> None:
         from tokenizers import Tokenizer as TkTokenizer
-        try:
-            self._tk = TkTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception for bad files
-            raise FormatError(path, f"cannot load tokenizer.json: {e}") from e
+        self._tk = TkTokenizer.from_file(str(path))
         # encode sets a flag on the shared tokenizer: one call at a time (the server
         # tokenizes on worker threads)
         self._encode_lock = threading.Lock()
@@ -65,7 +82,7 @@ class HFTokenizer(Tokenizer):
         if add_bos is not None:
             add_special = add_bos
         check_text(text)
-        with self._encode_lock:
+        with self._encode_lock, _library_errors(lambda why: InputError(f"tokenizer.json cannot encode this text: {why}")):
             self._tk.encode_special_tokens = not parse_special
             return list(self._tk.encode(text, add_special_tokens=add_special).ids)
 

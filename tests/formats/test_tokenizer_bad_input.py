@@ -149,3 +149,24 @@ def test_decoding_non_integer_ids_is_an_input_error(shipped, tiny_llama):
                 tok.incremental_decoder().add(bad)
         with pytest.raises(InputError, match="outside the vocabulary"):
             tok.incremental_decoder().add(-1)
+
+
+def test_tokenizers_panic_is_a_format_error(tmp_path):
+    """A tokenizer.json whose post-processor uses a special token it does not define makes
+    the `tokenizers` library panic (pyo3's PanicException, a BaseException: it escapes
+    `except Exception`) when the tokenizer is first used: a FormatError at load (found by
+    bench/fuzz.py hf)."""
+    from tokenizers import Tokenizer as TkTokenizer
+    from tokenizers import models, pre_tokenizers, processors
+
+    from edgeformer.formats.tokenizer_hf import HFTokenizer
+    tk = TkTokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", 7)])
+    path = tmp_path / "tokenizer.json"
+    tk.save(str(path))
+    data = json.loads(path.read_text())
+    data["post_processor"]["special_tokens"] = {}
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match="cannot load tokenizer.json: PanicException"):
+        HFTokenizer(path, {})

@@ -17,20 +17,3 @@ def load_harness():
         sys.modules["bench_fuzz"] = mod
         spec.loader.exec_module(mod)
     return sys.modules["bench_fuzz"]
-
-
-def known_pending(target: str) -> set[tuple[str, str]]:
-    """(exception, file:function) of the crashes saved under pending/<target>/: found,
-    routed to the owner of their file, not fixed yet."""
-    import json
-    out = set()
-    for meta in sorted((CORPUS / "pending" / target).glob("*.json")):
-        m = json.loads(meta.read_text())
-        out.add((m["exc"], _where(m.get("site") or "")))
-    return out
-
-
-def _where(site: str) -> str:
-    """'path:line:function' -> 'path:function' (lines move with edits)."""
-    parts = site.split(":")
-    return f"{parts[0]}:{parts[-1]}" if len(parts) == 3 else site

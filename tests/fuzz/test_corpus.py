@@ -1,14 +1,13 @@
 """Every input the fuzzer saved as a crash (tests/data/fuzz/<target>/*.bin) now ends in
 success or an edgeformer error, within the fuzzer's bounds (5 s of CPU, 2 GiB above the
-worker, no signal), replayed by the harness's worker process. Inputs under
-tests/data/fuzz/pending/ wait for fixes in files other work owns and are not replayed."""
+worker, no signal), replayed by the harness's worker process."""
 from __future__ import annotations
 
 import pytest
 
 from ._harness import CORPUS, load_harness
 
-TARGETS = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and d.name != "pending" and any(d.glob("*.bin")))
+TARGETS = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and any(d.glob("*.bin")))
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -30,11 +30,12 @@ import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
 from edgeformer.backends.cpu.vector_ir import V16F, data, fma, fsplat, vload
+from edgeformer.kernels.kv_pages import PagedKV
 
 
 @njit(**JIT)
@@ -337,6 +338,94 @@ def _pv(nr, sc, aoff, v, boff, ldb, o, coff, ldc, n):
             _pv1b(sc, aoff, BK, v, boff + c, ldb, o, coff + c, ldc, n)
 
 
+# Keys and values reach `_task` as (S, Hkv, Dp) float32 arrays or as pages read in place:
+# a `PagedKV.kernel_args()` tuple (pages (P, bs, Hkv, D) of float32, uint16 (f16/bf16
+# bits) or int8, int8 scales, the 16-bit table, page ids, S). The paged task converts the
+# keys and values of each block it is about to use into a (BK, Dp) float32 scratch, as
+# `PagedKV.dense` would (the same float32 bits), and runs the same tiles on it.
+
+def _dims(src):
+    """(S, Hkv, Dp) of an operand (Dp: D rounded up to a multiple of 16)."""
+
+
+def _scratch(src, dp):
+    """A paged operand's (BK, dp) zeroed float32 block scratch (a placeholder for arrays)."""
+
+
+def _rows(src, h, jb, a, b, scr):
+    """(array, base, ld, j0): kv head h of key jj (jb <= jj < jb + BK) starts at array[base
+    + (jj - j0) ld]. Arrays are read in place (j0 = 0); pages first convert keys [a, b) into
+    rows jj - jb of scr (j0 = jb)."""
+
+
+def _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+    """Redo a task's rows with the exact kernel; False if done, True if the caller must
+    (paged operands: it reruns the call on `PagedKV.dense` arrays)."""
+
+
+def _page_f32(pages, scale, lut, p, sl, h, dst):
+    dst[:pages.shape[3]] = pages[p, sl, h]
+
+
+def _page_lut(pages, scale, lut, p, sl, h, dst):
+    src = pages[p, sl, h]
+    for i in range(src.shape[0]):
+        dst[i] = lut[src[i]]
+
+
+def _page_int8(pages, scale, lut, p, sl, h, dst):
+    src, sc = pages[p, sl, h], scale[p, sl, h]
+    for i in range(src.shape[0]):
+        dst[i] = np.float32(src[i]) * sc
+
+
+_PAGE_ROW = {types.float32: njit(inline="always", **EXACT)(_page_f32),
+             types.uint16: njit(inline="always", **EXACT)(_page_lut),
+             types.int8: njit(inline="always", **EXACT)(_page_int8)}
+
+
+@overload(_dims, jit_options=EXACT)
+def _dims_impl(src):
+    if isinstance(src, types.Array):
+        return lambda src: src.shape
+    return lambda src: (src[4], src[0].shape[2], (src[0].shape[3] + 15) // 16 * 16)
+
+
+@overload(_scratch, jit_options=EXACT)
+def _scratch_impl(src, dp):
+    if isinstance(src, types.Array):
+        return lambda src, dp: np.empty((0, dp), np.float32)
+    return lambda src, dp: np.zeros((BK, dp), np.float32)
+
+
+@overload(_rows, jit_options=EXACT)
+def _rows_impl(src, h, jb, a, b, scr):
+    if isinstance(src, types.Array):
+        return lambda src, h, jb, a, b, scr: (src, h * src.shape[2], src.shape[1] * src.shape[2], 0)
+    row = _PAGE_ROW[src[0].dtype]
+
+    def paged(src, h, jb, a, b, scr):
+        pages, scale, lut, table = src[0], src[1], src[2], src[3]
+        bs = pages.shape[1]
+        for jj in range(a, b):
+            blk = jj // bs
+            row(pages, scale, lut, table[blk], jj - blk * bs, h, scr[jj - jb])
+        return scr, 0, scr.shape[1], jb
+    return paged
+
+
+@overload(_redo, jit_options=EXACT)
+def _redo_impl(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+    if not isinstance(k, types.Array):
+        return lambda q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out: True
+
+    def exact(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+        for t in range(t0, t1):
+            _exact_task(q, k, v, qp, kp, t, h, ksorted, scale, causal, window, softcap, out)
+        return False
+    return exact
+
+
 @njit(**EXACT)
 def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
     """Queries t0..t1-1, the query heads of kv head h, into out. k: (S, Hkv, Dp), v: (S,
@@ -344,11 +433,12 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
     Returns True when an output is not finite or a visible score is NaN (the caller then
     redoes these rows with the exact kernel, which has the contract's NaN/Inf rules)."""
     hq, d = q.shape[1], q.shape[2]
-    s_, hkv, dp = k.shape
-    dvp = v.shape[2]
+    s_, hkv, dp = _dims(k)
+    dvp = _dims(v)[2]
     dv = out.shape[2]
     g_ = hq // hkv
     nt = t1 - t0
+    kscr, vscr = _scratch(k, dp), _scratch(v, dvp)
     r_ = nt * g_
     # one scratch allocation per task (decode makes one task per kv head per layer)
     buf = np.empty(r_ * (dp + dvp + BK + 2) + dp * BK, np.float32)
@@ -382,13 +472,13 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
                 lo[tt] = np.searchsorted(kp, qp[t0 + tt] - window, side="right")
         if lo[tt] < hi[tt]:
             jlo, jhi = min(jlo, lo[tt]), max(jhi, hi[tt])
-    ldk, ldv = hkv * dp, hkv * dvp
     bad = False
     jb = (jlo + shift) // BK * BK - shift if jlo < jhi else jhi    # first block (may start before key 0)
     while jb < jhi:
         c0 = (max(jlo, jb) - jb) // 32 * 32                 # the 32-key halves some row sees
         c1 = (min(jhi, jb + BK) - jb + 31) // 32 * 32
-        _kt64(k, h * dp, ldk, jb, s_, dp // 16, kt, c0 // 16, c1 // 16)
+        ka_, kbase, ldk, kj0 = _rows(k, h, jb, max(jb + c0, 0), min(jb + c1, s_), kscr)
+        _kt64(ka_, kbase, ldk, jb - kj0, s_ - kj0, dp // 16, kt, c0 // 16, c1 // 16)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
             ta, tb = s_, 0                                   # keys some row of the tile sees
@@ -433,6 +523,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
             if alpha != 1.0:
                 for i in range(dvp):
                     o[r, i] *= alpha
+        va, vbase, ldv, vj0 = _rows(v, h, jb, max(jb, jlo), min(jb + BK, jhi), vscr)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
             ka, kb = max(jb, 0), min(jb + BK, s_)
@@ -442,7 +533,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
                     ta, tb = min(ta, lo[tt]), max(tb, hi[tt])
             ka, kb = max(ka, ta), min(kb, tb)                # keys past either end add exact zeros
             if ka < kb:
-                _pv(nr, sc, r * BK + ka - jb, v, ka * ldv + h * dvp, ldv, o, r * dvp, dvp, kb - ka)
+                _pv(nr, sc, r * BK + ka - jb, va, vbase + (ka - vj0) * ldv, ldv, o, r * dvp, dvp, kb - ka)
         jb += BK
     for r in range(r_):
         tq, hh = t0 + r // g_, h * g_ + r % g_
@@ -457,9 +548,9 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
 
 def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
     """Every (kv head, block of bq queries) task; tasks that met a non-finite value are
-    redone by the exact kernel."""
+    redone by the exact kernel. Returns how many were not (paged operands)."""
     t_ = q.shape[0]
-    s_, hkv = k.shape[0], k.shape[1]
+    s_, hkv = _dims(k)[:2]
     ksorted, consec = True, True
     for j in range(1, s_):
         if kp[j] < kp[j - 1]:
@@ -468,6 +559,7 @@ def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
             consec = False
     shift = kp[0] % BK if consec and s_ > 0 else 0     # blocks at absolute positions
     nqb = (t_ + bq - 1) // bq
+    left = 0
     for task in prange(hkv * nqb):
         h = task // nqb
         b = task - h * nqb
@@ -475,9 +567,10 @@ def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
         # a contiguous run of tasks; pairing big with small evens the threads' work out
         t0 = (b // 2 if b % 2 == 0 else nqb - 1 - b // 2) * bq
         t1 = min(t_, t0 + bq)
-        if _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
-            for t in range(t0, t1):
-                _exact_task(q, k, v, qp, kp, t, h, ksorted, scale, causal, window, softcap, out)
+        if _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out) \
+                and _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+            left += 1
+    return left
 
 
 _blocked_ser, _blocked_par = jit_pair(_blocked, EXACT)
@@ -517,13 +610,14 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
               q_pos: np.ndarray | None = None, k_pos: np.ndarray | None = None, *,
               scale: float, causal: bool = True, window: int | None = None,
               softcap: float | None = None) -> np.ndarray:
     """q: (T, Hq, D); k: (S, Hkv, D); v: (S, Hkv, Dv) -> (T, Hq, Dv) float32.
     Contract of `kernels.attention.attention_ref` (positions default to the last T of S).
-    A query's bits do not depend on the other queries of the call (see `_blocked`)."""
+    A query's bits do not depend on the other queries of the call (see `_blocked`). k and
+    v may both be `PagedKV` views, read in place: the bits of their `dense()` arrays."""
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     if k.shape != (s, hkv, d) or hq % hkv or (q_pos is not None and np.shape(q_pos) != (t,)) \
@@ -537,8 +631,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     out = np.empty((t, hq, dv), np.float32)
     if t == 0:
         return out
-    q, k, v = _f32(q), _f32(k), _f32(v)
-    qp, kp = _i64(q_pos), _i64(k_pos)
+    paged = isinstance(k, PagedKV) and isinstance(v, PagedKV)
+    kk, vv = (k.kernel_args(), v.kernel_args()) if paged else (_pad16(_f32(k)), _pad16(_f32(v)))
+    q, qp, kp = _f32(q), _i64(q_pos), _i64(k_pos)
     win, cap = _NO_WINDOW if window is None else int(window), np.float32(softcap or 0.0)
     # decode-sized work (one token, a short cache) runs serially: waking the thread pool
     # (~10-30 us with OMP_WAIT_POLICY=PASSIVE) costs more than the few heads' dot products
@@ -546,6 +641,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     bq = BQ
     while parallel and bq > BQ_MIN and hkv * -(-t // bq) < 2 * get_num_threads():
         bq //= 2                                         # e.g. a 64-token chunk of an MQA model
-    (_blocked_par if parallel else _blocked_ser)(q, _pad16(k), _pad16(v), qp, kp, np.float32(scale), bool(causal),
-                                                 win, cap, bq, out)
+    if (_blocked_par if parallel else _blocked_ser)(q, kk, vv, qp, kp, np.float32(scale), bool(causal),
+                                                    win, cap, bq, out):
+        # a task met a non-finite value: the exact kernel needs contiguous keys and values
+        return attention(q, k.dense(), v.dense(), qp, kp, scale=scale, causal=causal, window=window, softcap=softcap)
     return out

@@ -2,9 +2,8 @@
 int8) and `PagedKV`, one layer's keys or values of one sequence left in the pool's pages,
 which a backend with `paged_attention` reads in place and any other gets as `dense()`.
 
-Reading a page value as float32 is exact and the same wherever it happens: f16 and bf16
-through a 65536-entry table of every bit pattern (numpy's own f16 cast; bf16 is the top
-half of a float32), int8 as float32(value) * scale (one f32 scale per token and head).
+Reading a page value as float32 is exact: f16 as numpy casts it, bf16 as the top half of
+a float32, int8 as float32(value) * scale (one f32 scale per token and head).
 """
 from __future__ import annotations
 
@@ -34,12 +33,8 @@ def quant_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-# float32 value of every 16-bit pattern, as f16 (numpy's own cast: identical bits, NaNs too)
-# and as bf16
-_BITS16 = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-LUT16 = {"f16": _BITS16.view(np.float16).astype(np.float32), "bf16": from_bf16(_BITS16)}
-_NO_LUT = np.zeros(1, np.float32)
-_NO_SCALE = np.zeros((1, 1, 1), np.float32)
+# float32 value of every float16 bit pattern (numpy's own cast, so identical bits, NaNs too)
+_F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,13 +60,6 @@ class PagedKV:
         h, d = self.pages.shape[2:]
         return self.n * h * (d * ITEMSIZE[self.dtype] + (4 if self.dtype == "int8" else 0))
 
-    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """(pages with f16 as its uint16 bits, scales, 16-bit table, page ids, n): the
-        operand of a kernel reading the pages; placeholders where a dtype needs none."""
-        pages = self.pages.view(np.uint16) if self.dtype == "f16" else self.pages
-        return (pages, _NO_SCALE if self.scale is None else self.scale, LUT16.get(self.dtype, _NO_LUT),
-                self.table, self.n)
-
     def dense(self) -> np.ndarray:
         """The n slots as contiguous float32 (n, H, D)."""
         x = self.pages[self.table]                                # (P, bs, H, D)
@@ -79,6 +67,8 @@ class PagedKV:
         if self.dtype == "int8":
             assert self.scale is not None
             return x * self.scale[self.table].reshape(-1, x.shape[1])[:self.n, :, None]
-        if self.dtype in LUT16:    # exact, through the table: 2x numpy's f16 cast
-            return np.take(LUT16[self.dtype], x.view(np.uint16))
+        if self.dtype == "bf16":
+            return from_bf16(x)
+        if self.dtype == "f16":    # exact, through a 65536-entry table: 2x numpy's f16 cast
+            return np.take(_F16_TABLE, x.view(np.uint16))
         return x.astype(np.float32)

@@ -34,7 +34,7 @@ from numba.extending import intrinsic, overload
 
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
-from edgeformer.backends.cpu.vector_ir import V16F, data, fma, fsplat, vload
+from edgeformer.backends.cpu.vector_ir import F32, I32, V16F, data, fma, fsplat, half_to_float, vload
 from edgeformer.kernels.kv_pages import PagedKV
 
 
@@ -338,13 +338,17 @@ def _pv(nr, sc, aoff, v, boff, ldb, o, coff, ldc, n):
             _pv1b(sc, aoff, BK, v, boff + c, ldb, o, coff + c, ldc, n)
 
 
-# Keys and values reach `_task` as (S, Hkv, Dp) float32 arrays or as pages read in place:
-# a `PagedKV.kernel_args()` tuple (pages (P, bs, Hkv, D) of float32, uint16 (f16/bf16
-# bits) or int8, int8 scales, the 16-bit table, page ids, S). The paged task converts the
-# keys and values of each block it is about to use into a (BK, Dp) float32 scratch, as
-# `PagedKV.dense` would (the same float32 bits), and runs the same tiles on it.
+# Keys and values reach `_task` as (S, Hkv, Dp) float32 arrays or as pages read in place
+# (`_paged_args`): (P, bs, Hkv, D) pages of float32, uint16 (f16 bits), int16 (bf16 bits)
+# or int8, with `pk` = (int8 key scales, value scales, page ids), S = the number of key
+# positions (empty placeholders in `pk` for arrays). The paged task converts the keys and
+# values of each block it is about to use into a (BK, Dp) float32 scratch and runs the
+# same tiles on it. The conversions give `PagedKV.dense`'s float32 bits for every value
+# but NaN payloads (F16C's `vcvtph2ps` quiets signalling NaNs; a NaN a row meets sends the
+# call to the dense path anyway, see `_redo`). (Arrays, not a tuple of them: Numba's
+# dispatcher types a tuple ~10 us slower per call.)
 
-def _dims(src):
+def _dims(src, kp):
     """(S, Hkv, Dp) of an operand (Dp: D rounded up to a multiple of 16)."""
 
 
@@ -352,7 +356,7 @@ def _scratch(src, dp):
     """A paged operand's (BK, dp) zeroed float32 block scratch (a placeholder for arrays)."""
 
 
-def _rows(src, h, jb, a, b, scr):
+def _rows(src, scale, table, h, jb, a, b, scr):
     """(array, base, ld, j0): kv head h of key jj (jb <= jj < jb + BK) starts at array[base
     + (jj - j0) ld]. Arrays are read in place (j0 = 0); pages first convert keys [a, b) into
     rows jj - jb of scr (j0 = jb)."""
@@ -363,60 +367,72 @@ def _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, o
     (paged operands: it reruns the call on `PagedKV.dense` arrays)."""
 
 
-def _page_f32(pages, scale, lut, p, sl, h, dst):
+@intrinsic
+def _half(typingctx, h):
+    """float32 of f16 bits (uint16) or bf16 bits (int16)."""
+    bf16 = h == types.int16
+
+    def codegen(context, builder, sig, args):
+        if bf16:
+            return builder.bitcast(builder.shl(builder.zext(args[0], I32), ir.Constant(I32, 16)), F32)
+        return half_to_float(context, builder, args[0])
+    return types.float32(h), codegen
+
+
+def _page_f32(pages, scale, p, sl, h, dst):
     dst[:pages.shape[3]] = pages[p, sl, h]
 
 
-def _page_lut(pages, scale, lut, p, sl, h, dst):
+def _page_16(pages, scale, p, sl, h, dst):
     src = pages[p, sl, h]
     for i in range(src.shape[0]):
-        dst[i] = lut[src[i]]
+        dst[i] = _half(src[i])
 
 
-def _page_int8(pages, scale, lut, p, sl, h, dst):
+def _page_int8(pages, scale, p, sl, h, dst):
     src, sc = pages[p, sl, h], scale[p, sl, h]
     for i in range(src.shape[0]):
         dst[i] = np.float32(src[i]) * sc
 
 
 _PAGE_ROW = {types.float32: njit(inline="always", **EXACT)(_page_f32),
-             types.uint16: njit(inline="always", **EXACT)(_page_lut),
+             types.uint16: njit(inline="always", **EXACT)(_page_16),
+             types.int16: njit(inline="always", **EXACT)(_page_16),
              types.int8: njit(inline="always", **EXACT)(_page_int8)}
 
 
 @overload(_dims, jit_options=EXACT)
-def _dims_impl(src):
-    if isinstance(src, types.Array):
-        return lambda src: src.shape
-    return lambda src: (src[4], src[0].shape[2], (src[0].shape[3] + 15) // 16 * 16)
+def _dims_impl(src, kp):
+    if src.ndim == 3:
+        return lambda src, kp: src.shape
+    return lambda src, kp: (kp.shape[0], src.shape[2], (src.shape[3] + 15) // 16 * 16)
 
 
 @overload(_scratch, jit_options=EXACT)
 def _scratch_impl(src, dp):
-    if isinstance(src, types.Array):
+    if src.ndim == 3:
         return lambda src, dp: np.empty((0, dp), np.float32)
     return lambda src, dp: np.zeros((BK, dp), np.float32)
 
 
 @overload(_rows, jit_options=EXACT)
-def _rows_impl(src, h, jb, a, b, scr):
-    if isinstance(src, types.Array):
-        return lambda src, h, jb, a, b, scr: (src, h * src.shape[2], src.shape[1] * src.shape[2], 0)
-    row = _PAGE_ROW[src[0].dtype]
+def _rows_impl(src, scale, table, h, jb, a, b, scr):
+    if src.ndim == 3:
+        return lambda src, scale, table, h, jb, a, b, scr: (src, h * src.shape[2], src.shape[1] * src.shape[2], 0)
+    row = _PAGE_ROW[src.dtype]
 
-    def paged(src, h, jb, a, b, scr):
-        pages, scale, lut, table = src[0], src[1], src[2], src[3]
-        bs = pages.shape[1]
+    def paged(src, scale, table, h, jb, a, b, scr):
+        bs = src.shape[1]
         for jj in range(a, b):
             blk = jj // bs
-            row(pages, scale, lut, table[blk], jj - blk * bs, h, scr[jj - jb])
+            row(src, scale, table[blk], jj - blk * bs, h, scr[jj - jb])
         return scr, 0, scr.shape[1], jb
     return paged
 
 
 @overload(_redo, jit_options=EXACT)
 def _redo_impl(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
-    if not isinstance(k, types.Array):
+    if k.ndim == 4:
         return lambda q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out: True
 
     def exact(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
@@ -427,14 +443,14 @@ def _redo_impl(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softc
 
 
 @njit(**EXACT)
-def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
+def _task(q, k, v, pk, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
     """Queries t0..t1-1, the query heads of kv head h, into out. k: (S, Hkv, Dp), v: (S,
     Hkv, Dvp) with Dp, Dvp multiples of 16 (zero-padded beyond q's D and out's Dv).
     Returns True when an output is not finite or a visible score is NaN (the caller then
     redoes these rows with the exact kernel, which has the contract's NaN/Inf rules)."""
     hq, d = q.shape[1], q.shape[2]
-    s_, hkv, dp = _dims(k)
-    dvp = _dims(v)[2]
+    s_, hkv, dp = _dims(k, kp)
+    dvp = _dims(v, kp)[2]
     dv = out.shape[2]
     g_ = hq // hkv
     nt = t1 - t0
@@ -477,7 +493,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
     while jb < jhi:
         c0 = (max(jlo, jb) - jb) // 32 * 32                 # the 32-key halves some row sees
         c1 = (min(jhi, jb + BK) - jb + 31) // 32 * 32
-        ka_, kbase, ldk, kj0 = _rows(k, h, jb, max(jb + c0, 0), min(jb + c1, s_), kscr)
+        ka_, kbase, ldk, kj0 = _rows(k, pk[0], pk[2], h, jb, max(jb + c0, 0), min(jb + c1, s_), kscr)
         _kt64(ka_, kbase, ldk, jb - kj0, s_ - kj0, dp // 16, kt, c0 // 16, c1 // 16)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
@@ -523,7 +539,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
             if alpha != 1.0:
                 for i in range(dvp):
                     o[r, i] *= alpha
-        va, vbase, ldv, vj0 = _rows(v, h, jb, max(jb, jlo), min(jb + BK, jhi), vscr)
+        va, vbase, ldv, vj0 = _rows(v, pk[1], pk[2], h, jb, max(jb, jlo), min(jb + BK, jhi), vscr)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
             ka, kb = max(jb, 0), min(jb + BK, s_)
@@ -546,11 +562,11 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
     return bad
 
 
-def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
+def _blocked(q, k, v, ksc, vsc, table, qp, kp, scale, causal, window, softcap, bq, out):
     """Every (kv head, block of bq queries) task; tasks that met a non-finite value are
     redone by the exact kernel. Returns how many were not (paged operands)."""
     t_ = q.shape[0]
-    s_, hkv = _dims(k)[:2]
+    s_, hkv = _dims(k, kp)[:2]
     ksorted, consec = True, True
     for j in range(1, s_):
         if kp[j] < kp[j - 1]:
@@ -567,7 +583,8 @@ def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
         # a contiguous run of tasks; pairing big with small evens the threads' work out
         t0 = (b // 2 if b % 2 == 0 else nqb - 1 - b // 2) * bq
         t1 = min(t_, t0 + bq)
-        if _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out) \
+        pk = (ksc, vsc, table)
+        if _task(q, k, v, pk, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out) \
                 and _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
             left += 1
     return left
@@ -588,6 +605,20 @@ def _pad16(a):
     return b
 
 
+# placeholders of the paged operands (int8 scales of keys and values, page ids)
+_NO_SCALE, _NO_TABLE = np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64)
+_NO_PAGES = (_NO_SCALE, _NO_SCALE, _NO_TABLE)
+_PAGE_BITS = {"f16": np.uint16, "bf16": np.int16}   # which conversion `_half` makes
+
+
+def _paged_args(k: PagedKV, v: PagedKV) -> tuple[np.ndarray, ...]:
+    """`_blocked`'s k, v, ksc, vsc, table for views of one pool."""
+    def pages(x: PagedKV) -> np.ndarray:
+        return x.pages.view(_PAGE_BITS[x.dtype]) if x.dtype in _PAGE_BITS else x.pages
+    return (pages(k), pages(v), _NO_SCALE if k.scale is None else k.scale, _NO_SCALE if v.scale is None else v.scale,
+            k.table)
+
+
 @njit(**EXACT)
 def attend_one(q, k, v, kp, pos, scale, window, softcap, out):
     """One query token at position `pos`, causal: q (1, Hq, D), k (S, Hkv, D), v (S, Hkv,
@@ -595,7 +626,7 @@ def attend_one(q, k, v, kp, pos, scale, window, softcap, out):
     (the fused decode step's attention)."""
     qp = np.empty(1, np.int64)
     qp[0] = pos
-    _blocked_ser(q, _pad16(k), _pad16(v), qp, kp, scale, True, window, softcap, 1, out)
+    _blocked_ser(q, _pad16(k), _pad16(v), _NO_SCALE, _NO_SCALE, _NO_TABLE, qp, kp, scale, True, window, softcap, 1, out)
 
 
 _NO_WINDOW = 1 << 62   # "no window": every diff is below it
@@ -632,7 +663,7 @@ def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
     if t == 0:
         return out
     paged = isinstance(k, PagedKV) and isinstance(v, PagedKV)
-    kk, vv = (k.kernel_args(), v.kernel_args()) if paged else (_pad16(_f32(k)), _pad16(_f32(v)))
+    kv = _paged_args(k, v) if paged else (_pad16(_f32(k)), _pad16(_f32(v))) + _NO_PAGES
     q, qp, kp = _f32(q), _i64(q_pos), _i64(k_pos)
     win, cap = _NO_WINDOW if window is None else int(window), np.float32(softcap or 0.0)
     # decode-sized work (one token, a short cache) runs serially: waking the thread pool
@@ -641,7 +672,7 @@ def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
     bq = BQ
     while parallel and bq > BQ_MIN and hkv * -(-t // bq) < 2 * get_num_threads():
         bq //= 2                                         # e.g. a 64-token chunk of an MQA model
-    if (_blocked_par if parallel else _blocked_ser)(q, kk, vv, qp, kp, np.float32(scale), bool(causal),
+    if (_blocked_par if parallel else _blocked_ser)(q, *kv, qp, kp, np.float32(scale), bool(causal),
                                                     win, cap, bq, out):
         # a task met a non-finite value: the exact kernel needs contiguous keys and values
         return attention(q, k.dense(), v.dense(), qp, kp, scale=scale, causal=causal, window=window, softcap=softcap)

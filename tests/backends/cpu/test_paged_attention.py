@@ -9,6 +9,7 @@ import pytest
 
 from edgeformer.backends.cpu import attention as cpu_attn
 from edgeformer.backends.cpu import CpuBackend
+from edgeformer.kernels import OPS
 from edgeformer.kernels.kv_pages import PagedKV
 from edgeformer.runtime.kv_cache import PagedKVCache
 
@@ -70,3 +71,16 @@ def test_non_finite_pages_follow_the_exact_rules() -> None:
 
 def test_cpu_backend_declares_paged_attention() -> None:
     assert CpuBackend.paged_attention
+
+
+def test_priced_by_the_bytes_stored() -> None:
+    """The tracer prices a paged call: the FLOPs of the gathered one, keys and values read
+    as stored (f16: half the float32 bytes)."""
+    rng = np.random.default_rng(2)
+    _, views, _ = _filled("f16", 40, 2, 32, rng)
+    k, v, k_pos = views[0]
+    q, pos = rng.standard_normal((1, 4, 32), dtype=np.float32), np.array([39])
+    paged = OPS["attention"].cost(q, k, v, pos, k_pos, scale=0.2)
+    dense = OPS["attention"].cost(q, k.dense(), v.dense(), pos, k_pos, scale=0.2)
+    assert paged.flops == dense.flops > 0
+    assert paged.bytes_read == dense.bytes_read - k.nbytes - v.nbytes and k.nbytes == 40 * 2 * 32 * 2

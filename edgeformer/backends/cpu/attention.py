@@ -18,6 +18,9 @@ token the same bits.
   32-key halves that no row of a task or tile can see are skipped.
 - `_attn_rows` / `_exact_task` (exact softmax: max, exp, sum) keeps the contract's NaN/Inf
   rules: a `_blocked` task that meets a non-finite output or a NaN score is redone by it.
+- Paged operands (`kernels.kv_pages.PagedKV`, the continuous-batching cache's views):
+  `_task` converts each block's keys and values from the pages into a float32 scratch
+  and runs the same tiles on it, so a row's bits are those of the gathered arrays.
 
 Editing this file: Numba's on-disk cache keys `block.py`'s fused step on block.py alone,
 and that step has `attend_one` compiled into it, so touch block.py (or delete

@@ -62,8 +62,8 @@ class Backend:
     # batched rows: a linear's output rows are bit-identical for any row count up to
     # this many rows (0: not; `row_invariant.py` then runs fixed row blocks)
     row_invariant_rows: int = 0
-    # paged_attention: attention reads a paged KV cache's pages in place (none does yet:
-    # the runtime gathers pages into contiguous arrays)
+    # paged_attention: attention takes `kernels.kv_pages.PagedKV` keys and values and reads
+    # the pages in place (otherwise the runtime gathers them into contiguous float32)
     paged_attention: bool = False
     # device_memory: kernels take `to_device` arrays and return arrays `to_host` reads back
     device_memory: bool = False

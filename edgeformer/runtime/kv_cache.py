@@ -15,11 +15,12 @@ that carry a key stay cached (LRU) until their pages are needed. A block that is
 or keyed is immutable: writing into it (after `truncate` or `fork`) copies it first.
 
 Storage dtypes: f32 (exact), f16, bf16 (round to nearest even), int8 (symmetric, one f32
-scale per token and head). `update_and_fetch` gathers a layer's pages into contiguous
-float32 arrays: per layer and step it copies (and dequantizes) the whole visible context,
-S * n_kv_heads * (head_dim + v_dim) values, which is small next to the weights a decode
-step reads for contexts up to a few thousand tokens, but grows with S (a paged attention
-kernel reading the pages in place would remove it).
+scale per token and head; conversions in `kernels/kv_pages.py`). `update_and_fetch`
+returns a layer's visible keys and values as `PagedKV` views of the pages when the cache
+was made with `paged_views` (for a backend with `paged_attention`, whose attention reads
+them in place), else gathered into contiguous float32 arrays: per layer and step that
+copies (and dequantizes) the whole visible context, S * n_kv_heads * (head_dim + v_dim)
+values.
 """
 from __future__ import annotations
 
@@ -27,38 +28,14 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edgeformer.errors import CapacityError, InputError
+from edgeformer.kernels.kv_pages import ITEMSIZE, PagedKV, quant_int8, to_bf16
 
 KV_DTYPES = ("f32", "f16", "bf16", "int8")
-_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "int8": 1}
-
-
-# ---- storage conversions ---------------------------------------------------------------
-
-# float32 value of every float16 bit pattern (numpy's own cast, so identical bits, NaNs too)
-_F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
-def _to_bf16(x: np.ndarray) -> np.ndarray:
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    # round to nearest even on the 16 dropped bits (NaN payloads are not preserved)
-    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
-
-
-def _from_bf16(h: np.ndarray) -> np.ndarray:
-    return (h.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def _quant_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T, H, D) f32 -> int8 values and (T, H) scales, symmetric per token and head."""
-    amax = np.max(np.abs(x), axis=-1)
-    scale = (amax / np.float32(127.0)).astype(np.float32)
-    inv = np.where(scale > 0, np.float32(1.0) / np.where(scale > 0, scale, 1), np.float32(0.0))
-    q = np.clip(np.rint(x * inv[..., None]), -127, 127).astype(np.int8)
-    return q, scale
 
 
 # ---- the pool ------------------------------------------------------------------------------
@@ -149,27 +126,18 @@ class BlockPool:
         """Store k (n, H, D), v (n, H, Dv) float32 at slots lo..lo+n of `page`."""
         hi = lo + k.shape[0]
         if self.dtype == "int8":
-            self.k[page, lo:hi], self.k_scale[page, lo:hi] = _quant_int8(k)
-            self.v[page, lo:hi], self.v_scale[page, lo:hi] = _quant_int8(v)
+            self.k[page, lo:hi], self.k_scale[page, lo:hi] = quant_int8(k)
+            self.v[page, lo:hi], self.v_scale[page, lo:hi] = quant_int8(v)
         elif self.dtype == "bf16":
-            self.k[page, lo:hi], self.v[page, lo:hi] = _to_bf16(k), _to_bf16(v)
+            self.k[page, lo:hi], self.v[page, lo:hi] = to_bf16(k), to_bf16(v)
         else:
             self.k[page, lo:hi], self.v[page, lo:hi] = k, v
 
-    def gather(self, pages: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first n token slots of `pages`, in order, as float32 (n, H, D) and (n, H, Dv)."""
-        k, v = self.k[pages], self.v[pages]                       # (P, bs, H, D)
-        k = k.reshape((-1,) + k.shape[2:])[:n]
-        v = v.reshape((-1,) + v.shape[2:])[:n]
-        if self.dtype == "int8":
-            ks = self.k_scale[pages].reshape(-1, k.shape[1])[:n]
-            vs = self.v_scale[pages].reshape(-1, v.shape[1])[:n]
-            return k * ks[..., None], v * vs[..., None]
-        if self.dtype == "bf16":
-            return _from_bf16(k), _from_bf16(v)
-        if self.dtype == "f16":    # exact, through a 65536-entry table: 2x numpy's f16 cast
-            return np.take(_F16_TABLE, k.view(np.uint16)), np.take(_F16_TABLE, v.view(np.uint16))
-        return k.astype(np.float32), v.astype(np.float32)
+    def view(self, pages: np.ndarray, n: int) -> tuple[PagedKV, PagedKV]:
+        """The first n token slots of `pages`, in order: keys (n, H, D), values (n, H, Dv)."""
+        int8 = self.dtype == "int8"
+        return (PagedKV(self.k, self.k_scale if int8 else None, pages, n, self.dtype),
+                PagedKV(self.v, self.v_scale if int8 else None, pages, n, self.dtype))
 
     def copy_page(self, src: int, dst: int) -> None:
         self.k[dst], self.v[dst] = self.k[src], self.v[src]
@@ -198,14 +166,16 @@ class PagedKVCache:
     Pages come from `budget_bytes` (or `num_pages`); `sliding[l]` marks layers that see only
     the last `window` positions. `max_chunk`: the most tokens one forward adds to a
     sequence, which bounds a sliding layer's live blocks. `prefix_sharing`: register full
-    blocks by prefix hash and reuse them across sequences. ConfigError-like misuse
+    blocks by prefix hash and reuse them across sequences. `paged_views`: `update_and_fetch`
+    returns `PagedKV` views instead of float32 arrays. ConfigError-like misuse
     (unknown dtype, bad sizes) raises InputError; a budget below one sequence block
     raises CapacityError."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, max_seq_len: int,
                  budget_bytes: int | None = None, num_pages: int | None = None, block_size: int = 16,
                  dtype: str = "f16", sliding: Sequence[bool] | None = None, window: int | None = None,
-                 v_dim: int | None = None, max_chunk: int = 512, prefix_sharing: bool = True) -> None:
+                 v_dim: int | None = None, max_chunk: int = 512, prefix_sharing: bool = True,
+                 paged_views: bool = False) -> None:
         if dtype not in KV_DTYPES:
             raise InputError(f"kv cache dtype {dtype!r} is not one of {', '.join(KV_DTYPES)}")
         if block_size < 1 or max_seq_len < 1 or max_chunk < 1:
@@ -214,6 +184,7 @@ class PagedKVCache:
         self.n_layers, self.block_size, self.dtype = n_layers, block_size, dtype
         self.n_kv_heads, self.head_dim, self.v_dim = n_kv_heads, head_dim, v_dim or head_dim
         self.max_seq_len, self.max_chunk, self.prefix_sharing = max_seq_len, max_chunk, prefix_sharing
+        self.paged_views = paged_views
         sliding = [bool(s) and window is not None for s in (sliding or [False] * n_layers)]
         if len(sliding) != n_layers:
             raise InputError(f"kv cache: {len(sliding)} sliding flags for {n_layers} layers")
@@ -225,7 +196,7 @@ class PagedKVCache:
         for g, (_, ls) in enumerate(self.groups):
             for j, layer in enumerate(ls):
                 self.layer_group[layer] = (g, j)
-        per_token = n_kv_heads * (head_dim + self.v_dim) * _ITEMSIZE[dtype] + (8 * n_kv_heads if dtype == "int8" else 0)
+        per_token = n_kv_heads * (head_dim + self.v_dim) * ITEMSIZE[dtype] + (8 * n_kv_heads if dtype == "int8" else 0)
         self.page_bytes = block_size * per_token
         if num_pages is None:
             if budget_bytes is None:
@@ -374,10 +345,11 @@ class BlockTable:
         assert blk is not None, f"block {b} of group {g} left the sliding window"
         return blk
 
-    def update_and_fetch(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Append k (T, H, D), v (T, H, Dv) to `layer`; return its visible keys/values as
-        contiguous float32 (S, H, D), (S, H, Dv) and their positions (S,): all positions for
-        a full layer, those from the first live block on for a sliding one."""
+    def update_and_fetch(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """Append k (T, H, D), v (T, H, Dv) to `layer`; return its visible keys/values (S,
+        H, D), (S, H, Dv), as `PagedKV` views with the cache's `paged_views`, else as
+        contiguous float32, and their positions (S,): all positions for a full layer, those
+        from the first live block on for a sliding one."""
         g, j = self.cache.layer_group[layer]
         bs = self.cache.block_size
         n, t = self._len[layer], k.shape[0]
@@ -395,8 +367,10 @@ class BlockTable:
         self._len[layer] = n + t
         f = self.first[g]
         pages = np.array([self._live(g, b).pages[j] for b in range(f, -(-(n + t) // bs))], dtype=np.int64)
-        k_all, v_all = self.pool.gather(pages, n + t - f * bs)
-        return k_all, v_all, np.arange(f * bs, n + t)
+        k_all, v_all = self.pool.view(pages, n + t - f * bs)
+        if self.cache.paged_views:
+            return k_all, v_all, np.arange(f * bs, n + t)
+        return k_all.dense(), v_all.dense(), np.arange(f * bs, n + t)
 
     def commit(self, token_ids: Sequence[int]) -> None:
         """Record the ids of the tokens just added (so len(tokens) == offset afterwards);

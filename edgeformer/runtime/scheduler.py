@@ -56,6 +56,7 @@ from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
 from edgeformer.runtime.memory import check_fits
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.speculative import SpeculativeConfig, verify
+from edgeformer.runtime.warmup import warm_paged
 
 log = logging.getLogger("edgeformer.batch")
 
@@ -303,7 +304,9 @@ class BatchEngine:
         check_fits(kv_budget_bytes, f"a KV budget of {kv_budget_bytes} bytes")   # pages are zeroed lazily
         self.cache = PagedKVCache.for_model(model, budget_bytes=kv_budget_bytes, dtype=kv_dtype,
                                             block_size=block_size, max_seq_len=self.n_ctx,
-                                            max_chunk=prefill_chunk, prefix_sharing=prefix_sharing)
+                                            max_chunk=prefill_chunk, prefix_sharing=prefix_sharing,
+                                            paged_views=model.backend.paged_attention)
+        warm_paged(model, self.cache)
         self.speculative = speculative
         if speculative is not None:
             speculative.bind(self.vocab_size, self.n_ctx)     # InputError for a mismatched draft

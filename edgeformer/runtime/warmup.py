@@ -10,7 +10,8 @@ cold (`Backend.kernels_cached()` False) the two halves compile in parallel: a ch
 process (`python -m edgeformer.runtime.warmup MODEL --decode`) compiles the decode kernels
 into the shared on-disk cache while this process compiles the prefill ones; then this
 process's decode steps load them from the cache. A first run on 2 cores takes about half
-as long this way. Progress is printed on stderr with the measured time.
+as long this way. Progress is printed on stderr with the measured time. `BatchEngine`
+warms the paged attention of its own cache when it is made (`warm_paged`).
 """
 from __future__ import annotations
 
@@ -75,6 +76,21 @@ def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = Fal
     if cold and not quiet:
         print(f"edgeformer: kernels compiled in {dt:.1f} s", file=sys.stderr, flush=True)
     return dt
+
+
+def warm_paged(model: Any, cache: Any) -> None:
+    """The kernels only continuous batching runs: attention reading `cache`'s pages in
+    place (a `PagedKVCache` with `paged_views`; its storage dtype, threaded and serial), on
+    a scratch sequence of `cache` that is released after (nothing enters its prefix cache)."""
+    if not (model.backend.compiles and cache.paged_views) or cache.max_seq_len < WARM_LEN \
+            or cache.pool.free_pages < cache.pages_for(WARM_PROMPT + 1):
+        return
+    seq = cache.new_sequence()
+    try:
+        for n in (WARM_PROMPT, 1):
+            model.forward_batch([(np.arange(1, n + 1) % model.config.vocab_size, seq)])
+    finally:
+        seq.release()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,26 @@ def test_nothing_compiles_or_loads_after_load(cpu, shipped):
     assert new == {}, f"kernels compiled or loaded after load(): {new}"
 
 
+def test_batch_engine_warms_its_paged_attention(cpu, shipped):
+    """Continuous batching's own kernels (attention reading its cache's pages in place)
+    load when the BatchEngine is made: serving a prompt and decoding compile nothing."""
+    shipped.path("smollm2-135m-instruct")
+
+    import edgeformer
+    from edgeformer.runtime.sampler import SamplingParams
+    from edgeformer.runtime.scheduler import BatchEngine
+    eng = edgeformer.load(n_ctx=512)
+    for kv_dtype in ("f16", "int8"):
+        be = BatchEngine(eng.model, eng.tokenizer, kv_budget_bytes=32 << 20, kv_dtype=kv_dtype, n_ctx=512)
+        assert be.cache.paged_views and be.cache.pool.free_pages == be.cache.pool.num_pages   # scratch released
+        before = _overloads()
+        hs = [be.submit(list(range(5, 5 + n)), SamplingParams(max_tokens=3)) for n in (40, 3)]
+        be.run_until_idle()
+        assert all(len(h.result().token_ids) == 3 for h in hs)
+        new = {k: v - before.get(k, 0) for k, v in _overloads().items() if v != before.get(k, 0)}
+        assert new == {}, f"kernels compiled or loaded after BatchEngine(kv_dtype={kv_dtype}): {new}"
+
+
 def test_cold_cache_compiles_decode_in_a_child(cpu, tmp_path, monkeypatch):
     from edgeformer.backends import get_backend
     from edgeformer.config import DecoderConfig

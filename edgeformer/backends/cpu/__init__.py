@@ -221,6 +221,8 @@ class CpuBackend(Backend):
     row_invariant_rows = 1 << 30
     joins_weights = True
     fused_decode = True
+    # attention takes a paged cache's `PagedKV` views and reads their pages in place
+    paged_attention = True
 
     def __init__(self, activations: str = "auto") -> None:
         """activations: how quantized weights meet activations (`act_quant.py`): "int16"

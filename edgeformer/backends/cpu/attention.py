@@ -18,6 +18,9 @@ token the same bits.
   32-key halves that no row of a task or tile can see are skipped.
 - `_attn_rows` / `_exact_task` (exact softmax: max, exp, sum) keeps the contract's NaN/Inf
   rules: a `_blocked` task that meets a non-finite output or a NaN score is redone by it.
+- Paged operands (`kernels.kv_pages.PagedKV`, the continuous-batching cache's views):
+  `_task` converts each block's keys and values from the pages into a float32 scratch
+  and runs the same tiles on it, so a row's bits are those of the gathered arrays.
 
 Editing this file: Numba's on-disk cache keys `block.py`'s fused step on block.py alone,
 and that step has `attend_one` compiled into it, so touch block.py (or delete
@@ -30,11 +33,12 @@ import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
-from edgeformer.backends.cpu.vector_ir import V16F, data, fma, fsplat, vload
+from edgeformer.backends.cpu.vector_ir import F32, I32, V16F, data, fma, fsplat, half_to_float, vload
+from edgeformer.kernels.kv_pages import PagedKV
 
 
 @njit(**JIT)
@@ -337,18 +341,123 @@ def _pv(nr, sc, aoff, v, boff, ldb, o, coff, ldc, n):
             _pv1b(sc, aoff, BK, v, boff + c, ldb, o, coff + c, ldc, n)
 
 
+# Keys and values reach `_task` as (S, Hkv, Dp) float32 arrays or as pages read in place
+# (`_paged_args`): (P, bs, Hkv, D) pages of float32, uint16 (f16 bits), int16 (bf16 bits)
+# or int8, with `pk` = (int8 key scales, value scales, page ids), S = the number of key
+# positions (empty placeholders in `pk` for arrays). The paged task converts the keys and
+# values of each block it is about to use into a (BK, Dp) float32 scratch and runs the
+# same tiles on it. The conversions give `PagedKV.dense`'s float32 bits for every value
+# but NaN payloads (F16C's `vcvtph2ps` quiets signalling NaNs; a NaN a row meets sends the
+# call to the dense path anyway, see `_redo`). (Arrays, not a tuple of them: Numba's
+# dispatcher types a tuple ~10 us slower per call.)
+
+def _dims(src, kp):
+    """(S, Hkv, Dp) of an operand (Dp: D rounded up to a multiple of 16)."""
+
+
+def _scratch(src, dp):
+    """A paged operand's (BK, dp) zeroed float32 block scratch (a placeholder for arrays)."""
+
+
+def _rows(src, scale, table, h, jb, a, b, scr):
+    """(array, base, ld, j0): kv head h of key jj (jb <= jj < jb + BK) starts at array[base
+    + (jj - j0) ld]. Arrays are read in place (j0 = 0); pages first convert keys [a, b) into
+    rows jj - jb of scr (j0 = jb)."""
+
+
+def _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+    """Redo a task's rows with the exact kernel; False if done, True if the caller must
+    (paged operands: it reruns the call on `PagedKV.dense` arrays)."""
+
+
+@intrinsic
+def _half(typingctx, h):
+    """float32 of f16 bits (uint16) or bf16 bits (int16)."""
+    bf16 = h == types.int16
+
+    def codegen(context, builder, sig, args):
+        if bf16:
+            return builder.bitcast(builder.shl(builder.zext(args[0], I32), ir.Constant(I32, 16)), F32)
+        return half_to_float(context, builder, args[0])
+    return types.float32(h), codegen
+
+
+def _page_f32(pages, scale, p, sl, h, dst):
+    dst[:pages.shape[3]] = pages[p, sl, h]
+
+
+def _page_16(pages, scale, p, sl, h, dst):
+    src = pages[p, sl, h]
+    for i in range(src.shape[0]):
+        dst[i] = _half(src[i])
+
+
+def _page_int8(pages, scale, p, sl, h, dst):
+    src, sc = pages[p, sl, h], scale[p, sl, h]
+    for i in range(src.shape[0]):
+        dst[i] = np.float32(src[i]) * sc
+
+
+_PAGE_ROW = {types.float32: njit(inline="always", **EXACT)(_page_f32),
+             types.uint16: njit(inline="always", **EXACT)(_page_16),
+             types.int16: njit(inline="always", **EXACT)(_page_16),
+             types.int8: njit(inline="always", **EXACT)(_page_int8)}
+
+
+@overload(_dims, jit_options=EXACT)
+def _dims_impl(src, kp):
+    if src.ndim == 3:
+        return lambda src, kp: src.shape
+    return lambda src, kp: (kp.shape[0], src.shape[2], (src.shape[3] + 15) // 16 * 16)
+
+
+@overload(_scratch, jit_options=EXACT)
+def _scratch_impl(src, dp):
+    if src.ndim == 3:
+        return lambda src, dp: np.empty((0, dp), np.float32)
+    return lambda src, dp: np.zeros((BK, dp), np.float32)
+
+
+@overload(_rows, jit_options=EXACT)
+def _rows_impl(src, scale, table, h, jb, a, b, scr):
+    if src.ndim == 3:
+        return lambda src, scale, table, h, jb, a, b, scr: (src, h * src.shape[2], src.shape[1] * src.shape[2], 0)
+    row = _PAGE_ROW[src.dtype]
+
+    def paged(src, scale, table, h, jb, a, b, scr):
+        bs = src.shape[1]
+        for jj in range(a, b):
+            blk = jj // bs
+            row(src, scale, table[blk], jj - blk * bs, h, scr[jj - jb])
+        return scr, 0, scr.shape[1], jb
+    return paged
+
+
+@overload(_redo, jit_options=EXACT)
+def _redo_impl(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+    if k.ndim == 4:
+        return lambda q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out: True
+
+    def exact(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+        for t in range(t0, t1):
+            _exact_task(q, k, v, qp, kp, t, h, ksorted, scale, causal, window, softcap, out)
+        return False
+    return exact
+
+
 @njit(**EXACT)
-def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
+def _task(q, k, v, pk, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
     """Queries t0..t1-1, the query heads of kv head h, into out. k: (S, Hkv, Dp), v: (S,
     Hkv, Dvp) with Dp, Dvp multiples of 16 (zero-padded beyond q's D and out's Dv).
     Returns True when an output is not finite or a visible score is NaN (the caller then
     redoes these rows with the exact kernel, which has the contract's NaN/Inf rules)."""
     hq, d = q.shape[1], q.shape[2]
-    s_, hkv, dp = k.shape
-    dvp = v.shape[2]
+    s_, hkv, dp = _dims(k, kp)
+    dvp = _dims(v, kp)[2]
     dv = out.shape[2]
     g_ = hq // hkv
     nt = t1 - t0
+    kscr, vscr = _scratch(k, dp), _scratch(v, dvp)
     r_ = nt * g_
     # one scratch allocation per task (decode makes one task per kv head per layer)
     buf = np.empty(r_ * (dp + dvp + BK + 2) + dp * BK, np.float32)
@@ -382,13 +491,13 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
                 lo[tt] = np.searchsorted(kp, qp[t0 + tt] - window, side="right")
         if lo[tt] < hi[tt]:
             jlo, jhi = min(jlo, lo[tt]), max(jhi, hi[tt])
-    ldk, ldv = hkv * dp, hkv * dvp
     bad = False
     jb = (jlo + shift) // BK * BK - shift if jlo < jhi else jhi    # first block (may start before key 0)
     while jb < jhi:
         c0 = (max(jlo, jb) - jb) // 32 * 32                 # the 32-key halves some row sees
         c1 = (min(jhi, jb + BK) - jb + 31) // 32 * 32
-        _kt64(k, h * dp, ldk, jb, s_, dp // 16, kt, c0 // 16, c1 // 16)
+        ka_, kbase, ldk, kj0 = _rows(k, pk[0], pk[2], h, jb, max(jb + c0, 0), min(jb + c1, s_), kscr)
+        _kt64(ka_, kbase, ldk, jb - kj0, s_ - kj0, dp // 16, kt, c0 // 16, c1 // 16)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
             ta, tb = s_, 0                                   # keys some row of the tile sees
@@ -433,6 +542,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
             if alpha != 1.0:
                 for i in range(dvp):
                     o[r, i] *= alpha
+        va, vbase, ldv, vj0 = _rows(v, pk[1], pk[2], h, jb, max(jb, jlo), min(jb + BK, jhi), vscr)
         for r in range(0, r_, ROWS):
             nr = min(ROWS, r_ - r)
             ka, kb = max(jb, 0), min(jb + BK, s_)
@@ -442,7 +552,7 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
                     ta, tb = min(ta, lo[tt]), max(tb, hi[tt])
             ka, kb = max(ka, ta), min(kb, tb)                # keys past either end add exact zeros
             if ka < kb:
-                _pv(nr, sc, r * BK + ka - jb, v, ka * ldv + h * dvp, ldv, o, r * dvp, dvp, kb - ka)
+                _pv(nr, sc, r * BK + ka - jb, va, vbase + (ka - vj0) * ldv, ldv, o, r * dvp, dvp, kb - ka)
         jb += BK
     for r in range(r_):
         tq, hh = t0 + r // g_, h * g_ + r % g_
@@ -455,11 +565,11 @@ def _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, sof
     return bad
 
 
-def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
+def _blocked(q, k, v, ksc, vsc, table, qp, kp, scale, causal, window, softcap, bq, out):
     """Every (kv head, block of bq queries) task; tasks that met a non-finite value are
-    redone by the exact kernel."""
+    redone by the exact kernel. Returns how many were not (paged operands)."""
     t_ = q.shape[0]
-    s_, hkv = k.shape[0], k.shape[1]
+    s_, hkv = _dims(k, kp)[:2]
     ksorted, consec = True, True
     for j in range(1, s_):
         if kp[j] < kp[j - 1]:
@@ -468,6 +578,7 @@ def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
             consec = False
     shift = kp[0] % BK if consec and s_ > 0 else 0     # blocks at absolute positions
     nqb = (t_ + bq - 1) // bq
+    left = 0
     for task in prange(hkv * nqb):
         h = task // nqb
         b = task - h * nqb
@@ -475,9 +586,11 @@ def _blocked(q, k, v, qp, kp, scale, causal, window, softcap, bq, out):
         # a contiguous run of tasks; pairing big with small evens the threads' work out
         t0 = (b // 2 if b % 2 == 0 else nqb - 1 - b // 2) * bq
         t1 = min(t_, t0 + bq)
-        if _task(q, k, v, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out):
-            for t in range(t0, t1):
-                _exact_task(q, k, v, qp, kp, t, h, ksorted, scale, causal, window, softcap, out)
+        pk = (ksc, vsc, table)
+        if _task(q, k, v, pk, qp, kp, h, t0, t1, shift, ksorted, scale, causal, window, softcap, out) \
+                and _redo(q, k, v, qp, kp, t0, t1, h, ksorted, scale, causal, window, softcap, out):
+            left += 1
+    return left
 
 
 _blocked_ser, _blocked_par = jit_pair(_blocked, EXACT)
@@ -495,6 +608,20 @@ def _pad16(a):
     return b
 
 
+# placeholders of the paged operands (int8 scales of keys and values, page ids)
+_NO_SCALE, _NO_TABLE = np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64)
+_NO_PAGES = (_NO_SCALE, _NO_SCALE, _NO_TABLE)
+_PAGE_BITS = {"f16": np.uint16, "bf16": np.int16}   # which conversion `_half` makes
+
+
+def _paged_args(k: PagedKV, v: PagedKV) -> tuple[np.ndarray, ...]:
+    """`_blocked`'s k, v, ksc, vsc, table for views of one pool."""
+    def pages(x: PagedKV) -> np.ndarray:
+        return x.pages.view(_PAGE_BITS[x.dtype]) if x.dtype in _PAGE_BITS else x.pages
+    return (pages(k), pages(v), _NO_SCALE if k.scale is None else k.scale, _NO_SCALE if v.scale is None else v.scale,
+            k.table)
+
+
 @njit(**EXACT)
 def attend_one(q, k, v, kp, pos, scale, window, softcap, out):
     """One query token at position `pos`, causal: q (1, Hq, D), k (S, Hkv, D), v (S, Hkv,
@@ -502,7 +629,7 @@ def attend_one(q, k, v, kp, pos, scale, window, softcap, out):
     (the fused decode step's attention)."""
     qp = np.empty(1, np.int64)
     qp[0] = pos
-    _blocked_ser(q, _pad16(k), _pad16(v), qp, kp, scale, True, window, softcap, 1, out)
+    _blocked_ser(q, _pad16(k), _pad16(v), _NO_SCALE, _NO_SCALE, _NO_TABLE, qp, kp, scale, True, window, softcap, 1, out)
 
 
 _NO_WINDOW = 1 << 62   # "no window": every diff is below it
@@ -517,13 +644,14 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
               q_pos: np.ndarray | None = None, k_pos: np.ndarray | None = None, *,
               scale: float, causal: bool = True, window: int | None = None,
               softcap: float | None = None) -> np.ndarray:
     """q: (T, Hq, D); k: (S, Hkv, D); v: (S, Hkv, Dv) -> (T, Hq, Dv) float32.
     Contract of `kernels.attention.attention_ref` (positions default to the last T of S).
-    A query's bits do not depend on the other queries of the call (see `_blocked`)."""
+    A query's bits do not depend on the other queries of the call (see `_blocked`). k and
+    v may both be `PagedKV` views, read in place: the bits of their `dense()` arrays."""
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     if k.shape != (s, hkv, d) or hq % hkv or (q_pos is not None and np.shape(q_pos) != (t,)) \
@@ -537,8 +665,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     out = np.empty((t, hq, dv), np.float32)
     if t == 0:
         return out
-    q, k, v = _f32(q), _f32(k), _f32(v)
-    qp, kp = _i64(q_pos), _i64(k_pos)
+    paged = isinstance(k, PagedKV) and isinstance(v, PagedKV)
+    kv = _paged_args(k, v) if paged else (_pad16(_f32(k)), _pad16(_f32(v))) + _NO_PAGES
+    q, qp, kp = _f32(q), _i64(q_pos), _i64(k_pos)
     win, cap = _NO_WINDOW if window is None else int(window), np.float32(softcap or 0.0)
     # decode-sized work (one token, a short cache) runs serially: waking the thread pool
     # (~10-30 us with OMP_WAIT_POLICY=PASSIVE) costs more than the few heads' dot products
@@ -546,6 +675,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     bq = BQ
     while parallel and bq > BQ_MIN and hkv * -(-t // bq) < 2 * get_num_threads():
         bq //= 2                                         # e.g. a 64-token chunk of an MQA model
-    (_blocked_par if parallel else _blocked_ser)(q, _pad16(k), _pad16(v), qp, kp, np.float32(scale), bool(causal),
-                                                 win, cap, bq, out)
+    if (_blocked_par if parallel else _blocked_ser)(q, *kv, qp, kp, np.float32(scale), bool(causal),
+                                                    win, cap, bq, out):
+        # a task met a non-finite value: the exact kernel needs contiguous keys and values
+        return attention(q, k.dense(), v.dense(), qp, kp, scale=scale, causal=causal, window=window, softcap=softcap)
     return out

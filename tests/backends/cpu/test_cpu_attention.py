@@ -125,8 +125,8 @@ def test_a_query_gets_the_same_bits_in_any_call(case: tuple) -> None:
     np.testing.assert_array_equal(cpu_attn.attention(q[perm], k, v, qp[perm], None, **kw), full[perm])
     for bq in (1, 5, 16, 64):                   # rows per task (halved by the thread count)
         out = np.empty_like(full)
-        cpu_attn._blocked_ser(q, cpu_attn._pad16(k), cpu_attn._pad16(v), qp, np.arange(s), np.float32(kw["scale"]),
-                              True, win, np.float32(softcap or 0.0), bq, out)
+        cpu_attn._blocked_ser(q, cpu_attn._pad16(k), cpu_attn._pad16(v), *cpu_attn._NO_PAGES, qp, np.arange(s),
+                              np.float32(kw["scale"]), True, win, np.float32(softcap or 0.0), bq, out)
         np.testing.assert_array_equal(out, full, err_msg=f"{bq} queries per task")
     if window is not None:                      # keys before `lo` left every window of the last queries
         lo = s - t // 2 - window + 1

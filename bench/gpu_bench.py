@@ -20,11 +20,13 @@ time limit keeps what it measured. The markdown table goes to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +61,7 @@ TINY: dict[str, dict[str, Any]] = {
 DECODE_PROMPT = 16
 
 
-class Clock:
-    """Wall time with the device drained first (kernels run asynchronously)."""
-
-    def __init__(self, torch: Any, device: str) -> None:
-        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def __call__(self) -> float:
-        self.sync()
-        return time.perf_counter()
+Clock = Callable[[], float]     # wall time with the device drained first (`ceilings.device_clock`)
 
 
 def weight_bytes(model: Any) -> int:
@@ -225,7 +219,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from edgeformer.backends.cuda import CudaBackend
-    from edgeformer.backends.cuda.ceilings import copy_bandwidth, matmul_peak
+    from edgeformer.backends.cuda.ceilings import copy_bandwidth, device_clock, matmul_peak
     from edgeformer.config import DecoderConfig
     from edgeformer.formats.synthetic import synthetic_checkpoint
     from edgeformer.models.decoder import Decoder
@@ -245,9 +239,9 @@ def main(argv: list[str]) -> int:
         hf_version = None if a.no_hf else transformers.__version__
     except ImportError:
         hf_version = None
-    clock = Clock(torch, device)
     big = 1 << (20 if a.dry_run else 30)
     dev = torch.device(device)
+    clock = functools.partial(device_clock, dev)
     bw = copy_bandwidth(dev, big, 3 if a.dry_run else 20)
     # pp512's roof: torch's own dense matmul (bf16 on a GPU; fp32 in the dry run, where
     # a CPU's bf16 matmul can crawl)

@@ -59,10 +59,13 @@ def _setup_args(p: argparse.ArgumentParser) -> None:
 def _device_clock(args: argparse.Namespace) -> None:
     """A backend whose kernels run on a device is timed by the wall clock: the process's
     CPU time does not see the device working (`--clock cpu` is refused for it)."""
-    from edgeformer.backends.base import default_backend_name, get_backend
+    from edgeformer.backends.base import backend_class, default_backend_name, get_backend
     from edgeformer.errors import InputError
     name = args.backend or default_backend_name()
-    if get_backend(name).device_memory:
+    cls = backend_class(name)       # abilities are class attributes: no backend is built here
+    if cls is None:
+        get_backend(name)           # an unknown name: UnsupportedError naming the known ones
+    elif cls.device_memory:
         if args.clock == "cpu":
             raise InputError(f"--clock cpu times this process's CPU, not {name}'s device: use --clock wall")
         args.clock = "wall"

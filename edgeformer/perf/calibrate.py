@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeformer.backends.base import Ops, default_backend_name, get_backend
+from edgeformer.backends.base import Ops, backend_class, default_backend_name, get_backend
 from edgeformer.config import DecoderConfig
 from edgeformer.errors import ConfigError
 from edgeformer.kernels import OPS
@@ -370,9 +370,10 @@ def cache_path(backend: str, cache_dir: str | Path | None, clock: str) -> Path:
     (`cache_dir` default: `$XDG_CACHE_HOME/edgeformer/calib/`)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(cache_dir) if cache_dir else Path(base) / "edgeformer" / "calib"
-    be = get_backend(backend)
     # a device backend's figures belong to its device (describe() names it), not to this CPU
-    where = host_slug(cpu_model()) + (f"__{host_slug(be.describe())}" if be.device_memory else "")
+    where, cls = host_slug(cpu_model()), backend_class(backend)
+    if cls is not None and cls.device_memory:
+        where += f"__{host_slug(get_backend(backend).describe())}"
     return root / f"{where}__{backend}_t{threads()}_{clock}_{backend_fingerprint(backend)}.json"
 
 

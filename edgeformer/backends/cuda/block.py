@@ -121,6 +121,11 @@ def _block(i: int, B: Block, P: dict, x: torch.Tensor, ropes: dict[str, tuple[to
     return torch.add(x, h)
 
 
+def _rope_tables(ropes: dict[str, tuple[np.ndarray, float]], pos: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """This step's host cos/sin tables per rope ("full", "sliding"), once for every layer."""
+    return {key: cos_sin(np.array([pos]), inv_freq, mscale) for key, (inv_freq, mscale) in ropes.items()}
+
+
 class _DeviceStep:
     """The step over a `DeviceKVCache` at one capacity: fixed input buffers, the body that
     reads only them, and on a GPU the body's CUDA graph."""
@@ -154,8 +159,7 @@ class _DeviceStep:
 
     def run(self, x: np.ndarray, pos: int, ropes: dict[str, tuple[np.ndarray, float]]) -> torch.Tensor:
         self.x.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)))
-        for key, (inv_freq, mscale) in ropes.items():
-            c, s = cos_sin(np.array([pos]), inv_freq, mscale)
+        for key, (c, s) in _rope_tables(ropes, pos).items():
             self.rope[key][0].copy_(torch.from_numpy(c))
             self.rope[key][1].copy_(torch.from_numpy(s))
         self.meta.copy_(torch.tensor([pos, pos + 1], dtype=torch.int64))
@@ -195,11 +199,7 @@ def decode_step(stack: DecoderStack, x: np.ndarray, pos: int, cache: Any,
             step = _STEPS[cache] = _DeviceStep(stack, plan, cache, ropes, graphs)
         return host(step.run(x, pos, ropes))
     xt = as_f32(x, device).reshape(1, stack.dim)
-    # this step's cos/sin tables, once for every layer of each rope
-    rs = {}
-    for key, (inv_freq, mscale) in ropes.items():
-        c, s = cos_sin(np.array([pos]), inv_freq, mscale)
-        rs[key] = (as_f32(c, device), as_f32(s, device))
+    rs = {key: (as_f32(c, device), as_f32(s, device)) for key, (c, s) in _rope_tables(ropes, pos).items()}
     attend = _host_attend(cache, pos, device)
     for i, (B, P) in enumerate(zip(stack.blocks, plan.blocks)):
         xt = _block(i, B, P, xt, rs, stack, attend)

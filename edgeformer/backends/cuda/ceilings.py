@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 
-def _clock(device: torch.device) -> float:
+def device_clock(device: torch.device) -> float:
     """Wall time with the device drained first (kernels run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -24,10 +24,10 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 20) 
     x = torch.empty(nbytes, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     y.copy_(x)
-    t0 = _clock(device)
+    t0 = device_clock(device)
     for _ in range(reps):
         y.copy_(x)
-    return 2 * nbytes * reps / (_clock(device) - t0)
+    return 2 * nbytes * reps / (device_clock(device) - t0)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
@@ -35,10 +35,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: i
     a = torch.randn((n, n), device=device).to(dtype)
     b = torch.randn((n, n), device=device).to(dtype)
     torch.matmul(a, b)
-    t0 = _clock(device)
+    t0 = device_clock(device)
     for _ in range(reps):
         torch.matmul(a, b)
-    return 2 * n ** 3 * reps / (_clock(device) - t0)
+    return 2 * n ** 3 * reps / (device_clock(device) - t0)
 
 
 def measure(device: torch.device, small: bool = False) -> dict[str, Any]:

@@ -32,12 +32,17 @@ class EngineReplica:
         from ray import serve
 
         from edgeformer.api import load
+        from edgeformer.runtime.setup_thread import run_in_setup_thread
         from edgeformer.serve.app import create_app
-        engine = load(cfg.model, backend=cfg.backend, n_ctx=cfg.n_ctx, activations=cfg.activations,
-                      chat_template=cfg.chat_template, lookup=cfg.lookup)
-        self.app = create_app(engine, model_name=cfg.model_name, kv_budget_bytes=cfg.kv_budget_bytes,
+
+        def build() -> Any:
+            engine = load(cfg.model, backend=cfg.backend, n_ctx=cfg.n_ctx, activations=cfg.activations,
+                          chat_template=cfg.chat_template, lookup=cfg.lookup)
+            return create_app(engine, model_name=cfg.model_name, kv_budget_bytes=cfg.kv_budget_bytes,
                               kv_dtype=cfg.kv_dtype, block_size=cfg.block_size, max_batch=cfg.max_batch,
                               prefill_chunk=cfg.prefill_chunk, max_body_bytes=cfg.max_body_bytes, api_key=cfg.api_key)
+        # a thread that ends: the engine's step thread is then the only one holding kernel threads
+        self.app = run_in_setup_thread(build)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._lifespan: Any = None
         self._start_lock = asyncio.Lock()

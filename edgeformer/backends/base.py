@@ -62,7 +62,8 @@ class Backend:
     # batched rows: a linear's output rows are bit-identical for any row count up to
     # this many rows (0: not; `row_invariant.py` then runs fixed row blocks)
     row_invariant_rows: int = 0
-    # paged_attention: attention takes `kernels.kv_pages.PagedKV` keys and values and reads
+    # paged_attention: attention takes `kernels.kv_pages.PagedKV` keys and values, and
+    # `PagedKVBatch` ones (several sequences' query rows in one call, q_pos given), and reads
     # the pages in place (otherwise the runtime gathers them into contiguous float32)
     paged_attention: bool = False
     # device_memory: kernels take `to_device` arrays and return arrays `to_host` reads back

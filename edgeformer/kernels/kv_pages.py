@@ -72,3 +72,33 @@ class PagedKV:
         if self.dtype == "f16":    # exact, through a 65536-entry table: 2x numpy's f16 cast
             return np.take(_F16_TABLE, x.view(np.uint16))
         return x.astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class PagedKVBatch:
+    """One layer's keys or values of several sequences, left in one pool's pages, for one
+    attention call over all their query rows: sequence b owns query rows rows[b]:rows[b+1]
+    and sees its n[b] keys at positions start[b], start[b] + 1, ..., stored in the pages
+    tables[b, :] lists in order (`PagedKV` of each is `segment(b)`). tables: (B, P) int64
+    (rows padded past a sequence's pages), start, n: (B,) int64, rows: (B + 1,) int64."""
+
+    pages: np.ndarray
+    scale: np.ndarray | None
+    tables: np.ndarray
+    start: np.ndarray
+    n: np.ndarray
+    rows: np.ndarray
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(keys of all sequences, H, D)."""
+        return (int(self.n.sum()),) + tuple(self.pages.shape[2:])
+
+    def segment(self, b: int) -> PagedKV:
+        bs = self.pages.shape[1]
+        n = int(self.n[b])
+        return PagedKV(self.pages, self.scale, self.tables[b, :-(-n // bs)], n, self.dtype)
+
+    def positions(self, b: int) -> np.ndarray:
+        return np.arange(int(self.start[b]), int(self.start[b] + self.n[b]))

@@ -258,8 +258,13 @@ class Decoder:
         if y is not None:
             x = y
         else:
+            # one K/V write and one attention call per layer for all sequences, where the
+            # caches can join (a paged cache whose pages the backend reads in place)
+            join = getattr(segs[0][3], "join", None) if self.backend.paged_attention and not ops.observers \
+                else None
+            kvb = join([s[3] for s in segs], [b - a for a, b, *_ in segs]) if join is not None else None
             for i, layer in enumerate(self.layers):
-                x = self._block(i, layer, x, segs, linear)
+                x = self._block(i, layer, x, segs, linear, kvb)
         if last_only:
             x = x[[b - 1 for _, b, *_ in segs]]                                  # (n_seqs, dim)
         x = ops.rms_norm(x, self.output_norm, c.norm_eps, name="result_norm")
@@ -282,7 +287,8 @@ class Decoder:
         return np.concatenate([ops.rope(x[a:b], p, r[sliding][0], neox=c.rope_neox, mscale=r[sliding][1],
                                         name=name, layer=layer) for a, b, p, _, r in segs])
 
-    def _block(self, i: int, L: Layer, x: np.ndarray, segs: list, linear: Callable[..., np.ndarray]) -> np.ndarray:
+    def _block(self, i: int, L: Layer, x: np.ndarray, segs: list, linear: Callable[..., np.ndarray],
+               kvb: Any = None) -> np.ndarray:
         c, ops = self.config, self.ops
         t = x.shape[0]
         h = ops.rms_norm(x, L.attn_norm, c.norm_eps, name="attn_norm", layer=i)
@@ -303,13 +309,18 @@ class Decoder:
             k = ops.rms_norm(k, L.k_norm, c.norm_eps, name="Kcur_normed", layer=i)
         q = self._rope(q, segs, L.sliding, "Qcur", i)
         k = self._rope(k, segs, L.sliding, "Kcur", i)
-        outs = []
-        for a0, b0, pos, cache, _ in segs:      # attention: each sequence on its own cache
-            k_all, v_all, k_pos = cache.update_and_fetch(i, k[a0:b0], v[a0:b0])
-            outs.append(ops.attention(q[a0:b0], k_all, v_all, pos, k_pos, scale=self.attn_scale, causal=True,
-                                      window=c.sliding_window if L.sliding else None, softcap=c.attn_softcap,
-                                      name="kqv_out", layer=i))                  # (T_i, Hq, D)
-        a = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        window = c.sliding_window if L.sliding else None
+        if kvb is not None:                     # all sequences at once (`KVBatch`)
+            k_all, v_all = kvb.update_and_fetch(i, k, v)
+            a = ops.attention(q, k_all, v_all, kvb.positions, None, scale=self.attn_scale, causal=True,
+                              window=window, softcap=c.attn_softcap, name="kqv_out", layer=i)
+        else:
+            outs = []
+            for a0, b0, pos, cache, _ in segs:      # attention: each sequence on its own cache
+                k_all, v_all, k_pos = cache.update_and_fetch(i, k[a0:b0], v[a0:b0])
+                outs.append(ops.attention(q[a0:b0], k_all, v_all, pos, k_pos, scale=self.attn_scale, causal=True,
+                                          window=window, softcap=c.attn_softcap, name="kqv_out", layer=i))
+            a = outs[0] if len(outs) == 1 else np.concatenate(outs)                 # (T, Hq, D)
         a = linear(a.reshape(t, nq), L.wo, L.bo, name="attn_out", layer=i)
         if L.post_attn_norm is not None:
             a = ops.rms_norm(a, L.post_attn_norm, c.norm_eps, name="attn_post_norm", layer=i)

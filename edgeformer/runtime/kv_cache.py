@@ -122,16 +122,15 @@ class BlockPool:
 
     # ---- page data ----
 
-    def write(self, page: int, lo: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Store k (n, H, D), v (n, H, Dv) float32 at slots lo..lo+n of `page`."""
-        hi = lo + k.shape[0]
+    def write_rows(self, pages: np.ndarray, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Store row r of k (n, H, D), v (n, H, Dv) float32 at slot slots[r] of page pages[r]."""
         if self.dtype == "int8":
-            self.k[page, lo:hi], self.k_scale[page, lo:hi] = quant_int8(k)
-            self.v[page, lo:hi], self.v_scale[page, lo:hi] = quant_int8(v)
+            self.k[pages, slots], self.k_scale[pages, slots] = quant_int8(k)
+            self.v[pages, slots], self.v_scale[pages, slots] = quant_int8(v)
         elif self.dtype == "bf16":
-            self.k[page, lo:hi], self.v[page, lo:hi] = to_bf16(k), to_bf16(v)
+            self.k[pages, slots], self.v[pages, slots] = to_bf16(k), to_bf16(v)
         else:
-            self.k[page, lo:hi], self.v[page, lo:hi] = k, v
+            self.k[pages, slots], self.v[pages, slots] = k, v
 
     def view(self, pages: np.ndarray, n: int) -> tuple[PagedKV, PagedKV]:
         """The first n token slots of `pages`, in order: keys (n, H, D), values (n, H, Dv)."""
@@ -362,7 +361,8 @@ class BlockTable:
         while p < n + t:
             b, lo = divmod(p, bs)
             m = min(bs - lo, n + t - p)
-            self.pool.write(int(self._live(g, b).pages[j]), lo, k[p - n:p - n + m], v[p - n:p - n + m])
+            self.pool.write_rows(np.full(m, self._live(g, b).pages[j]), np.arange(lo, lo + m),
+                                 k[p - n:p - n + m], v[p - n:p - n + m])
             p += m
         self._len[layer] = n + t
         f = self.first[g]
@@ -371,6 +371,18 @@ class BlockTable:
         if self.cache.paged_views:
             return k_all, v_all, np.arange(f * bs, n + t)
         return k_all.dense(), v_all.dense(), np.arange(f * bs, n + t)
+
+    def join(self, seqs: Sequence[Any], lens: Sequence[int]) -> Any:
+        """A `kv_batch.KVBatch` over `seqs` (this one first; lens[b] new tokens each, rooms
+        checked) for a backend that reads pages in place, or None where the per-sequence
+        path must run: views not paged, another cache, a sequence twice, or layers of a
+        sequence at different lengths."""
+        if not self.cache.paged_views or len({id(s) for s in seqs}) != len(seqs) or any(
+                not isinstance(s, BlockTable) or s.cache is not self.cache or s.released
+                or min(s._len) != max(s._len) for s in seqs):
+            return None
+        from edgeformer.runtime.kv_batch import KVBatch
+        return KVBatch(seqs, lens)
 
     def commit(self, token_ids: Sequence[int]) -> None:
         """Record the ids of the tokens just added (so len(tokens) == offset afterwards);

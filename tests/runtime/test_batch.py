@@ -76,3 +76,38 @@ def test_forward_batch_is_batch_invariant_and_matches_forward(hf_dir, backend):
     c = dec.make_cache(64)
     want = dec.forward(np.array(prompts[2]), c, last_only=True)
     assert rel_err(together[2][0], want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "int8"])
+def test_one_attention_call_per_layer_gives_the_per_sequence_bits(hf_dir, dtype, monkeypatch):
+    """On a cache whose pages the backend reads in place, forward_batch writes every
+    sequence's K/V and attends for all of them in one call per layer (`BlockTable.join`):
+    the logits are those of the per-sequence path, bit for bit (Gemma 2: sliding layers,
+    soft-capping; prompts and decode rows in one step; sequences of different lengths)."""
+    from edgeformer.runtime.kv_cache import BlockTable
+    dec = Decoder(checkpoint_from_hf_dir(hf_dir), _backend("cpu"))
+    lin = row_invariant_linear(dec.ops)
+    joins = []
+
+    def run(joined: bool) -> list[np.ndarray]:
+        cache = PagedKVCache.for_model(dec, num_pages=400, block_size=4, dtype=dtype, paged_views=True)
+        views = [cache.new_sequence() for _ in range(4)]
+        feed = [list(prompt(n, seed=n)) for n in (13, 5, 21, 1)]
+        out = []
+        for step in range(5):
+            live = [i for i in range(4) if step >= i // 2]       # later sequences join later
+            with monkeypatch.context() as m:
+                if not joined:
+                    m.setattr(BlockTable, "join", lambda self, seqs, lens: None)
+                else:
+                    m.setattr(BlockTable, "join", lambda self, seqs, lens, f=BlockTable.join: joins.append(1)
+                              or f(self, seqs, lens))
+                logits = dec.forward_batch([(np.array(feed[i]), views[i]) for i in live], linear=lin)
+            for i, lg in zip(live, logits):
+                views[i].commit(feed[i])
+                out.append(lg)
+                feed[i] = [int(np.argmax(lg[-1]))]
+        return out
+
+    per_sequence, joined = run(False), run(True)
+    assert joins and all(np.array_equal(a, b) for a, b in zip(per_sequence, joined))

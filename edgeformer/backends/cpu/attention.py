@@ -38,7 +38,7 @@ from numba.extending import intrinsic, overload
 from edgeformer.backends.cpu.common import EXACT, JIT, PARALLEL_MIN, jit_pair
 from edgeformer.backends.cpu.simd import fast_exp
 from edgeformer.backends.cpu.vector_ir import F32, I32, V16F, data, fma, fsplat, half_to_float, vload
-from edgeformer.kernels.kv_pages import PagedKV
+from edgeformer.kernels.kv_pages import PagedKV, PagedKVBatch
 
 
 @njit(**JIT)
@@ -596,6 +596,35 @@ def _blocked(q, k, v, ksc, vsc, table, qp, kp, scale, causal, window, softcap, b
 _blocked_ser, _blocked_par = jit_pair(_blocked, EXACT)
 
 
+def _blocked_batch(q, k, v, ksc, vsc, tables, kstart, kn, rows, qp, scale, causal, window, softcap, bq, out):
+    """`_blocked` over several sequences' paged keys in one call (`PagedKVBatch`): one task
+    per (sequence, kv head, block of bq of its query rows), each `_task` with that
+    sequence's page table and key positions kstart[b] .. kstart[b] + kn[b] - 1, so a row
+    gets the bits a call on its sequence alone gives it. Returns how many tasks met a
+    non-finite value (the caller redoes those sequences on dense arrays)."""
+    nseg = rows.shape[0] - 1
+    hkv = k.shape[2]
+    first = np.zeros(nseg + 1, np.int64)         # first task of each sequence
+    for b in range(nseg):
+        first[b + 1] = first[b] + hkv * ((rows[b + 1] - rows[b] + bq - 1) // bq)
+    left = 0
+    for task in prange(first[nseg]):
+        b = np.searchsorted(first, task, side="right") - 1
+        nqb = (rows[b + 1] - rows[b] + bq - 1) // bq
+        h = (task - first[b]) // nqb
+        t0 = rows[b] + (task - first[b] - h * nqb) * bq
+        t1 = min(rows[b + 1], t0 + bq)
+        kp = np.arange(kstart[b], kstart[b] + kn[b])
+        shift = kstart[b] % BK                   # consecutive positions: blocks at absolute positions
+        if _task(q, k, v, (ksc, vsc, tables[b]), qp, kp, h, t0, t1, shift, True, scale, causal, window,
+                 softcap, out):
+            left += 1
+    return left
+
+
+_batch_ser, _batch_par = jit_pair(_blocked_batch, EXACT)
+
+
 @njit(**EXACT)
 def _pad16(a):
     """a (S, H, D) with D rounded up to a multiple of 16, zeros beyond (a itself if D is)."""
@@ -614,12 +643,11 @@ _NO_PAGES = (_NO_SCALE, _NO_SCALE, _NO_TABLE)
 _PAGE_BITS = {"f16": np.uint16, "bf16": np.int16}   # which conversion `_half` makes
 
 
-def _paged_args(k: PagedKV, v: PagedKV) -> tuple[np.ndarray, ...]:
-    """`_blocked`'s k, v, ksc, vsc, table for views of one pool."""
-    def pages(x: PagedKV) -> np.ndarray:
+def _paged_args(k: PagedKV | PagedKVBatch, v: PagedKV | PagedKVBatch) -> tuple[np.ndarray, ...]:
+    """The kernels' k, v, ksc, vsc for views of one pool."""
+    def pages(x: PagedKV | PagedKVBatch) -> np.ndarray:
         return x.pages.view(_PAGE_BITS[x.dtype]) if x.dtype in _PAGE_BITS else x.pages
-    return (pages(k), pages(v), _NO_SCALE if k.scale is None else k.scale, _NO_SCALE if v.scale is None else v.scale,
-            k.table)
+    return (pages(k), pages(v), _NO_SCALE if k.scale is None else k.scale, _NO_SCALE if v.scale is None else v.scale)
 
 
 @njit(**EXACT)
@@ -652,6 +680,8 @@ def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
     Contract of `kernels.attention.attention_ref` (positions default to the last T of S).
     A query's bits do not depend on the other queries of the call (see `_blocked`). k and
     v may both be `PagedKV` views, read in place: the bits of their `dense()` arrays."""
+    if isinstance(k, PagedKVBatch) and isinstance(v, PagedKVBatch):
+        return _attention_batch(q, k, v, q_pos, scale=scale, causal=causal, window=window, softcap=softcap)
     t, hq, d = q.shape
     s, hkv, dv = v.shape
     if k.shape != (s, hkv, d) or hq % hkv or (q_pos is not None and np.shape(q_pos) != (t,)) \
@@ -666,7 +696,7 @@ def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
     if t == 0:
         return out
     paged = isinstance(k, PagedKV) and isinstance(v, PagedKV)
-    kv = _paged_args(k, v) if paged else (_pad16(_f32(k)), _pad16(_f32(v))) + _NO_PAGES
+    kv = _paged_args(k, v) + (k.table,) if paged else (_pad16(_f32(k)), _pad16(_f32(v))) + _NO_PAGES
     q, qp, kp = _f32(q), _i64(q_pos), _i64(k_pos)
     win, cap = _NO_WINDOW if window is None else int(window), np.float32(softcap or 0.0)
     # decode-sized work (one token, a short cache) runs serially: waking the thread pool
@@ -679,4 +709,31 @@ def attention(q: np.ndarray, k: np.ndarray | PagedKV, v: np.ndarray | PagedKV,
                                                     win, cap, bq, out):
         # a task met a non-finite value: the exact kernel needs contiguous keys and values
         return attention(q, k.dense(), v.dense(), qp, kp, scale=scale, causal=causal, window=window, softcap=softcap)
+    return out
+
+
+def _attention_batch(q: np.ndarray, k: PagedKVBatch, v: PagedKVBatch, q_pos: np.ndarray | None, *,
+                     scale: float, causal: bool, window: int | None, softcap: float | None) -> np.ndarray:
+    """`attention` of each sequence of a `PagedKVBatch` on its rows of q, in one call:
+    each row the bits of `attention(q[rows], k.segment(b), v.segment(b), q_pos[rows],
+    k.positions(b))`."""
+    t, hq, d = q.shape
+    hkv, dv = v.pages.shape[2], v.pages.shape[3]
+    nseg = k.rows.shape[0] - 1
+    if q_pos is None or np.shape(q_pos) != (t,) or k.pages.shape[2:] != (hkv, d) or hq % hkv \
+            or k.rows.shape != (nseg + 1,) or int(k.rows[-1]) != t or v.rows is not k.rows \
+            or k.tables.shape[0] != nseg or k.n.shape != (nseg,) or k.start.shape != (nseg,):
+        raise ValueError(f"attention: q {q.shape} (positions {np.shape(q_pos)}) and a batch of {nseg} paged "
+                         f"sequences ({k.pages.shape[2:]} keys, {v.pages.shape[2:]} values) are inconsistent")
+    out = np.empty((t, hq, dv), np.float32)
+    kk, vv, ksc, vsc = _paged_args(k, v)
+    q, qp = _f32(q), _i64(q_pos)
+    win, cap = _NO_WINDOW if window is None else int(window), np.float32(softcap or 0.0)
+    parallel = nseg * hkv > 1 and t * hq * int(k.n.max()) * d >= PARALLEL_MIN
+    if (_batch_par if parallel else _batch_ser)(q, kk, vv, ksc, vsc, _i64(k.tables), _i64(k.start), _i64(k.n),
+                                                _i64(k.rows), qp, np.float32(scale), bool(causal), win, cap, BQ, out):
+        for b in range(nseg):   # a task met a non-finite value: each sequence on its own (dense)
+            a, e = int(k.rows[b]), int(k.rows[b + 1])
+            out[a:e] = attention(q[a:e], k.segment(b), v.segment(b), qp[a:e], k.positions(b), scale=scale,
+                                 causal=causal, window=window, softcap=softcap)
     return out

@@ -48,6 +48,9 @@ class Backend:
     # True for backends that compile kernels on first use (runtime/warmup.py runs them
     # before anything is timed)
     compiles: ClassVar[bool] = False
+    # elements from which the row-wise kernels (norms, rope, gated activations) run
+    # threaded: compiled kernels of their own, which the warm-up's prefill must reach (0: none)
+    threaded_min: int = 0
     # how quantized weights meet activations (the cpu backend's setting, `--activations`);
     # float32 elsewhere
     activations: str = "f32"

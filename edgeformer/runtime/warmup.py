@@ -2,8 +2,11 @@
 is timed, so compiling (first run) or loading (later runs) the Numba kernels lands in the
 load time instead of in the first prompt's prefill and decode figures.
 
-A backend that compiles (`Backend.compiles`) gets a 24-token prefill (large enough for
-the threaded attention kernel of typical models), two decode steps (the fused decode step
+A backend that compiles (`Backend.compiles`) gets a prefill of at least 24 tokens (large
+enough for the threaded attention kernel of typical models) and of enough tokens to reach
+its threaded row kernels (`Backend.threaded_min` elements: rms_norm / rope / glu over
+tokens x width; SmolLM2: 114 tokens), or the first long prompt would compile them (~4 s
+on 2 cores), two decode steps (the fused decode step
 is a kernel of its own) and a 3-token step (the serial attention kernel: short chunks,
 speculative verification). When its compiled-kernel cache is
 cold (`Backend.kernels_cached()` False) the two halves compile in parallel: a child
@@ -29,6 +32,16 @@ WARM_PROMPT = 24      # prefill rows: the T > 1 kernels (row dots for 4 tokens, 
 WARM_DECODE = 2       # decode steps: the fused step, then a step from a non-empty cache
 WARM_CHUNK = 3        # a short multi-token step: the serial attention kernel
 WARM_LEN = WARM_PROMPT + WARM_DECODE + WARM_CHUNK
+
+
+def prompt_rows(model: Any) -> int:
+    """Prefill rows of the warm-up: WARM_PROMPT, or enough rows that the narrowest row-wise
+    op (the hidden state, or q's heads) reaches `Backend.threaded_min` elements; within the
+    model's context (less the decode and chunk steps)."""
+    c = model.config
+    width = min(c.dim, c.n_heads * c.head_dim)
+    rows = max(WARM_PROMPT, -(-model.backend.threaded_min // width))
+    return min(rows, c.max_seq_len - WARM_DECODE - WARM_CHUNK)
 
 
 def _step(model: Any, cache: Any, n: int) -> None:
@@ -66,8 +79,9 @@ def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = Fal
     if cold:         # the backend said so when it was made (CpuBackend's notice)
         if path is not None and (os.cpu_count() or 1) >= 2:
             child = _decode_child(path, be.activations)
-    cache = model.make_cache(WARM_LEN)
-    _step(model, cache, WARM_PROMPT)
+    rows = prompt_rows(model)
+    cache = model.make_cache(rows + WARM_DECODE + WARM_CHUNK)
+    _step(model, cache, rows)
     if child is not None:
         child.wait()
     _decode(model, cache)
@@ -104,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgeformer.formats import load_checkpoint
     from edgeformer.models.decoder import Decoder
     model = Decoder(load_checkpoint(Path(args.model)), get_backend("cpu", args.activations))
-    cache = model.make_cache(WARM_LEN)
+    rows = prompt_rows(model)
+    cache = model.make_cache(rows + WARM_DECODE + WARM_CHUNK)
     if not args.decode:
-        _step(model, cache, WARM_PROMPT)
+        _step(model, cache, rows)
     _decode(model, cache)
     return 0
 

@@ -19,7 +19,8 @@ def cpu():
 
 def _overloads() -> dict[str, int]:
     """Specializations each Numba kernel of the cpu backend holds in this process (a
-    kernel compiled or loaded from the on-disk cache adds one)."""
+    kernel compiled or loaded from the on-disk cache adds one): module globals, and the
+    kernels modules keep in tuples / dicts (serial and threaded pairs, per-qtype tables)."""
     import sys
 
     from numba.core.dispatcher import Dispatcher
@@ -27,8 +28,11 @@ def _overloads() -> dict[str, int]:
     for name, mod in list(sys.modules.items()):
         if name.startswith("edgeformer.backends.cpu") and mod is not None:
             for attr, obj in vars(mod).items():
-                if isinstance(obj, Dispatcher):
-                    out[f"{name}.{attr}"] = len(obj.overloads)
+                held = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) \
+                    else [(None, obj)]
+                for key, d in held:
+                    if isinstance(d, Dispatcher):
+                        out[f"{name}.{attr}" + ("" if key is None else f"[{key}]")] = len(d.overloads)
     return out
 
 
@@ -39,7 +43,8 @@ def test_nothing_compiles_or_loads_after_load(cpu, shipped):
     from edgeformer.runtime.sampler import SamplingParams
     eng = edgeformer.load(n_ctx=512)
     before = _overloads()
-    long_prompt = [{"role": "user", "content": "Name three rivers of Europe and say where each one ends. " * 3}]
+    # ~250 tokens: past the threaded row kernels' size (rms_norm / rope / glu: 114 rows)
+    long_prompt = [{"role": "user", "content": "Name three rivers of Europe and say where each one ends. " * 20}]
     eng.chat(long_prompt, SamplingParams(max_tokens=12))
     eng.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=4))
     after = _overloads()
@@ -61,7 +66,7 @@ def test_batch_engine_warms_its_paged_attention(cpu, shipped):
         be = BatchEngine(eng.model, eng.tokenizer, kv_budget_bytes=32 << 20, kv_dtype=kv_dtype, n_ctx=512)
         assert be.cache.paged_views and be.cache.pool.free_pages == be.cache.pool.num_pages   # scratch released
         before = _overloads()
-        hs = [be.submit(list(range(5, 5 + n)), SamplingParams(max_tokens=3)) for n in (40, 3)]
+        hs = [be.submit(list(range(5, 5 + n)), SamplingParams(max_tokens=3)) for n in (200, 40, 3)]
         be.run_until_idle()
         assert all(len(h.result().token_ids) == 3 for h in hs)
         new = {k: v - before.get(k, 0) for k, v in _overloads().items() if v != before.get(k, 0)}

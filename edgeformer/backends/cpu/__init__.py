@@ -244,6 +244,8 @@ class CpuBackend(Backend):
             print("edgeformer: compiling the CPU kernels on first use (once for this CPU, typically 20-50 s "
                   "on 2 cores; cached afterwards)", file=sys.stderr, flush=True)
         from edgeformer.backends.cpu import activation, attention, embed, linear, norm, rope
+        from edgeformer.backends.cpu.common import PARALLEL_MIN
+        self.threaded_min = PARALLEL_MIN
         isa.verify()        # Numba compiles for what EDGEFORMER_CPU_ISA asked
         from edgeformer.kernels.elementwise import add_ref, mul_ref
         self.kernels: dict[str, Callable[..., Any]] = {

@@ -27,7 +27,13 @@ if [ "${1:-}" = "--test" ]; then
   # the OpenCL backend plugin (tests/plugins), installed as a user installs it (not editable:
   # rerun after editing it), with PoCL's CPU device from a wheel as its OpenCL runtime
   $PIP install -q "./plugins/edgeformer-opencl[pocl]"
-  CMAKE_ARGS="-DGGML_NATIVE=ON" $PIP install -q llama-cpp-python
+  # llama.cpp for this CPU, without its AMX kernels: on virtualised Sapphire / Granite Rapids
+  # hosts (AMX_INT8) they segfault on the first forward (ggml-org/llama.cpp#20824; ollama
+  # #17205, #17249). Not from pip's wheel cache: a wheel built with other flags would come back.
+  NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'" \
+    $PIP install -q --no-cache-dir --force-reinstall --no-deps llama-cpp-python
+  $PIP install -q llama-cpp-python     # its dependencies
   # rhasspy's own piper-phonemize 1.1.0 (cp311 wheels only), the phonemizer Piper's voices were
   # trained with: a second reference for tests/tts/test_piper_phonemes.py. Kept out of
   # site-packages because it installs the same `piper_phonemize` package as piper-phonemize-fix.

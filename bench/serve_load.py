@@ -11,7 +11,10 @@ tok/s (tokens after each stream's first / time during which any stream was decod
 TTFT p50/p99 (request sent -> first content chunk); inter-token latency p50/p99 (gaps
 between content chunks of one stream; a chunk is one token unless text was held back).
 Then prefix sharing: TTFT of a request with a ~500-token system prompt, cold (first
-time) and warm (same system prompt, new question: the cached prefix is reused).
+time) and warm (same system prompt, new question: the cached prefix is reused); and a
+burst: --burst clients at once, each with the same new ~500-token system prompt and its
+own question, while 4 other streams decode (TTFT p50 and of the last client, prompt
+tokens the server prefilled meanwhile: the 4 streams' decode steps add none).
 
     python bench/serve_load.py                      # SmolLM2 (shipped), backend cpu, 2 threads
     python bench/serve_load.py --levels 1,4 --skip-llama-cpp
@@ -24,6 +27,9 @@ prefix-aware and with round-robin routing: --conversations clients, each with it
 ~200-token system prompt, run --turns turns (each turn's prompt = the conversation so
 far + a new question); reported: TTFT p50/p99 of the later turns, output tok/s, and the
 prompt tokens the replicas served from their prefix caches (from the ingress's /metrics).
+
+llama.cpp's server needs its extra's packages: `pip install sse-starlette starlette-context
+pydantic-settings` (or --skip-llama-cpp).
 
 Writes bench/results/serve_load.json and prints a table. llama-cpp-python's server runs
 one request at a time (no parallel slots in its Python server); its numbers at c > 1
@@ -185,6 +191,38 @@ async def prefix_ttft(url: str, system: str, bias: dict, n_warm: int = 4) -> dic
             "warm_ttft_all_ms": [1e3 * x for x in out[1:]]}
 
 
+async def prefix_burst(url: str, system: str, bias: dict, n: int, busy: int = 4) -> dict:
+    """n requests at once, one new (uncached) system prompt + a question each, sent while
+    `busy` other streams are decoding (a server that is in the middle of a step when the
+    burst lands): TTFTs, and the prompt tokens the server prefilled from the burst's start
+    to its last first token (edgeformer's /metrics; None elsewhere)."""
+    def prefilled() -> float | None:
+        m = _scrape(url) if _has_metrics(url) else {}
+        vals = [v for k, v in m.items() if k.startswith("edgeformer_engine_prefill_tokens_total")]
+        return sum(vals) if vals else None
+    limits = httpx.Limits(max_connections=n + busy + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900), limits=limits) as client:
+        bg = [asyncio.create_task(stream_chat(client, url, [{"role": "user", "content": f"Describe {TOPICS[i]}."}],
+                                              256, bias)) for i in range(busy)]
+        await asyncio.sleep(2.0)          # their prompts are in, they decode
+        p0 = prefilled()
+        rs = await asyncio.gather(*[stream_chat(client, url, [
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"Question {i}: how do I reset unit {i * 7 + 3}?"}], 4, bias) for i in range(n)])
+        p1 = prefilled()
+        await asyncio.gather(*bg)
+    ttft = [r["ttft"] for r in rs]
+    return {"clients": n, "busy_streams": busy, "ttft_p50_ms": 1e3 * float(np.percentile(ttft, 50)),
+            "ttft_max_ms": 1e3 * max(ttft), "prefilled_tokens": None if p0 is None or p1 is None else p1 - p0}
+
+
+def _has_metrics(url: str) -> bool:
+    try:
+        return httpx.get(url + "/metrics").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def multi_turn(url: str, systems: list[str], turns: int, max_tokens: int, bias: dict) -> dict:
     """Each system prompt is one conversation (one client): `turns` requests, each with the
     whole conversation so far plus a new question; TTFT of turns after the first."""
@@ -226,7 +264,7 @@ def system_prompt(tokenizer, n_tokens: int = 500, seed: str = "") -> str:
 
 
 def bench_server(name: str, url: str, proc: subprocess.Popen, args: argparse.Namespace, bias: dict,
-                 system: str) -> dict:
+                 system: str, burst_system: str) -> dict:
     wait_ready(url, proc)
     # warm-up (JIT compilation, first-touch of weights), not measured
     asyncio.run(run_level(url, 1, 1, 8, bias))
@@ -242,7 +280,10 @@ def bench_server(name: str, url: str, proc: subprocess.Popen, args: argparse.Nam
     prefix = asyncio.run(prefix_ttft(url, system, bias))
     print(f"  {name:10s} prefix: cold TTFT {prefix['cold_ttft_ms']:.0f} ms, warm {prefix['warm_ttft_ms']:.0f} ms",
           flush=True)
-    out = {"levels": levels, "prefix_sharing": prefix}
+    burst = asyncio.run(prefix_burst(url, burst_system, bias, args.burst))
+    print(f"  {name:10s} burst of {args.burst} behind one new system prompt, 4 streams busy: TTFT p50 {burst['ttft_p50_ms']:.0f} ms, "
+          f"last {burst['ttft_max_ms']:.0f} ms, prefilled {burst['prefilled_tokens']}", flush=True)
+    out = {"levels": levels, "prefix_sharing": prefix, "prefix_burst": burst}
     if name == "edgeformer":
         out["metrics_after"] = {k: v for k, v in _scrape(url).items() if "kv_blocks" in k or "cached" in k}
     return out
@@ -275,6 +316,13 @@ def table(res: dict) -> str:
     for name, r in res["servers"].items():
         p = r["prefix_sharing"]
         rows.append(f"| {name} | {p['cold_ttft_ms']:.0f} | {p['warm_ttft_ms']:.0f} |")
+    rows += ["", "| server | burst clients (one new ~500-token system prompt; 4 streams decoding) | TTFT p50 ms "
+             "| last TTFT ms "
+             "| prompt tokens prefilled |", "|---|---:|---:|---:|---:|"]
+    for name, r in res["servers"].items():
+        b = r["prefix_burst"]
+        rows.append(f"| {name} | {b['clients']} | {b['ttft_p50_ms']:.0f} | {b['ttft_max_ms']:.0f} | "
+                    f"{'—' if b['prefilled_tokens'] is None else int(b['prefilled_tokens'])} |")
     return "\n".join(rows)
 
 
@@ -351,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--kv-budget", default="256MiB")
     ap.add_argument("--skip-llama-cpp", action="store_true")
+    ap.add_argument("--burst", type=int, default=8, help="clients in the shared-system-prompt burst")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--ray", action="store_true", help="edgeformer serve --ray: 1 vs 2 replicas, prefix vs "
                                                       "round-robin routing (see above)")
@@ -368,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ray:
         return ray_main(args, model, tok, bias)
     system = system_prompt(tok)
+    burst_system = system_prompt(tok, seed="Burst. ")
 
     res = {"model": model, "backend": args.backend, "threads": args.threads, "max_tokens": args.max_tokens,
            "requests_per_client": args.requests_per_client, "cpu_count": os.cpu_count(),
@@ -380,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         proc = start(port)
         try:
-            res["servers"][name] = bench_server(name, f"http://127.0.0.1:{port}", proc, args, bias, system)
+            res["servers"][name] = bench_server(name, f"http://127.0.0.1:{port}", proc, args, bias, system,
+                                                 burst_system)
         finally:
             stop(proc)
     ef = res["servers"]["edgeformer"]["levels"]

@@ -20,6 +20,14 @@ requests are not queued behind reservations. A request whose worst case (prompt 
 new tokens) could never fit the budget is refused at submit with CapacityError, so a
 sequence alone always has the pages to finish.
 
+Prefix sharing in flight: a waiting request whose prompt shares whole blocks (beyond what
+the prefix cache already holds) with a prompt that a running sequence is still
+prefilling is not admitted until those blocks are computed (or their sequence leaves);
+requests after it that share nothing go ahead. A burst of requests behind one system
+prompt then computes it once and starts the others from the cache (8 requests with a
+~450-token shared prompt on SmolLM2: 3,703 -> 679 prompt tokens prefilled, all first
+tokens after 7.7-8.1 s -> 1.5 s).
+
 Speculative decoding (`BatchEngine(..., speculative=SpeculativeConfig)`, the server's
 `--lookup` / `--draft`): a decoding sequence's step runs its next token plus up to
 `num_draft` tokens proposed by its own drafter (forked per sequence) in the same batched
@@ -44,7 +52,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,7 +60,7 @@ from edgeformer.backends.row_invariant import row_invariant_linear
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.drafters import Drafter
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, collect
-from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
+from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache, prefix_keys
 from edgeformer.runtime.memory import check_fits
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.speculative import SpeculativeConfig, verify
@@ -76,6 +84,9 @@ class SeqState:
     scheduled: int = 0
     reserved: int = 0      # length up to which KV pages are reserved (<= max_len)
     preempted: int = 0     # times its blocks were taken back
+    # prefix keys of the prompt's whole blocks (all but its last token; `kv_cache.prefix_keys`),
+    # empty without prefix sharing: which blocks it could share with sequences in flight
+    keys: list[bytes] = field(default_factory=list)
 
     @property
     def prefilling(self) -> bool:
@@ -106,6 +117,7 @@ class Scheduler:
         # makes a decoding sequence extend its reservation every 64 tokens
         self.headroom = headroom or 4 * cache.block_size
         self.preemptions = 0
+        self.prefix_waits = 0       # admissions put off a step for a prefix in flight (`_admit`)
         self.lookahead = lookahead     # draft tokens a decode may add to its step (speculative)
         # room for one full chunk beside a full batch of decodes: every step makes progress
         self.max_step_tokens = max(max_step_tokens or 0, prefill_chunk + max_batch * (1 + lookahead))
@@ -124,24 +136,44 @@ class Scheduler:
             raise CapacityError(f"request needs up to {need} KV blocks ({max_len} tokens) but the KV budget "
                                 f"holds {self.cache.pool.num_pages}; raise kv_budget_bytes or lower max_tokens")
         st = SeqState(seq_id, [int(t) for t in prompt_ids], max_len, len(prompt_ids))
+        st.keys = self._prompt_keys(st.tokens)
         self.waiting.append(st)
         return st
+
+    def _prompt_keys(self, prompt: list[int]) -> list[bytes]:
+        bs = self.cache.block_size
+        return prefix_keys(prompt, bs, (len(prompt) - 1) // bs) if self.cache.prefix_sharing else []
 
     def _outstanding(self) -> int:
         """Pages that running sequences have reserved but not allocated yet."""
         return sum(s.kv.future_pages(s.reserved) for s in self.running.values())
 
     def _admit(self) -> None:
-        while self.waiting and len(self.running) < self.max_batch:
-            st = self.waiting[0]
+        """Admit waiting requests in order while the batch and the pages have room. A request
+        whose prompt shares whole blocks, past what the prefix cache holds, with a prefix that
+        a running sequence is still prefilling waits for it (a burst of prompts behind one
+        system prompt computes that prefix once, not once per request); later requests may go
+        ahead of it. It waits only while those blocks are in flight: they are computed within
+        the next steps, or leave with their sequence."""
+        bs = self.cache.block_size
+        in_flight = {k for s in self.running.values() if s.prefilling for k in s.keys[s.computed // bs:]}
+        i = 0
+        while i < len(self.waiting) and len(self.running) < self.max_batch:
+            st = self.waiting[i]
             view = self.cache.new_sequence(st.tokens[:st.n_prompt])
+            if any(k in in_flight for k in st.keys[view.offset // bs:]):
+                view.release()
+                self.prefix_waits += 1      # one per request and step put off
+                i += 1
+                continue
             reserve = min(st.max_len, st.n_prompt + self.headroom)
             if view.future_pages(reserve) + self._outstanding() > self.cache.pool.free_pages:
                 view.release()           # FCFS: later requests wait behind it
                 return
-            self.waiting.popleft()
+            del self.waiting[i]
             st.view, st.computed, st.cached_tokens, st.reserved = view, view.offset, view.offset, reserve
             self.running[st.seq_id] = st
+            in_flight.update(st.keys[st.computed // bs:])
 
     def _grow(self) -> None:
         """Extend the reservation of each decoding sequence about to pass it (oldest
@@ -168,6 +200,7 @@ class Scheduler:
         st.kv.release()
         st.view, st.computed, st.scheduled, st.reserved = None, 0, 0, 0
         st.n_prompt = len(st.tokens)
+        st.keys = self._prompt_keys(st.tokens)
         st.preempted += 1
         self.preemptions += 1
         self.waiting.appendleft(st)
@@ -604,8 +637,10 @@ class BatchEngine:
 
     def metrics(self) -> dict[str, int]:
         """KV blocks (total/used/free; a block = block_size tokens of one layer), running
-        batch size, queued requests, preemptions, tokens generated, steps."""
+        batch size, queued requests, preemptions, admissions put off for a prefix in flight,
+        tokens generated, steps."""
         with self._lock:
             return {**self.cache.metrics(), "running": len(self.scheduler.running),
                     "queued": len(self.scheduler.waiting), "preemptions": self.scheduler.preemptions,
+                    "prefix_waits": self.scheduler.prefix_waits,
                     **self._counters}

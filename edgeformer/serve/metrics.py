@@ -113,6 +113,8 @@ ENGINE_COUNTERS = {
     "steps": ("edgeformer_engine_steps_total", "Batched forward passes"),
     "preemptions": ("edgeformer_engine_preemptions_total",
                     "Sequences whose KV blocks were taken back for others, to be recomputed"),
+    "prefix_waits": ("edgeformer_engine_prefix_waits_total",
+                     "Steps a queued request waited for a shared prompt prefix another request was prefilling"),
     # only with speculative decoding (--lookup / --draft)
     "spec_rounds": ("edgeformer_spec_decode_rounds_total", "Draft-and-verify rounds (one per sequence and step)"),
     "spec_draft_tokens": ("edgeformer_spec_decode_draft_tokens_total", "Draft tokens proposed"),

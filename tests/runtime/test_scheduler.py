@@ -1,5 +1,7 @@
 """Scheduler and BatchEngine: continuous batching on a tiny random decoder. Requests join
 and leave between steps, long prompts are prefilled in chunks beside running decodes,
+requests behind a prompt prefix another request is prefilling wait for it (a burst
+computes a shared system prompt once),
 the KV budget makes requests wait or refuses them, cancel frees blocks, and 16 requests
 in one batch give exactly the tokens each gives alone."""
 from __future__ import annotations
@@ -76,7 +78,7 @@ def test_schedule_decodes_first_then_whole_prefill_chunks():
     run_plan(s, {0: 3})
     s.append(0, 7)
     s.add(1, list(range(20)), 30)
-    s.add(2, list(range(9)), 30)
+    s.add(2, list(range(100, 109)), 30)            # no prefix in common with request 1
     assert s.schedule() == {0: 1, 1: 8}           # request 2's chunk of 8 does not fit: waits whole
     run_plan(s, {0: 1, 1: 8})
     s.append(0, 8)
@@ -88,6 +90,57 @@ def test_schedule_decodes_first_then_whole_prefill_chunks():
     s.finish(0)
     s.finish(2)
     assert cache.pool.used_pages == 0 and not s.has_work
+
+
+def test_requests_behind_a_prefix_in_flight_wait_for_it_and_others_go_ahead():
+    cache = PagedKVCache(2, 1, 4, max_seq_len=128, num_pages=1000, block_size=4, dtype="f32")
+    s = Scheduler(cache, max_batch=4, prefill_chunk=16, max_step_tokens=64)
+    shared = list(range(1, 13))                      # 3 whole blocks
+    s.add(0, shared + [50, 51], 30)
+    s.add(1, shared + [60, 61, 62], 30)              # shares request 0's 3 blocks
+    s.add(2, list(range(200, 210)), 30)              # shares nothing: goes ahead of request 1
+    s.add(3, shared[:8] + [70, 71], 30)              # shares 2 blocks
+    assert s.schedule() == {0: 14, 2: 10}
+    assert s.prefix_waits == 2
+    run_plan(s, {0: 14, 2: 10})
+    s.append(0, 9)
+    s.append(2, 9)
+    # request 0's blocks are computed and cached: 1 and 3 start after them
+    assert s.schedule() == {0: 1, 2: 1, 1: 3, 3: 2}
+    assert s.running[1].cached_tokens == 12 and s.running[3].cached_tokens == 8
+    assert s.prefix_waits == 2
+
+
+def test_a_request_put_off_for_a_prefix_does_not_wait_for_one_that_leaves():
+    cache = PagedKVCache(2, 1, 4, max_seq_len=128, num_pages=1000, block_size=4, dtype="f32")
+    s = Scheduler(cache, max_batch=4, prefill_chunk=4, max_step_tokens=8)
+    s.add(0, list(range(1, 21)), 30)                 # prefilled 4 tokens a step
+    s.add(1, list(range(1, 17)) + [99], 30)
+    assert s.schedule() == {0: 4}
+    run_plan(s, {0: 4})
+    assert s.schedule() == {0: 4}                    # blocks 1-3 are still in flight
+    s.finish(0)                                      # cancelled before computing them
+    assert s.schedule() == {1: 4}
+    assert s.running[1].cached_tokens == 4           # the one block request 0 computed
+
+
+def test_a_burst_behind_one_system_prompt_prefills_it_once(decs):
+    if "cpu" not in decs:
+        pytest.skip("numba missing")
+    dec = decs["cpu"]           # bit-identical rows with or without prefix hits (cpu kernels)
+    system = [int(t) for t in prompt(24, seed=5)]    # 6 blocks of 4
+    ps = [system + [int(t) for t in prompt(2 + i, seed=40 + i)] for i in range(5)]
+    eng = engine(dec, max_batch=8)
+    hs = [eng.submit(p, GREEDY) for p in ps]
+    eng.run_until_idle()
+    m = eng.metrics()
+    assert m["cached_prompt_tokens"] == 4 * 24 and m["prefix_waits"] >= 4
+    assert m["prefill_tokens"] == sum(map(len, ps)) - 4 * 24
+    for p, h in zip(ps, hs):
+        alone = engine(dec)
+        ha = alone.submit(p, GREEDY)
+        alone.run_until_idle()
+        assert alone.metrics()["cached_prompt_tokens"] == 0 and tokens(ha) == tokens(h)
 
 
 # ---- the batch engine -----------------------------------------------------------------------------

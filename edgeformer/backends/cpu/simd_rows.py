@@ -13,7 +13,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from edgeformer.backends.cpu.vector_ir import (F32, I8, I32, IL, V16F, bsplat, const, data, dot64, ext16, f16,
-                                               features, fma, hsum, is16, is_x86, lanes, length, loop2, pairdot,
+                                               features, fma, hsum, is16, is_x86, lanes, length, loop2, native_half, pairdot,
                                                ptrs, vec, vload, wdot64)
 
 
@@ -29,8 +29,11 @@ def _vnni(context) -> bool:
 
 
 def _f2(context, builder, ptr, b, half: bool):
-    """<2 x float> of ptr[b], ptr[b + 1] (f16 bits converted when `half`)."""
+    """<2 x float> of ptr[b], ptr[b + 1] (f16 bits converted when `half`: one 4-byte load and
+    one `vcvtph2ps` where LLVM converts halves inline, instead of two of each and an insert)."""
     v2 = ir.VectorType(F32, 2)
+    if half and native_half(context):
+        return builder.fpext(builder.bitcast(vload(builder, ptr, b, 2), ir.VectorType(ir.HalfType(), 2)), v2)
     out = ir.Constant(v2, None)
     for j in range(2):
         i = builder.add(b, const(b, j))

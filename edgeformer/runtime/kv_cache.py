@@ -227,16 +227,27 @@ class PagedKVCache:
         """Pages a fresh sequence growing to n_tokens holds at most (no prefix hits)."""
         return sum(len(ls) * self.blocks_needed(g, n_tokens) for g, (_, ls) in enumerate(self.groups))
 
-    def new_sequence(self, prompt: Sequence[int] | None = None) -> BlockTable:
+    def prompt_keys(self, prompt: Sequence[int]) -> list[bytes]:
+        """Prefix keys of the prompt's whole blocks that a new sequence could take from the
+        cache (all but its last token: at least one prompt token runs); [] without prefix
+        sharing."""
+        if not self.prefix_sharing or len(prompt) <= self.block_size:
+            return []
+        return prefix_keys([int(t) for t in prompt], self.block_size, (len(prompt) - 1) // self.block_size)
+
+    def new_sequence(self, prompt: Sequence[int] | None = None, keys: list[bytes] | None = None) -> BlockTable:
         """An empty sequence view; given its prompt, it starts with the longest cached prefix
         of whole blocks (leaving at least one prompt token to run). `view.offset` (=
-        `view.cached_tokens`) says how many prompt tokens it already holds."""
+        `view.cached_tokens`) says how many prompt tokens it already holds. `keys`: the
+        prompt's `prompt_keys`, when the caller has them already."""
         view = BlockTable(self)
-        if prompt is None or not self.prefix_sharing or len(prompt) <= self.block_size:
+        if prompt is None:
+            return view
+        keys = self.prompt_keys(prompt) if keys is None else keys
+        if not keys:
             return view
         bs, cached = self.block_size, self.pool.cached
         prompt = [int(t) for t in prompt]
-        keys = prefix_keys(prompt, bs, (len(prompt) - 1) // bs)
 
         def needed(g: int, k: int) -> range:
             lo = max(0, (k * bs - self.window + 1) // bs) if self.groups[g][0] else 0

@@ -60,7 +60,7 @@ from edgeformer.backends.row_invariant import row_invariant_linear
 from edgeformer.errors import EdgeformerError, InputError
 from edgeformer.runtime.drafters import Drafter
 from edgeformer.runtime.events import GenerationResult, TokenEmitter, TokenEvent, collect
-from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache, prefix_keys
+from edgeformer.runtime.kv_cache import BlockTable, CapacityError, PagedKVCache
 from edgeformer.runtime.memory import check_fits
 from edgeformer.runtime.sampler import SamplingParams, TokenPicker, make_rng
 from edgeformer.runtime.speculative import SpeculativeConfig, verify
@@ -84,8 +84,8 @@ class SeqState:
     scheduled: int = 0
     reserved: int = 0      # length up to which KV pages are reserved (<= max_len)
     preempted: int = 0     # times its blocks were taken back
-    # prefix keys of the prompt's whole blocks (all but its last token; `kv_cache.prefix_keys`),
-    # empty without prefix sharing: which blocks it could share with sequences in flight
+    # its prompt's `PagedKVCache.prompt_keys`: which blocks it could share with sequences in
+    # flight or take from the cache
     keys: list[bytes] = field(default_factory=list)
 
     @property
@@ -136,13 +136,9 @@ class Scheduler:
             raise CapacityError(f"request needs up to {need} KV blocks ({max_len} tokens) but the KV budget "
                                 f"holds {self.cache.pool.num_pages}; raise kv_budget_bytes or lower max_tokens")
         st = SeqState(seq_id, [int(t) for t in prompt_ids], max_len, len(prompt_ids))
-        st.keys = self._prompt_keys(st.tokens)
+        st.keys = self.cache.prompt_keys(st.tokens)
         self.waiting.append(st)
         return st
-
-    def _prompt_keys(self, prompt: list[int]) -> list[bytes]:
-        bs = self.cache.block_size
-        return prefix_keys(prompt, bs, (len(prompt) - 1) // bs) if self.cache.prefix_sharing else []
 
     def _outstanding(self) -> int:
         """Pages that running sequences have reserved but not allocated yet."""
@@ -160,7 +156,7 @@ class Scheduler:
         i = 0
         while i < len(self.waiting) and len(self.running) < self.max_batch:
             st = self.waiting[i]
-            view = self.cache.new_sequence(st.tokens[:st.n_prompt])
+            view = self.cache.new_sequence(st.tokens[:st.n_prompt], st.keys)
             if any(k in in_flight for k in st.keys[view.offset // bs:]):
                 view.release()
                 self.prefix_waits += 1      # one per request and step put off
@@ -200,7 +196,7 @@ class Scheduler:
         st.kv.release()
         st.view, st.computed, st.scheduled, st.reserved = None, 0, 0, 0
         st.n_prompt = len(st.tokens)
-        st.keys = self._prompt_keys(st.tokens)
+        st.keys = self.cache.prompt_keys(st.tokens)
         st.preempted += 1
         self.preemptions += 1
         self.waiting.appendleft(st)

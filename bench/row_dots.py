@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,8 @@ from edgeformer.backends.cpu import isa
 from edgeformer.backends.cpu.linear import linear
 from edgeformer.quant.quantize import quantize
 
-
-def timed(fn, min_time: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        fn()
-        n += 1
-    return (time.perf_counter() - t0) / n
+sys.path.insert(0, str(Path(__file__).parent))
+from kernels_cpu import timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             x = rng.standard_normal((t, k)).astype(np.float32)
             y = linear(x, w)
             assert all(np.array_equal(linear(x[i:i + 1], w)[0], y[i]) for i in range(t)), "rows not batch-invariant"
-            s = float(np.median([timed(lambda: linear(x, w), args.min_time) for _ in range(args.repeats)]))
+            s = float(np.median([timed(lambda _: linear(x, w), args.min_time) for _ in range(args.repeats)]))
             rows.append({"n": n, "k": k, "tokens": t, "us": 1e6 * s, "gmac_s": n * k * t / s / 1e9})
             print(f"  {n}x{k} T={t:<3d} {1e6 * s:8.1f} us  {rows[-1]['gmac_s']:6.1f} GMAC/s", flush=True)
     res = {"qtype": args.qtype, "threads": args.threads, "isa": isa.compiled_isa(), "activations": be.activations,

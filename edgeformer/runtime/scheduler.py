@@ -24,9 +24,9 @@ Prefix sharing in flight: a waiting request whose prompt shares whole blocks (be
 the prefix cache already holds) with a prompt that a running sequence is still
 prefilling is not admitted until those blocks are computed (or their sequence leaves);
 requests after it that share nothing go ahead. A burst of requests behind one system
-prompt then computes it once and starts the others from the cache (8 requests with a
-~450-token shared prompt on SmolLM2: 3,703 -> 679 prompt tokens prefilled, all first
-tokens after 7.7-8.1 s -> 1.5 s).
+prompt then computes it once and starts the others from the cache (serve_load's burst,
+8 clients behind one new ~500-token system prompt on SmolLM2: 3,447-4,215 -> 743 prompt
+tokens prefilled; BENCHMARKS.md).
 
 Speculative decoding (`BatchEngine(..., speculative=SpeculativeConfig)`, the server's
 `--lookup` / `--draft`): a decoding sequence's step runs its next token plus up to

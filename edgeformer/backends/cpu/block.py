@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from edgeformer.backends.blocks import Attention, DecoderStack
-from edgeformer.backends.cpu.act_quant import quant_row
+from edgeformer.backends.cpu.act_quant import quant_row, to_lanes
 from edgeformer.backends.cpu.activation import ACTIVATION_IDS, glu_row
 from edgeformer.backends.cpu.attention import attend_one
 from edgeformer.backends.cpu.common import EXACT, JIT, specialise
@@ -44,7 +44,12 @@ from edgeformer.backends.cpu.rope import cos_sin, rotate
 
 _NOB = np.zeros(0, np.float32)
 # Template globals of `_rows_kind`, bound per table row by `specialise`.
-KIND, ROWDOT, OTHER = -1, None, None
+KIND, ROWDOT, OTHER, XL = -1, None, None, None
+
+
+@njit(**JIT)
+def _same(xq):
+    return xq
 
 
 @njit(**JIT)
@@ -55,11 +60,12 @@ def _rows_none(w, xq, xd, xs, out):
 def _rows_kind(w, xq, xd, xs, out):
     """out[r] = row r of weight slot `w` . activations (xq, xd, xs) if w is of kind KIND
     (ROWDOT; one loop per kind: a kind test or a non-inlined row-dot call per row measured
-    2.7x slower), else OTHER's (the next kind's)."""
+    2.7x slower), else OTHER's (the next kind's). XL puts xq in the layout ROWDOT takes."""
     kind, a, b, c, d, e, f = w
     if kind == KIND:
+        xl = XL(xq)
         for r in prange(out.shape[0]):
-            out[r] = ROWDOT(a[r], b[r], c[r], d[r], e[r], f[r], xq, xd, xs)
+            out[r] = ROWDOT(a[r], b[r], c[r], d[r], e[r], f[r], xl, xd, xs)
     else:
         OTHER(w, xq, xd, xs, out)
 
@@ -69,7 +75,7 @@ def _chain():
     g = _rows_none
     for i, (q, k) in reversed(list(enumerate(KINDS.items()))):
         g = specialise(_rows_kind, f"_rows_{q.name.lower()}", dict(parallel=True, **JIT), KIND=i, ROWDOT=k.rowdot,
-                       OTHER=g)
+                       OTHER=g, XL=to_lanes if k.lanes else _same)
     return g
 
 

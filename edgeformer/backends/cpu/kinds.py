@@ -20,8 +20,8 @@ from edgeformer.backends.cpu.qgemm import (dequant_q4_0, dequant_q4_1, dequant_q
                                            dequant_q5_k, dequant_q6_k, dequant_q8_0)
 from edgeformer.backends.cpu.repack import PackedWeight
 from edgeformer.backends.cpu.simd import rowdot_q4_k, rowdot_q5_k, rowdot_q6_k
-from edgeformer.backends.cpu.simd_rows import (rowdot2_q4_0, rowdot2_q4_1, rowdot2_q5_0, rowdot2_q5_1, rowdot2_q8_0,
-                                               rowdot4_q4_0, rowdot4_q4_1, rowdot4_q5_0, rowdot4_q5_1, rowdot4_q8_0)
+from edgeformer.backends.cpu.simd_rows import (lanes1_q4_0, lanes1_q4_1, lanes1_q8_0, lanes4_q4_0, lanes4_q4_1,
+                                               lanes4_q8_0, rowdot2_q5_0, rowdot2_q5_1, rowdot4_q5_0, rowdot4_q5_1)
 from edgeformer.quant.qtypes import QType
 
 
@@ -32,12 +32,13 @@ class Kind:
     rowdot: Any                      # intrinsic: one weight row . one token's activations
     rowdot4: Any | None              # the row . four tokens (prefill), or None: one token at a time
     dequant: Any                     # njit: columns of one row as float32 (`qgemm.py`)
+    lanes: bool = False              # the row dots take the lane layout (`repack.set_lanes`)
 
 
 KINDS: dict[QType, Kind] = {
-    QType.Q8_0: Kind((0, None, None, None, 1, None), rowdot2_q8_0, rowdot4_q8_0, dequant_q8_0),
-    QType.Q4_0: Kind((0, None, None, None, 1, None), rowdot2_q4_0, rowdot4_q4_0, dequant_q4_0),
-    QType.Q4_1: Kind((0, None, None, None, 1, 2), rowdot2_q4_1, rowdot4_q4_1, dequant_q4_1),
+    QType.Q8_0: Kind((0, None, None, None, 1, None), lanes1_q8_0, lanes4_q8_0, dequant_q8_0, True),
+    QType.Q4_0: Kind((0, None, None, None, 1, None), lanes1_q4_0, lanes4_q4_0, dequant_q4_0, True),
+    QType.Q4_1: Kind((0, None, None, None, 1, 2), lanes1_q4_1, lanes4_q4_1, dequant_q4_1, True),
     QType.Q5_0: Kind((0, 1, None, None, 2, None), rowdot2_q5_0, rowdot4_q5_0, dequant_q5_0),
     QType.Q5_1: Kind((0, 1, None, None, 2, 3), rowdot2_q5_1, rowdot4_q5_1, dequant_q5_1),
     QType.Q4_K: Kind((0, None, 1, 2, 3, 4), rowdot_q4_k, None, dequant_q4_k),

@@ -12,10 +12,14 @@ mins of Q4_1/Q5_1 through xs. Error vs the float reference: int16 NMSE ~4e-10 (i
 ~3e-5). Float weights (F32/F16/BF16) keep float32 activations and run `panel_gemm.py`'s
 register-tiled kernel; the "f32" setting sends quantized weights there too (`qgemm.py`).
 
+Q8_0/Q4_0/Q4_1 weights are bound in the lane layout (`repack.set_lanes`) and meet
+activations quantized into it (`act_quant.quantize_lanes`): one int32 lane per block, so
+one convert/scale/FMA serves 16 blocks (`simd_rows._lanes`).
+
 Row invariance is by construction: every kernel computes an output row with the same
 sequence of operations whatever T is, so a token's bits do not depend on its batch,
 chunk or cached prefix. For T > 1, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 dot each weight row with 4
-tokens at once (`rowdot4_*`: the row is unpacked once per 4 tokens, 4 accumulators, each
+tokens at once (`lanes4_*`, `rowdot4_*`: the row is unpacked once per 4 tokens, 4 accumulators, each
 token's bits equal to `rowdot2_*`'s alone), over token blocks whose activations fit L1
 (~24 KiB), so a block is reused across a task's 16 rows. Every kernel parallelises over
 output rows (`prange`, static split).
@@ -25,19 +29,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from edgeformer.backends.cpu.act_quant import quantize_x
+from edgeformer.backends.cpu.act_quant import quantize_lanes, quantize_x
 from edgeformer.backends.cpu.common import JIT, specialise
 from edgeformer.backends.cpu.kinds import KINDS, fields
 from edgeformer.backends.cpu.panel_gemm import linear_bf16, linear_f16, linear_f32
 from edgeformer.backends.cpu.qgemm import dequant_kernel
-from edgeformer.backends.cpu.repack import FLOAT, PackedWeight
+from edgeformer.backends.cpu.repack import FLOAT, PackedWeight, set_lanes
 from edgeformer.quant.qtypes import QType
 
 
 # Rows per prange task (a static split of N / CH tasks over the threads).
 CH = 16
 # Template globals, bound per qtype by `specialise` to its `kinds.KINDS` row dots.
-ROWDOT = ROWDOT4 = None
+ROWDOT = ROWDOT4 = QUANT = None
 
 
 @njit(**JIT)
@@ -48,8 +52,8 @@ def _token_block(k):
 
 def _linear_rows4(x, a, b, c, d, e, f, bias, out, proto):
     """out (T, N) = x (T, K) @ W.T (+ bias), W as slot fields a..f (`kinds.slot`), x quantized
-    like `proto`: ROWDOT4 dots each row with 4 tokens at a time (ROWDOT the last T % 4)."""
-    xq, xd, xs = quantize_x(x, proto)
+    like `proto` by QUANT: ROWDOT4 dots each row with 4 tokens at a time (ROWDOT the last T % 4)."""
+    xq, xd, xs = QUANT(x, proto)
     n, t_ = a.shape[0], x.shape[0]
     t4 = t_ // 4 * 4                      # tokens in groups of 4: one unpack per group
     tb = _token_block(xq.shape[1] * xq.itemsize)
@@ -79,7 +83,8 @@ def _linear_rows(x, a, b, c, d, e, f, bias, out, proto):
 _PAR = dict(parallel=True, **JIT)
 # integer activations / float32 activations (dequantized weights, `qgemm.py`), per qtype
 _INT = {q: specialise(_linear_rows4 if k.rowdot4 else _linear_rows, f"linear_{q.name.lower()}", _PAR,
-                      ROWDOT=k.rowdot, ROWDOT4=k.rowdot4) for q, k in KINDS.items()}
+                      ROWDOT=k.rowdot, ROWDOT4=k.rowdot4, QUANT=quantize_lanes if k.lanes else quantize_x)
+        for q, k in KINDS.items()}
 _F32 = {q: dequant_kernel(f"linear_dequant_{q.name.lower()}", k.dequant) for q, k in KINDS.items()}
 _FLOAT = {QType.F32: linear_f32, QType.F16: linear_f16, QType.BF16: linear_bf16}
 
@@ -88,6 +93,7 @@ def bind(w: PackedWeight, act: np.ndarray | None) -> None:
     """Bind w's linear kernel for activations `act` (an empty array of their integer dtype,
     or None for float32) and, for quantized kinds, the slot fields it takes."""
     w.act = act
+    set_lanes(w, act is not None and w.kind in KINDS and KINDS[w.kind].lanes)
     if w.kind in FLOAT:
         w.kernel = _FLOAT[w.kind]
     else:

@@ -12,12 +12,15 @@ Layout (`PackedWeight.arrays`, every array 2-D with one row per output, C-contig
   Q6_K  ql (N, K/2), qh (N, K/4), sc int8 (N, K/16), d (N, K/256)
   F16 / BF16 / F32  (ceil(N/16), K, 16) panels of uint16 bits / float32: 16 rows
               interleaved per column, zero rows padded (`panel_gemm.py`'s register tile)
+With integer activations, Q8_0 / Q4_0 / Q4_1 quants are put in the lane layout at bind
+(`set_lanes`: a byte permutation per row, whole groups of 16 blocks, `simd_rows._lanes`).
 Scales stay half precision (converted in-register by `simd.f16_to_f32`) so a packed weight
 reads the same bytes per token as the file: Q4_K/Q5_K's 6-bit packed scales are unpacked to
 one byte each (+4 bytes per 256 weights, <3%) to keep bit twiddling out of the hot loop.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -40,7 +43,7 @@ class PackedWeight:
     (`linear.bind`) so a call does no dispatch in Python, with `fields`, the arrays as the
     slot fields a quantized kernel takes (`kinds.slot`)."""
 
-    __slots__ = ("kind", "n", "k", "arrays", "kernel", "fields", "act")
+    __slots__ = ("kind", "n", "k", "arrays", "kernel", "fields", "act", "lanes")
 
     def __init__(self, kind: QType, n: int, k: int, arrays: tuple[np.ndarray, ...],
                  kernel: Callable[..., None] | None = None, act: np.ndarray | None = None) -> None:
@@ -49,6 +52,7 @@ class PackedWeight:
         # quantized kinds: an empty array of the activations' integer dtype (int16/int8),
         # or None for float32 activations against dequantized panels
         self.act = act
+        self.lanes = False      # quants in the lane layout (`set_lanes`)
 
     @property
     def nbytes(self) -> int:
@@ -111,17 +115,53 @@ def repack(qt: QTensor) -> PackedWeight:
     return PackedWeight(q, n, k, arrays)
 
 
+LANE_KINDS = (QType.Q8_0, QType.Q4_0, QType.Q4_1)
+
+
+@functools.lru_cache(maxsize=64)
+def lane_perm(q: QType, nb: int, inverse: bool = False) -> np.ndarray:
+    """Byte permutation P of a row's quants (nb blocks) into the lane layout (`simd_rows`'
+    group layout; blocks past the last whole group of 16 keep their place): lane = row[P]
+    (or back, with `inverse`: row = lane[P])."""
+    per = 32 if q == QType.Q8_0 else 16          # bytes per block
+    idx = np.arange(nb * per)
+    b, c = idx // per, idx % per
+    g, j = b // 16, b % 16
+    if q == QType.Q8_0:       # element c = 16 h + 2 p + e -> [p, h, j, e]
+        at = g * 512 + (c % 16 // 2) * 64 + (c // 16) * 32 + j * 2 + c % 2
+    else:                     # byte c = 2 p + e -> [p, j, e]
+        at = g * 256 + (c // 2) * 32 + j * 2 + c % 2
+    at = np.where(b < nb // 16 * 16, at, idx)
+    if inverse:
+        return at
+    perm = np.empty_like(idx)
+    perm[at] = idx
+    return perm
+
+
+def set_lanes(w: PackedWeight, on: bool) -> None:
+    """Put w's quants into (on) or out of the lane layout, in place (a no-op when already
+    there, or for kinds without one)."""
+    if w.kind not in LANE_KINDS or w.lanes == on:
+        return
+    perm = lane_perm(w.kind, w.k // 32, not on)
+    w.arrays = (np.ascontiguousarray(w.arrays[0][:, perm]),) + w.arrays[1:]
+    w.lanes = on
+
+
 def concat_rows(parts: list[PackedWeight]) -> PackedWeight:
     """Packed weights of one kind and row length stacked by rows (every layout array has one
     row per output, so this is a row concatenation of each array)."""
     p0 = parts[0]
-    if any(p.kind != p0.kind or p.k != p0.k for p in parts):
-        raise UnsupportedError("concat_rows: parts differ in qtype or row length")
+    if any(p.kind != p0.kind or p.k != p0.k or p.lanes != p0.lanes for p in parts):
+        raise UnsupportedError("concat_rows: parts differ in qtype, row length or layout")
     if p0.kind in FLOAT:     # panels hold 16 rows each: re-panel the stacked rows
         rows = np.concatenate([from_panels(p.arrays[0], p.n) for p in parts])
         return PackedWeight(p0.kind, rows.shape[0], p0.k, (to_panels(rows),))
     arrays = tuple(np.concatenate([p.arrays[i] for p in parts]) for i in range(len(p0.arrays)))
-    return PackedWeight(p0.kind, sum(p.n for p in parts), p0.k, arrays)
+    out = PackedWeight(p0.kind, sum(p.n for p in parts), p0.k, arrays)
+    out.lanes = p0.lanes
+    return out
 
 
 def _h(a: np.ndarray) -> np.ndarray:
@@ -140,6 +180,8 @@ def dequantize_rows(w: PackedWeight, ids: np.ndarray) -> np.ndarray:
             return r.view(np.float16).astype(np.float32)
         return (r.astype(np.uint32) << 16).view(np.float32)
     a = [x[ids] for x in w.arrays]
+    if w.lanes:
+        a[0] = a[0][:, lane_perm(q, k // 32, True)]
     if q == QType.Q8_0:
         return (_h(a[1])[:, :, None] * a[0].reshape(t, -1, 32)).reshape(t, k)
     if q in (QType.Q4_0, QType.Q4_1):

@@ -76,15 +76,6 @@ def bsplat(k: int, n: int = 32):
     return vec(I8, n, [k] * n)
 
 
-def pairdot(builder, q, x):
-    """<32 x i8> q, x (signed) -> <16 x float>: lane i = q[2i]x[2i] + q[2i+1]x[2i+1]."""
-    v32 = ir.VectorType(I32, 32)
-    m = builder.mul(builder.sext(q, v32), builder.sext(x, v32))
-    e = builder.shuffle_vector(m, m, vec(I32, 16, list(range(0, 32, 2))))
-    o = builder.shuffle_vector(m, m, vec(I32, 16, list(range(1, 32, 2))))
-    return builder.sitofp(builder.add(e, o), V16F)
-
-
 def call(builder, name: str, ret, args):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
     return builder.call(fn, args)
@@ -113,27 +104,45 @@ def ext16(builder, q, signed: bool):
 IL = list(range(16)) + list(range(32, 48)) + list(range(16, 32)) + list(range(48, 64))
 
 
-def wpairs(context, builder, q, x):
-    """<64 x i16> q . x (both interleaved) -> (A, B) <16 x i32>: A lane l = the pair
-    products of elements 2l, 2l+1 (lanes 0-7: block 0 weights 0-15, 8-15: block 1 weights
-    0-15), B the same for elements 32 + 2l, 33 + 2l (weights 16-31). One `vpmaddwd` per 32
-    elements on AVX512BW, per 16 on AVX2; exact (|q| <= 255, |x| <= 32767)."""
+def pmadd32(context, builder, q, x):
+    """<32 x i16> q . x -> <16 x i32>, lane l = q[2l] x[2l] + q[2l+1] x[2l+1]: one `vpmaddwd`
+    on AVX512BW, two on AVX2, generic IR elsewhere; exact (|q| <= 255, |x| <= 32767)."""
     v16i, f = ir.VectorType(I32, 16), features(context) if is_x86() else set()
     if "+avx512bw" in f:
-        return tuple(call(builder, "llvm.x86.avx512.pmaddw.d.512", v16i,
-                           [lanes(builder, q, list(range(32 * h, 32 * h + 32))),
-                            lanes(builder, x, list(range(32 * h, 32 * h + 32)))]) for h in range(2))
+        return call(builder, "llvm.x86.avx512.pmaddw.d.512", v16i, [q, x])
     if "+avx2" in f:
         v8i = ir.VectorType(I32, 8)
         p = [call(builder, "llvm.x86.avx2.pmadd.wd", v8i,
                    [lanes(builder, q, list(range(16 * h, 16 * h + 16))),
-                    lanes(builder, x, list(range(16 * h, 16 * h + 16)))]) for h in range(4)]
-        return tuple(builder.shuffle_vector(p[2 * h], p[2 * h + 1], vec(I32, 16, list(range(16)))) for h in range(2))
-    v64 = ir.VectorType(I32, 64)           # generic IR: the pmaddwd / smlal shape
-    m = builder.mul(builder.sext(q, v64), builder.sext(x, v64))
-    a = builder.add(builder.shuffle_vector(m, m, vec(I32, 32, list(range(0, 64, 2)))),
-                    builder.shuffle_vector(m, m, vec(I32, 32, list(range(1, 64, 2)))))
-    return lanes(builder, a, list(range(16))), lanes(builder, a, list(range(16, 32)))
+                    lanes(builder, x, list(range(16 * h, 16 * h + 16)))]) for h in range(2)]
+        return builder.shuffle_vector(p[0], p[1], vec(I32, 16, list(range(16))))
+    v32 = ir.VectorType(I32, 32)           # generic IR: the pmaddwd / smlal shape
+    m = builder.mul(builder.sext(q, v32), builder.sext(x, v32))
+    return builder.add(builder.shuffle_vector(m, m, vec(I32, 16, list(range(0, 32, 2)))),
+                       builder.shuffle_vector(m, m, vec(I32, 16, list(range(1, 32, 2)))))
+
+
+def wpairs(context, builder, q, x):
+    """<64 x i16> q . x (both interleaved) -> (A, B) <16 x i32>: A lane l = the pair
+    products of elements 2l, 2l+1 (lanes 0-7: block 0 weights 0-15, 8-15: block 1 weights
+    0-15), B the same for elements 32 + 2l, 33 + 2l (weights 16-31), by `pmadd32`."""
+    return tuple(pmadd32(context, builder, lanes(builder, q, list(range(32 * h, 32 * h + 32))),
+                         lanes(builder, x, list(range(32 * h, 32 * h + 32)))) for h in range(2))
+
+
+def dpwssd(context, builder, acc, q, x):
+    """acc (<16 x i32>) + the pair products of <32 x i16> q and x (lane l: elements 2l,
+    2l+1), exact. One `vpdpwssd` with AVX512-VNNI, emitted as inline assembly: LLVM's
+    machine combiner splits the intrinsic back into `vpmaddwd` + `vpaddd` (two uops on
+    the two vector ports instead of one) whenever that shortens its critical path, which
+    it does in the row dots' loops. Elsewhere `vpmaddwd` + `vpaddd` (AVX2: on two halves)."""
+    v16i, f = ir.VectorType(I32, 16), features(context) if is_x86() else set()
+    if "+avx512vnni" in f and "+avx512bw" in f:
+        import llvmlite.binding as llvm
+        llvm.initialize_native_asmparser()     # the JIT parses inline assembly with it
+        asm = ir.InlineAsm(ir.FunctionType(v16i, [v16i] * 3), "vpdpwssd $3, $2, $0", "=v,0,v,v")
+        return builder.call(asm, [acc, builder.bitcast(q, v16i), builder.bitcast(x, v16i)])
+    return builder.add(acc, pmadd32(context, builder, q, x))
 
 
 def wdot64(context, builder, q, x):

@@ -13,14 +13,14 @@ mins of Q4_1/Q5_1 through xs. Error vs the float reference: int16 NMSE ~4e-10 (i
 register-tiled kernel; the "f32" setting sends quantized weights there too (`qgemm.py`).
 
 Q8_0/Q4_0/Q4_1 weights are bound in the lane layout (`repack.set_lanes`) and meet
-activations quantized into it (`act_quant.quantize_lanes`): one int32 lane per block, so
-one convert/scale/FMA serves 16 blocks (`simd_rows._lanes`).
+activations quantized into it as int16 at the setting's levels (`act_quant.quantize_lanes`):
+one int32 lane per block, so one convert/scale/FMA serves 16 blocks (`simd_rows._lanes`).
 
 Row invariance is by construction: every kernel computes an output row with the same
 sequence of operations whatever T is, so a token's bits do not depend on its batch,
 chunk or cached prefix. For T > 1, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 dot each weight row with 4
-tokens at once (`lanes4_*`, `rowdot4_*`: the row is unpacked once per 4 tokens, 4 accumulators, each
-token's bits equal to `rowdot2_*`'s alone), over token blocks whose activations fit L1
+tokens at once (`lanes4_*`, `rowdot4_*`: the row is unpacked once per 4 tokens, 4
+accumulators, each token's bits equal to `lanes1_*` / `rowdot2_*`'s alone), over token blocks whose activations fit L1
 (~24 KiB), so a block is reused across a task's 16 rows. Every kernel parallelises over
 output rows (`prange`, static split).
 """

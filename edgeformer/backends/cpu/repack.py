@@ -144,8 +144,17 @@ def set_lanes(w: PackedWeight, on: bool) -> None:
     there, or for kinds without one)."""
     if w.kind not in LANE_KINDS or w.lanes == on:
         return
-    perm = lane_perm(w.kind, w.k // 32, not on)
-    w.arrays = (np.ascontiguousarray(w.arrays[0][:, perm]),) + w.arrays[1:]
+    # `lane_perm` as a transpose of each whole group (a gather by the index array took
+    # 0.33 s for SmolLM2's 49152 x 576 Q8_0 head; this 0.13-0.16 s)
+    qs, n, g = w.arrays[0], w.n, w.k // 512
+    if w.kind == QType.Q8_0:      # [j, h, p, e] <-> [p, h, j, e]: axes 2 and 4 swap
+        cut, shape, axes = g * 512, (16, 2, 8, 2) if on else (8, 2, 16, 2), (0, 1, 4, 3, 2, 5)
+    else:                         # [j, p, e] <-> [p, j, e]
+        cut, shape, axes = g * 256, (16, 8, 2) if on else (8, 16, 2), (0, 1, 3, 2, 4)
+    out = np.empty_like(qs)
+    out[:, cut:] = qs[:, cut:]
+    out[:, :cut] = qs[:, :cut].reshape((n, g) + shape).transpose(axes).reshape(n, cut)
+    w.arrays = (out,) + w.arrays[1:]
     w.lanes = on
 
 

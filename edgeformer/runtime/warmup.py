@@ -31,7 +31,8 @@ import numpy as np
 WARM_PROMPT = 24      # prefill rows: the T > 1 kernels (row dots for 4 tokens, threaded attention)
 WARM_DECODE = 2       # decode steps: the fused step, then a step from a non-empty cache
 WARM_CHUNK = 3        # a short multi-token step: the serial attention kernel
-WARM_LEN = WARM_PROMPT + WARM_DECODE + WARM_CHUNK
+WARM_AFTER = WARM_DECODE + WARM_CHUNK     # cache rows the warm-up uses after its prefill
+WARM_LEN = WARM_PROMPT + WARM_AFTER
 
 
 def prompt_rows(model: Any) -> int:
@@ -41,7 +42,7 @@ def prompt_rows(model: Any) -> int:
     c = model.config
     width = min(c.dim, c.n_heads * c.head_dim)
     rows = max(WARM_PROMPT, -(-model.backend.threaded_min // width))
-    return min(rows, c.max_seq_len - WARM_DECODE - WARM_CHUNK)
+    return min(rows, c.max_seq_len - WARM_AFTER)
 
 
 def _step(model: Any, cache: Any, n: int) -> None:
@@ -80,7 +81,7 @@ def warm_up(model: Any, path: str | os.PathLike | None = None, quiet: bool = Fal
         if path is not None and (os.cpu_count() or 1) >= 2:
             child = _decode_child(path, be.activations)
     rows = prompt_rows(model)
-    cache = model.make_cache(rows + WARM_DECODE + WARM_CHUNK)
+    cache = model.make_cache(rows + WARM_AFTER)
     _step(model, cache, rows)
     if child is not None:
         child.wait()
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeformer.models.decoder import Decoder
     model = Decoder(load_checkpoint(Path(args.model)), get_backend("cpu", args.activations))
     rows = prompt_rows(model)
-    cache = model.make_cache(rows + WARM_DECODE + WARM_CHUNK)
+    cache = model.make_cache(rows + WARM_AFTER)
     if not args.decode:
         _step(model, cache, rows)
     _decode(model, cache)

@@ -20,7 +20,6 @@ one byte each (+4 bytes per 256 weights, <3%) to keep bit twiddling out of the h
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -118,25 +117,20 @@ def repack(qt: QTensor) -> PackedWeight:
 LANE_KINDS = (QType.Q8_0, QType.Q4_0, QType.Q4_1)
 
 
-@functools.lru_cache(maxsize=64)
-def lane_perm(q: QType, nb: int, inverse: bool = False) -> np.ndarray:
-    """Byte permutation P of a row's quants (nb blocks) into the lane layout (`simd_rows`'
-    group layout; blocks past the last whole group of 16 keep their place): lane = row[P]
-    (or back, with `inverse`: row = lane[P])."""
-    per = 32 if q == QType.Q8_0 else 16          # bytes per block
-    idx = np.arange(nb * per)
-    b, c = idx // per, idx % per
-    g, j = b // 16, b % 16
-    if q == QType.Q8_0:       # element c = 16 h + 2 p + e -> [p, h, j, e]
-        at = g * 512 + (c % 16 // 2) * 64 + (c // 16) * 32 + j * 2 + c % 2
-    else:                     # byte c = 2 p + e -> [p, j, e]
-        at = g * 256 + (c // 2) * 32 + j * 2 + c % 2
-    at = np.where(b < nb // 16 * 16, at, idx)
-    if inverse:
-        return at
-    perm = np.empty_like(idx)
-    perm[at] = idx
-    return perm
+def lanes_of(q: QType, qs: np.ndarray, k: int, on: bool) -> np.ndarray:
+    """Rows of quants `qs` (row length k) into (on) or out of the lane layout (`simd_rows`'
+    group layout; blocks past the last whole group of 16 keep their place): a transpose of
+    each whole group (a gather by an index array took 0.33 s for SmolLM2's 49152 x 576 Q8_0
+    head; this 0.13-0.16 s)."""
+    n, g = qs.shape[0], k // 512
+    if q == QType.Q8_0:      # [j, h, p, e] <-> [p, h, j, e]: axes 2 and 4 swap
+        cut, shape, axes = g * 512, (16, 2, 8, 2) if on else (8, 2, 16, 2), (0, 1, 4, 3, 2, 5)
+    else:                    # [j, p, e] <-> [p, j, e]
+        cut, shape, axes = g * 256, (16, 8, 2) if on else (8, 16, 2), (0, 1, 3, 2, 4)
+    out = np.empty_like(qs)
+    out[:, cut:] = qs[:, cut:]
+    out[:, :cut] = qs[:, :cut].reshape((n, g) + shape).transpose(axes).reshape(n, cut)
+    return out
 
 
 def set_lanes(w: PackedWeight, on: bool) -> None:
@@ -144,17 +138,7 @@ def set_lanes(w: PackedWeight, on: bool) -> None:
     there, or for kinds without one)."""
     if w.kind not in LANE_KINDS or w.lanes == on:
         return
-    # `lane_perm` as a transpose of each whole group (a gather by the index array took
-    # 0.33 s for SmolLM2's 49152 x 576 Q8_0 head; this 0.13-0.16 s)
-    qs, n, g = w.arrays[0], w.n, w.k // 512
-    if w.kind == QType.Q8_0:      # [j, h, p, e] <-> [p, h, j, e]: axes 2 and 4 swap
-        cut, shape, axes = g * 512, (16, 2, 8, 2) if on else (8, 2, 16, 2), (0, 1, 4, 3, 2, 5)
-    else:                         # [j, p, e] <-> [p, j, e]
-        cut, shape, axes = g * 256, (16, 8, 2) if on else (8, 16, 2), (0, 1, 3, 2, 4)
-    out = np.empty_like(qs)
-    out[:, cut:] = qs[:, cut:]
-    out[:, :cut] = qs[:, :cut].reshape((n, g) + shape).transpose(axes).reshape(n, cut)
-    w.arrays = (out,) + w.arrays[1:]
+    w.arrays = (lanes_of(w.kind, w.arrays[0], w.k, on),) + w.arrays[1:]
     w.lanes = on
 
 
@@ -190,7 +174,7 @@ def dequantize_rows(w: PackedWeight, ids: np.ndarray) -> np.ndarray:
         return (r.astype(np.uint32) << 16).view(np.float32)
     a = [x[ids] for x in w.arrays]
     if w.lanes:
-        a[0] = a[0][:, lane_perm(q, k // 32, True)]
+        a[0] = lanes_of(q, a[0], k, False)
     if q == QType.Q8_0:
         return (_h(a[1])[:, :, None] * a[0].reshape(t, -1, 32)).reshape(t, k)
     if q in (QType.Q4_0, QType.Q4_1):

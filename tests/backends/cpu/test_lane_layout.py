@@ -12,7 +12,7 @@ import pytest
 
 from edgeformer.backends.cpu import CpuBackend
 from edgeformer.backends.cpu.act_quant import lane_pos, positions, quant_row, quantize_lanes, quantize_x, to_lanes
-from edgeformer.backends.cpu.repack import LANE_KINDS, dequantize_rows, lane_perm, repack, set_lanes
+from edgeformer.backends.cpu.repack import LANE_KINDS, dequantize_rows, lanes_of, repack, set_lanes
 from edgeformer.kernels.linear import LINEAR, linear_ref
 from edgeformer.quant.qtypes import QType
 
@@ -40,11 +40,11 @@ def _documented(q: QType, nb: int) -> np.ndarray:
 @pytest.mark.parametrize("nb", (1, 16, 19, 33))
 def test_weight_permutation_is_the_documented_layout(q: QType, nb: int) -> None:
     at = _documented(q, nb)
-    row = np.arange(at.size)
-    lane = np.empty_like(row)
-    lane[at] = row
-    np.testing.assert_array_equal(row[lane_perm(q, nb)], lane)
-    np.testing.assert_array_equal(lane[lane_perm(q, nb, True)], row)
+    rows = np.random.default_rng(nb).integers(0, 256, (3, at.size), dtype=np.uint8)
+    lane = np.empty_like(rows)
+    lane[:, at] = rows
+    np.testing.assert_array_equal(lanes_of(q, rows, nb * 32, True), lane)
+    np.testing.assert_array_equal(lanes_of(q, lane, nb * 32, False), rows)
 
 
 @pytest.mark.parametrize("k", KS)
@@ -91,7 +91,7 @@ def test_set_lanes_round_trips(q: QType) -> None:
     before = w.arrays[0].copy()
     set_lanes(w, True)
     assert w.lanes
-    np.testing.assert_array_equal(w.arrays[0], before[:, lane_perm(q, 1056 // 32)])
+    np.testing.assert_array_equal(w.arrays[0], lanes_of(q, before, 1056, True))
     set_lanes(w, True)                                       # a no-op when already there
     set_lanes(w, False)
     np.testing.assert_array_equal(w.arrays[0], before)

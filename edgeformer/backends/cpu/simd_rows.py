@@ -23,17 +23,17 @@ from edgeformer.backends.cpu.vector_ir import (F32, I8, I32, IL, V16F, bsplat, c
 # the activation's xd/xs directly and return the whole row result (zero point / mins
 # included). Q8_0 / Q4_0 / Q4_1 have the lane layout below instead.
 
-def _f2(context, builder, ptr, b, half: bool):
-    """<2 x float> of ptr[b], ptr[b + 1] (f16 bits converted when `half`: one 4-byte load and
-    one `vcvtph2ps` where LLVM converts halves inline, instead of two of each and an insert)."""
-    v2 = ir.VectorType(F32, 2)
-    if half and native_half(context):
-        return builder.fpext(builder.bitcast(vload(builder, ptr, b, 2), ir.VectorType(ir.HalfType(), 2)), v2)
-    out = ir.Constant(v2, None)
-    for j in range(2):
-        i = builder.add(b, const(b, j))
-        x = f16(context, builder, ptr, i) if half else builder.load(builder.gep(ptr, [i]))
-        out = builder.insert_element(out, x, ir.Constant(I32, j))
+def _floats(context, builder, ptr, off, n: int, half: bool):
+    """<n x float> of ptr[off:off + n], f16 bits converted when `half` (one load and one
+    `vcvtph2ps` where LLVM converts halves inline, instead of n of each and n inserts)."""
+    vt = ir.VectorType(F32, n)
+    if not half:
+        return vload(builder, ptr, off, n)
+    if native_half(context):
+        return builder.fpext(builder.bitcast(vload(builder, ptr, off, n), ir.VectorType(ir.HalfType(), n)), vt)
+    out = ir.Constant(vt, None)
+    for j in range(n):
+        out = builder.insert_element(out, f16(context, builder, ptr, builder.add(off, const(off, j))), ir.Constant(I32, j))
     return out
 
 
@@ -100,7 +100,7 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     """kind "q5_0" | "q5_1": sum_b d_b xd_b (q_b . xq_b) + zero-point term, with q unsigned in
     the integer dot: nibbles with the 5th bit ORed in (0..31; zero point 16 / min m_b). The
     zero-point term is
-    zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q4_1/Q5_1.
+    zpw * sum_b d_b xs_b  (xs_b = xd_b * sum(xq_b)), or + sum_b m_b xs_b for Q5_1.
     Arguments: the slot fields w, qh (Q5 kinds), -, -, d, m (mins kinds), then xq, xd, xs."""
     wp, hp, _, _, dp, mp, xp, xdp, xsp = ptrs(context, builder, sig, args)
     mp = mp if kind in _MINS else None
@@ -112,12 +112,12 @@ def _rowdot_scaled_codegen(context, builder, sig, args, kind: str):
     split = vec(I32, 16, [0] * 8 + [1] * 8)
 
     def scales(b):
-        d2 = _f2(context, builder, dp, b, True)
+        d2 = _floats(context, builder, dp, b, 2, True)
         if _has_z(kind, il):
-            xs2 = _f2(context, builder, xsp, b, False)
-            builder.store(fma(builder, _f2(context, builder, mp, b, True) if mp is not None else d2, xs2,
+            xs2 = _floats(context, builder, xsp, b, 2, False)
+            builder.store(fma(builder, _floats(context, builder, mp, b, 2, True) if mp is not None else d2, xs2,
                                builder.load(z)), z)
-        s2 = builder.fmul(d2, _f2(context, builder, xdp, b, False))
+        s2 = builder.fmul(d2, _floats(context, builder, xdp, b, 2, False))
         return builder.shuffle_vector(s2, s2, split)
 
     def body(i, acc):     # blocks 2i, 2i+1: 64 weights
@@ -177,8 +177,8 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
         q64 = builder.shuffle_vector(builder.and_(q, bsplat(15)), builder.lshr(q, bsplat(4)), order)
         if hp is not None:
             q64 = builder.or_(q64, _hibits(builder, hp, b, 2, il))
-        d2 = _f2(context, builder, dp, b, True)
-        zw = _f2(context, builder, mp, b, True) if mp is not None else d2
+        d2 = _floats(context, builder, dp, b, 2, True)
+        zw = _floats(context, builder, mp, b, 2, True) if mp is not None else d2
         if il and kind in _ZP:       # shared by the 4 tokens: the signed, widened quants
             q64 = builder.sub(q64, bsplat(_ZP[kind], 64))
         for j in range(4):
@@ -188,8 +188,8 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
             else:
                 f = dot64(context, builder, q64, x64)
             if _has_z(kind, il):
-                builder.store(fma(builder, zw, _f2(context, builder, xsps[j], b, False), builder.load(zs[j])), zs[j])
-            s2 = builder.fmul(d2, _f2(context, builder, xdps[j], b, False))
+                builder.store(fma(builder, zw, _floats(context, builder, xsps[j], b, 2, False), builder.load(zs[j])), zs[j])
+            s2 = builder.fmul(d2, _floats(context, builder, xdps[j], b, 2, False))
             builder.store(fma(builder, f, builder.shuffle_vector(s2, s2, split), builder.load(acc[j])), acc[j])
 
     npairs = builder.ashr(nb, const(nb, 1))
@@ -220,12 +220,12 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
 
 # ---------------------------------------------------------------- one block per lane
 # Q8_0 / Q4_0 / Q4_1 against int16 activations in the lane layout (`act_quant.lane_pos`,
-# `repack.to_lanes`): a group of 16 blocks is stored so that one `vpmaddwd` multiplies two
+# `repack.lanes_of`): a group of 16 blocks is stored so that one `vpmaddwd` multiplies two
 # elements of each of the 16 blocks, one block per int32 lane. 8 step pairs then leave the
 # 16 whole block dots in 16 lanes, and one convert, one scale multiply and one FMA (one
 # more for the Q4_1 mins) serve 16 blocks; the pair layout's loop spends them per 2 blocks
 # (BENCHMARKS "What bounds the row dots"). Blocks past the last whole group keep the pair
-# layout and its code (`_pairs1` / `_pairs4`).
+# layout, summed into the same accumulators (`_lane_tail`).
 #
 # Group layout, 16 blocks j = 0..15, step pair p = 0..7, half h = 0..1, e = 0..1:
 #   activations int16 [p, h, j, e] = x[block j][16 h + 2 p + e]          (512 values)
@@ -234,18 +234,6 @@ def _rowdot4_codegen(context, builder, sig, args, kind: str):
 #                                    2 p + e, high nibble element 16 + 2 p + e)  (256 bytes)
 
 _LANE_BYTES = {"q8_0": 512, "q4_0": 256, "q4_1": 256}     # weight bytes per group of 16 blocks
-
-
-def _halves(context, builder, ptr, off, n: int):
-    """<n x float> of n f16 values at ptr[off:off + n]."""
-    vt = ir.VectorType(F32, n)
-    if native_half(context):
-        h = vload(builder, ptr, off, n)
-        return builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), n)), vt)
-    out = ir.Constant(vt, None)
-    for j in range(n):
-        out = builder.insert_element(out, f16(context, builder, ptr, builder.add(off, const(off, j))), ir.Constant(I32, j))
-    return out
 
 
 def _lanes(context, builder, kind: str, wp, dp, mp, xps, xdps, xsps, nb):
@@ -278,8 +266,8 @@ def _lanes(context, builder, kind: str, wp, dp, mp, xps, xdps, xsps, nb):
                     x = vload(builder, xps[t], builder.add(xb, const(xb, 64 * p + 32 * h)), 32)
                     a = (2 * p + h) % nacc
                     ia[t][a] = dpwssd(context, builder, ia[t][a], wh[h], x)
-        d16 = _halves(context, builder, dp, sb, 16)
-        m16 = _halves(context, builder, mp, sb, 16) if mins else None
+        d16 = _floats(context, builder, dp, sb, 16, True)
+        m16 = _floats(context, builder, mp, sb, 16, True) if mins else None
         for t in range(ntok):
             isum = ia[t][0]
             for a in ia[t][1:]:
@@ -321,18 +309,18 @@ def _lane_tail(context, builder, kind: str, wp, dp, mp, xps, xdps, xsps, ngrp, d
         i = loop.index
         b = builder.add(done, builder.shl(i, const(i, 1)))
         w = quants(builder.mul(i, const(i, 2 * per)), 2)
-        d2 = _f2(context, builder, dp, b, True)
-        m2 = _f2(context, builder, mp, b, True) if kind == "q4_1" else None
+        d2 = _floats(context, builder, dp, b, 2, True)
+        m2 = _floats(context, builder, mp, b, 2, True) if kind == "q4_1" else None
         for t in range(len(xps)):
             x = vload(builder, xts[t], builder.mul(i, const(i, 64)), 64)
             isum = ir.Constant(ir.VectorType(I32, 16), None)
             for h in range(2):
                 r = list(range(32 * h, 32 * h + 32))
                 isum = dpwssd(context, builder, isum, lanes(builder, w, r), lanes(builder, x, r))
-            s2 = builder.fmul(d2, _f2(context, builder, xdps[t], b, False))
+            s2 = builder.fmul(d2, _floats(context, builder, xdps[t], b, 2, False))
             acc = fma(builder, builder.sitofp(isum, V16F), builder.shuffle_vector(s2, s2, spread), builder.load(accs[t]))
             if m2 is not None:
-                xs2 = _f2(context, builder, xsps[t], b, False)
+                xs2 = _floats(context, builder, xsps[t], b, 2, False)
                 acc = fma(builder, builder.shuffle_vector(m2, zero2, at08), builder.shuffle_vector(xs2, zero2, at08), acc)
             builder.store(acc, accs[t])
     with builder.if_then(builder.icmp_signed("!=", builder.and_(rest, const(rest, 1)), const(rest, 0))):

@@ -13,9 +13,7 @@ Prints a table and writes bench/results/batch_step.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "batch_step.json"))
     args = ap.parse_args(argv)
     from edgeformer.api import load
-    from edgeformer.backends.cpu import isa
     from edgeformer.runtime.sampler import SamplingParams
     from edgeformer.runtime.setup_thread import run_in_setup_thread
     from edgeformer.serve.app import make_batch_engine
+    sys.path.insert(0, str(Path(__file__).parent))
+    from kernels_cpu import report
 
     engine = run_in_setup_thread(lambda: load(args.model, backend="cpu"))
     rows: list[dict] = []
@@ -61,14 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     th = threading.Thread(target=measure)      # not the thread that warmed the kernels
     th.start()
     th.join()
-    res = {"model": str(args.model or "smollm2 (shipped)"), "isa": isa.compiled_isa(), "machine": platform.machine(),
-           "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print("| sequences | step ms | tok/s |\n|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['seqs']} | {r['step_ms']:.1f} | {r['tok_s']:.1f} |")
-    print(f"wrote {args.out}")
+    report(args.out, {"model": str(args.model or "smollm2 (shipped)"), "rows": rows},
+           "| sequences | step ms | tok/s |\n|---:|---:|---:|",
+           [f"| {r['seqs']} | {r['step_ms']:.1f} | {r['tok_s']:.1f} |" for r in rows])
     return 0
 
 

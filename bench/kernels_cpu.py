@@ -61,6 +61,19 @@ def timed(fn, min_time: float) -> float:
             return dt / n
 
 
+def report(out: str, res: dict, header: str, lines: list[str]) -> None:
+    """Write `res` with this machine's facts (ISA path, architecture, CPU count, load) as
+    JSON to `out`, then print the markdown table `header` + `lines` (the in-cache benches'
+    tail: row_dots.py, batch_step.py)."""
+    from edgeformer.backends.cpu import isa
+    res = res | {"isa": isa.compiled_isa(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                 "load_avg": os.getloadavg()}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    print("\n".join([header] + lines))
+    print(f"wrote {out}")
+
+
 def stream_bandwidth(threads: int, min_time: float) -> float:
     numba.set_num_threads(threads)
     a = np.ones((1 << 14, 1 << 12), np.float32)   # 256 MiB

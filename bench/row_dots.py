@@ -14,9 +14,6 @@ Writes bench/results/row_dots.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from edgeformer.backends.cpu.linear import linear
 from edgeformer.quant.quantize import quantize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels_cpu import timed  # noqa: E402
+from kernels_cpu import report, timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,14 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             s = float(np.median([timed(lambda _: linear(x, w), args.min_time) for _ in range(args.repeats)]))
             rows.append({"n": n, "k": k, "tokens": t, "us": 1e6 * s, "gmac_s": n * k * t / s / 1e9})
             print(f"  {n}x{k} T={t:<3d} {1e6 * s:8.1f} us  {rows[-1]['gmac_s']:6.1f} GMAC/s", flush=True)
-    res = {"qtype": args.qtype, "threads": args.threads, "isa": isa.compiled_isa(), "activations": be.activations,
-           "machine": platform.machine(), "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"| N x K | T | us | GMAC/s |   ({args.qtype}, {args.threads} thread(s), {res['isa']})\n|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['n']} x {r['k']} | {r['tokens']} | {r['us']:.1f} | {r['gmac_s']:.1f} |")
-    print(f"wrote {args.out}")
+    report(args.out, {"qtype": args.qtype, "threads": args.threads, "activations": be.activations, "rows": rows},
+           f"| N x K | T | us | GMAC/s |   ({args.qtype}, {args.threads} thread(s), {isa.compiled_isa()})\n"
+           "|---|---:|---:|---:|",
+           [f"| {r['n']} x {r['k']} | {r['tokens']} | {r['us']:.1f} | {r['gmac_s']:.1f} |" for r in rows])
     return 0
 
 
